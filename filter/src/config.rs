@@ -1,0 +1,142 @@
+//! The plugin configuration: parsed and compiled once in `on_configure`. Anything wrong is
+//! reported with the path of the offending field (and, for CEL, file, line and column).
+
+use crate::expr::ExprError;
+use crate::jwt::{Authenticator, JwtConfig};
+use crate::policy::{Policy, PolicyConfig};
+use crate::ratelimit::{RateLimitConfig, RateLimiter};
+use crate::request::HostAttribute;
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// The JSON document Envoy hands the plugin (`configuration` in the Wasm filter config).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    #[serde(default)]
+    pub jwt: JwtConfig,
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    #[serde(default)]
+    pub rate_limits: RateLimitConfig,
+    #[serde(default)]
+    pub responses: ResponseConfig,
+}
+
+/// How answers look.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseConfig {
+    /// Leave the deciding rule's name out of deny bodies.
+    pub hide_rule_name: bool,
+    /// If set, a request header carrying the decision (`allow; rule=NAME`) is added for the
+    /// upstream; the harness uses it to report which rule decided.
+    pub decision_header: Option<String>,
+    /// A header added to every local deny response (e.g. `x-portcullis-denied: true`).
+    pub deny_header: Option<(String, String)>,
+    /// `realm` in `WWW-Authenticate`.
+    pub realm: String,
+}
+
+impl Default for ResponseConfig {
+    fn default() -> Self {
+        ResponseConfig {
+            hide_rule_name: false,
+            decision_header: None,
+            deny_header: None,
+            realm: "portcullis".into(),
+        }
+    }
+}
+
+/// A rejected configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    /// Path of the offending field, e.g. `policy.rules[2].allow`.
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn from_expr(field: impl Into<String>, error: &ExprError) -> ConfigError {
+        ConfigError {
+            field: field.into(),
+            message: format!("CEL error at {error}"),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid plugin configuration: field `{}`: {}",
+            self.field, self.message
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The compiled configuration: everything the pipeline needs, nothing left to parse.
+#[derive(Debug)]
+pub struct Config {
+    pub authenticator: Authenticator,
+    pub policy: Policy,
+    pub rate_limiter: RateLimiter,
+    pub responses: ResponseConfig,
+    /// Host attributes some expression reads: the shell fetches exactly these per request.
+    pub host_attributes: BTreeSet<HostAttribute>,
+}
+
+impl Config {
+    /// Parses and compiles the plugin configuration.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let plugin = parse_plugin_config(bytes)?;
+        Config::compile(&plugin)
+    }
+
+    pub fn compile(plugin: &PluginConfig) -> Result<Config, ConfigError> {
+        let authenticator = Authenticator::compile(&plugin.jwt)?;
+        let policy = Policy::compile(&plugin.policy)?;
+        let rate_limiter = RateLimiter::compile(&plugin.rate_limits)?;
+        let host_attributes = authenticator
+            .host_attributes()
+            .into_iter()
+            .chain(policy.host_attributes())
+            .chain(rate_limiter.host_attributes())
+            .collect();
+        Ok(Config {
+            authenticator,
+            policy,
+            rate_limiter,
+            responses: plugin.responses.clone(),
+            host_attributes,
+        })
+    }
+}
+
+/// JSON → [`PluginConfig`], with the failing field's path in the error.
+pub fn parse_plugin_config(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(PluginConfig::default());
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "(root)".to_owned()
+        } else {
+            path
+        };
+        ConfigError::new(field, e.into_inner().to_string())
+    })
+}

@@ -1,0 +1,102 @@
+//! The decision pipeline: extract → authenticate → authorize → rate-limit → decide.
+//!
+//! A pure function of the request, the compiled configuration and the environment (clock,
+//! shared store, host crypto, counters). It never touches proxy-wasm directly.
+
+use crate::config::Config;
+use crate::decision::{Decision, Deny, HeaderEdit, Outcome};
+use crate::expr::Activation;
+use crate::jwt::{AuthnEnv, AuthnOutcome, RemoteKeys, TokenCache};
+use crate::policy::Verdict;
+use crate::ports::{Counters, HostCrypto, SharedStore};
+use crate::ratelimit::RateVerdict;
+use crate::request::RequestView;
+use std::time::SystemTime;
+
+/// The outside world, as the pipeline sees it for one request.
+pub struct Env<'a> {
+    pub now: SystemTime,
+    pub store: &'a dyn SharedStore,
+    pub crypto: &'a dyn HostCrypto,
+    pub remote_keys: &'a RemoteKeys,
+    pub token_cache: &'a mut TokenCache,
+    pub counters: &'a mut dyn Counters,
+}
+
+/// Decides one request.
+pub fn decide(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Outcome {
+    // Extract + authenticate: requirement selection only sees the request, never `jwt`.
+    let activation = Activation::new(request);
+    let mut authn_env = AuthnEnv {
+        now: env.now,
+        crypto: env.crypto,
+        remote_keys: env.remote_keys,
+        cache: env.token_cache,
+        counters: env.counters,
+    };
+    let (token, mut request_headers) = match config
+        .authenticator
+        .authenticate(&activation, &mut authn_env)
+    {
+        AuthnOutcome::Pass {
+            token,
+            request_headers,
+        } => (token, request_headers),
+        AuthnOutcome::Fail(deny) => return Outcome::Decided(Decision::Deny(deny)),
+        AuthnOutcome::KeysPending(providers) => return Outcome::KeysPending { providers },
+    };
+    let activation = activation.with_jwt(token.as_deref().map(|t| &t.attributes));
+
+    // Authorize.
+    let rule = match config.policy.evaluate(&activation, env.counters) {
+        Verdict::Allow { rule } => rule,
+        Verdict::Deny { rule, reason } => {
+            env.counters.increment("portcullis.denied", 1);
+            return Outcome::Decided(Decision::Deny(Deny {
+                status: 403,
+                error: "forbidden",
+                reason,
+                rule,
+                headers: Vec::new(),
+            }));
+        }
+    };
+
+    // Rate-limit: only requests that would otherwise be allowed consume tokens.
+    let response_headers =
+        match config
+            .rate_limiter
+            .check(&activation, env.store, env.now, env.counters)
+        {
+            RateVerdict::Admit { response_headers } => response_headers,
+            RateVerdict::Limited(deny) => return Outcome::Decided(Decision::Deny(deny)),
+        };
+
+    env.counters.increment("portcullis.allowed", 1);
+    if let Some(header) = &config.responses.decision_header {
+        let value = match &rule {
+            Some(rule) => format!("allow; rule={rule}"),
+            None => "allow; default".to_owned(),
+        };
+        request_headers.push(HeaderEdit::Set(header.clone(), value));
+    }
+    Outcome::Decided(Decision::Allow {
+        rule,
+        request_headers,
+        response_headers,
+    })
+}
+
+/// Adds the configured deny header and serialises a deny for the shell.
+pub fn render_deny(config: &Config, deny: &Deny) -> (u16, Vec<(String, String)>, String) {
+    let mut headers = deny.headers.clone();
+    headers.push(("content-type".into(), "application/json".into()));
+    if let Some((name, value)) = &config.responses.deny_header {
+        headers.push((name.clone(), value.clone()));
+    }
+    (
+        deny.status,
+        headers,
+        deny.body(config.responses.hide_rule_name),
+    )
+}

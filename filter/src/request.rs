@@ -1,0 +1,195 @@
+//! The request as the decision core sees it: headers plus the host attributes that some
+//! compiled expression actually references. The proxy-wasm shell fills it; tests build it by hand.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// An attribute that lives in the host (Envoy properties), not in the header map.
+/// Only the ones a compiled expression references are fetched, once per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostAttribute {
+    SourceAddress,
+    SourcePort,
+    DestinationAddress,
+    DestinationPort,
+    ConnectionMtls,
+    ConnectionRequestedServerName,
+    ConnectionTlsVersion,
+    ConnectionSubjectPeerCertificate,
+    ConnectionUriSanPeerCertificate,
+    ConnectionDnsSanPeerCertificate,
+    RequestProtocol,
+    RequestTime,
+}
+
+impl HostAttribute {
+    pub const ALL: [HostAttribute; 12] = [
+        HostAttribute::SourceAddress,
+        HostAttribute::SourcePort,
+        HostAttribute::DestinationAddress,
+        HostAttribute::DestinationPort,
+        HostAttribute::ConnectionMtls,
+        HostAttribute::ConnectionRequestedServerName,
+        HostAttribute::ConnectionTlsVersion,
+        HostAttribute::ConnectionSubjectPeerCertificate,
+        HostAttribute::ConnectionUriSanPeerCertificate,
+        HostAttribute::ConnectionDnsSanPeerCertificate,
+        HostAttribute::RequestProtocol,
+        HostAttribute::RequestTime,
+    ];
+
+    /// The attribute's name in CEL, identical to Envoy's attribute vocabulary.
+    pub fn cel_name(self) -> &'static str {
+        match self {
+            HostAttribute::SourceAddress => "source.address",
+            HostAttribute::SourcePort => "source.port",
+            HostAttribute::DestinationAddress => "destination.address",
+            HostAttribute::DestinationPort => "destination.port",
+            HostAttribute::ConnectionMtls => "connection.mtls",
+            HostAttribute::ConnectionRequestedServerName => "connection.requested_server_name",
+            HostAttribute::ConnectionTlsVersion => "connection.tls_version",
+            HostAttribute::ConnectionSubjectPeerCertificate => {
+                "connection.subject_peer_certificate"
+            }
+            HostAttribute::ConnectionUriSanPeerCertificate => "connection.uri_san_peer_certificate",
+            HostAttribute::ConnectionDnsSanPeerCertificate => "connection.dns_san_peer_certificate",
+            HostAttribute::RequestProtocol => "request.protocol",
+            HostAttribute::RequestTime => "request.time",
+        }
+    }
+
+    /// The property path to pass to `proxy_get_property`.
+    pub fn property_path(self) -> [&'static str; 2] {
+        let name = self.cel_name();
+        let (a, b) = name.split_once('.').unwrap_or((name, ""));
+        [a, b]
+    }
+
+    /// How Envoy encodes the property's bytes.
+    pub fn kind(self) -> AttributeKind {
+        match self {
+            HostAttribute::SourcePort | HostAttribute::DestinationPort => AttributeKind::Int,
+            HostAttribute::ConnectionMtls => AttributeKind::Bool,
+            HostAttribute::RequestTime => AttributeKind::Timestamp,
+            _ => AttributeKind::String,
+        }
+    }
+
+    pub fn from_cel_name(name: &str) -> Option<HostAttribute> {
+        HostAttribute::ALL
+            .iter()
+            .copied()
+            .find(|a| a.cel_name() == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeKind {
+    String,
+    /// int64, 8 bytes little endian.
+    Int,
+    /// one byte, 0 or 1.
+    Bool,
+    /// int64 nanoseconds since the epoch, 8 bytes little endian.
+    Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttributeValue {
+    String(String),
+    Int(i64),
+    Bool(bool),
+    Timestamp(SystemTime),
+}
+
+impl AttributeValue {
+    /// Decodes a property value as Envoy serialises it. `None` if the bytes don't fit the kind.
+    pub fn decode(kind: AttributeKind, bytes: &[u8]) -> Option<AttributeValue> {
+        match kind {
+            AttributeKind::String => std::str::from_utf8(bytes)
+                .ok()
+                .map(|s| AttributeValue::String(s.to_owned())),
+            AttributeKind::Int => {
+                let arr: [u8; 8] = bytes.try_into().ok()?;
+                Some(AttributeValue::Int(i64::from_le_bytes(arr)))
+            }
+            AttributeKind::Bool => match bytes {
+                [0] => Some(AttributeValue::Bool(false)),
+                [_] => Some(AttributeValue::Bool(true)),
+                _ => None,
+            },
+            AttributeKind::Timestamp => {
+                let arr: [u8; 8] = bytes.try_into().ok()?;
+                let nanos = i64::from_le_bytes(arr);
+                let nanos = u64::try_from(nanos).ok()?;
+                Some(AttributeValue::Timestamp(
+                    UNIX_EPOCH + Duration::from_nanos(nanos),
+                ))
+            }
+        }
+    }
+}
+
+/// One HTTP request, host-independent.
+#[derive(Debug, Clone, Default)]
+pub struct RequestView {
+    /// All request headers, names lower-case, in arrival order, pseudo-headers
+    /// (`:method`, `:path`, `:authority`, `:scheme`) included.
+    pub headers: Vec<(String, String)>,
+    /// The host attributes that were asked for and that the host had.
+    pub attributes: Vec<(HostAttribute, AttributeValue)>,
+}
+
+impl RequestView {
+    /// First value of a header (name compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn method(&self) -> &str {
+        self.header(":method").unwrap_or("")
+    }
+
+    /// The full `:path`, query included.
+    pub fn path(&self) -> &str {
+        self.header(":path").unwrap_or("")
+    }
+
+    pub fn attribute(&self, attribute: HostAttribute) -> Option<&AttributeValue> {
+        self.attributes
+            .iter()
+            .find(|(a, _)| *a == attribute)
+            .map(|(_, v)| v)
+    }
+
+    /// Convenience for tests and the harness.
+    pub fn new(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestView {
+        let mut all = vec![
+            (":method".to_owned(), method.to_owned()),
+            (":path".to_owned(), path.to_owned()),
+            (":authority".to_owned(), "localhost".to_owned()),
+            (":scheme".to_owned(), "http".to_owned()),
+        ];
+        all.extend(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), (*v).to_owned())),
+        );
+        RequestView {
+            headers: all,
+            attributes: Vec::new(),
+        }
+    }
+
+    pub fn with_attribute(
+        mut self,
+        attribute: HostAttribute,
+        value: AttributeValue,
+    ) -> RequestView {
+        self.attributes.retain(|(a, _)| *a != attribute);
+        self.attributes.push((attribute, value));
+        self
+    }
+}
