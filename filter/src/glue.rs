@@ -1,1 +1,342 @@
-//! proxy-wasm shell (todo)
+//! The proxy-wasm shell: turns host callbacks into calls of the decision core and typed
+//! decisions back into host actions. Nothing here decides anything.
+
+mod abi;
+
+use crate::config::Config;
+use crate::decision::{Decision, HeaderEdit, Outcome};
+use crate::jwt::{RemoteKeys, TokenCache};
+use crate::pipeline::{self, Env};
+use crate::ports::Counters;
+use crate::request::{AttributeValue, RequestView};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(PortcullisRoot::default()) });
+}}
+
+fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+fn now() -> SystemTime {
+    hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Per-VM state shared by the root context and its HTTP contexts (one thread per VM).
+#[derive(Default)]
+struct VmState {
+    token_cache: TokenCache,
+    remote_keys: RemoteKeys,
+    counters: HostCounters,
+    /// Requests paused until signing keys arrive: context id → (request, deadline).
+    pending: HashMap<u32, (RequestView, SystemTime)>,
+    /// Headers to add to a stream's response (e.g. `RateLimit`), by context id.
+    response_headers: HashMap<u32, Vec<(String, String)>>,
+}
+
+#[derive(Default)]
+struct PortcullisRoot {
+    config: Option<Rc<Config>>,
+    state: Rc<RefCell<VmState>>,
+}
+
+impl Context for PortcullisRoot {}
+
+impl RootContext for PortcullisRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(
+            proxy_wasm::types::BufferType::PluginConfiguration,
+            0,
+            usize::MAX,
+        )
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+        match Config::from_json(&bytes) {
+            Ok(config) => {
+                self.config = Some(Rc::new(config));
+                self.set_tick_period(Duration::from_millis(200));
+                log(LogLevel::Info, "portcullis: configuration loaded");
+                true
+            }
+            Err(error) => {
+                // Returning false makes Envoy reject the plugin, and with it the listener.
+                log(LogLevel::Critical, &format!("portcullis: {error}"));
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(config) = self.config.clone() else {
+            return;
+        };
+        let now = now();
+        let pending: Vec<(u32, RequestView, SystemTime)> = {
+            let state = self.state.borrow();
+            state
+                .pending
+                .iter()
+                .map(|(id, (view, deadline))| (*id, view.clone(), *deadline))
+                .collect()
+        };
+        for (context_id, view, deadline) in pending {
+            if hostcalls::set_effective_context(context_id).is_err() {
+                self.state.borrow_mut().pending.remove(&context_id);
+                continue;
+            }
+            match run_pipeline(&config, &self.state, &view, now) {
+                Outcome::Decided(decision) => {
+                    self.state.borrow_mut().pending.remove(&context_id);
+                    if apply(&config, &self.state, context_id, &decision) {
+                        let _ = hostcalls::resume_http_request();
+                    }
+                }
+                Outcome::KeysPending { .. } if now >= deadline => {
+                    self.state.borrow_mut().pending.remove(&context_id);
+                    self.state
+                        .borrow_mut()
+                        .counters
+                        .increment("portcullis.jwt.pending_timeout", 1);
+                    send_deny(&config, &keys_unavailable());
+                }
+                Outcome::KeysPending { .. } => {}
+            }
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(PortcullisHttp {
+            context_id,
+            config: self.config.clone(),
+            state: self.state.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+fn keys_unavailable() -> crate::decision::Deny {
+    crate::decision::Deny {
+        status: 503,
+        error: "keys_unavailable",
+        reason: "signing keys are not available yet".into(),
+        rule: None,
+        headers: vec![("retry-after".into(), "1".into())],
+    }
+}
+
+struct PortcullisHttp {
+    context_id: u32,
+    config: Option<Rc<Config>>,
+    state: Rc<RefCell<VmState>>,
+}
+
+impl Drop for PortcullisHttp {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.state.try_borrow_mut() {
+            state.pending.remove(&self.context_id);
+            state.response_headers.remove(&self.context_id);
+        }
+    }
+}
+
+impl Context for PortcullisHttp {}
+
+impl HttpContext for PortcullisHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(config) = self.config.clone() else {
+            // No configuration means on_configure failed; Envoy does not route to us then,
+            // but never let a request through unchecked.
+            let deny = not_configured();
+            let body = deny.body(false);
+            let _ = hostcalls::send_http_response(
+                u32::from(deny.status),
+                vec![("content-type", "application/json")],
+                Some(body.as_bytes()),
+            );
+            return Action::Pause;
+        };
+        let view = request_view(&config);
+        let now = now();
+        match run_pipeline(&config, &self.state, &view, now) {
+            Outcome::Decided(decision) => {
+                if apply(&config, &self.state, self.context_id, &decision) {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                }
+            }
+            Outcome::KeysPending { .. } => {
+                let deadline = now + config.authenticator.pending_deadline();
+                self.state
+                    .borrow_mut()
+                    .pending
+                    .insert(self.context_id, (view, deadline));
+                Action::Pause
+            }
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let headers = self
+            .state
+            .borrow_mut()
+            .response_headers
+            .remove(&self.context_id)
+            .unwrap_or_default();
+        for (name, value) in headers {
+            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &name, &value);
+        }
+        Action::Continue
+    }
+}
+
+fn not_configured() -> crate::decision::Deny {
+    crate::decision::Deny {
+        status: 503,
+        error: "not_configured",
+        reason: "the policy filter has no valid configuration".into(),
+        rule: None,
+        headers: Vec::new(),
+    }
+}
+
+/// Reads the request's headers and exactly the host attributes the configuration needs.
+fn request_view(config: &Config) -> RequestView {
+    let headers = hostcalls::get_map(MapType::HttpRequestHeaders)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    let attributes = config
+        .host_attributes
+        .iter()
+        .filter_map(|attribute| {
+            let bytes = hostcalls::get_property(attribute.property_path().to_vec())
+                .ok()
+                .flatten()?;
+            Some((
+                *attribute,
+                AttributeValue::decode(attribute.kind(), &bytes)?,
+            ))
+        })
+        .collect();
+    RequestView {
+        headers,
+        attributes,
+    }
+}
+
+fn run_pipeline(
+    config: &Config,
+    state: &Rc<RefCell<VmState>>,
+    view: &RequestView,
+    now: SystemTime,
+) -> Outcome {
+    let mut state = state.borrow_mut();
+    let VmState {
+        token_cache,
+        remote_keys,
+        counters,
+        ..
+    } = &mut *state;
+    let mut env = Env {
+        now,
+        store: &abi::HostStore,
+        crypto: &abi::HostVerifier,
+        remote_keys,
+        token_cache,
+        counters,
+    };
+    pipeline::decide(config, view, &mut env)
+}
+
+/// Carries out a decision on the current (effective) HTTP context; `true` if the request
+/// may proceed upstream.
+fn apply(
+    config: &Config,
+    state: &Rc<RefCell<VmState>>,
+    context_id: u32,
+    decision: &Decision,
+) -> bool {
+    match decision {
+        Decision::Allow {
+            request_headers,
+            response_headers,
+            ..
+        } => {
+            for edit in request_headers {
+                let _ = match edit {
+                    HeaderEdit::Set(name, value) => {
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+                    }
+                    HeaderEdit::Remove(name) => {
+                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None)
+                    }
+                };
+            }
+            if !response_headers.is_empty() {
+                state
+                    .borrow_mut()
+                    .response_headers
+                    .insert(context_id, response_headers.clone());
+            }
+            true
+        }
+        Decision::Deny(deny) => {
+            send_deny(config, deny);
+            false
+        }
+    }
+}
+
+fn send_deny(config: &Config, deny: &crate::decision::Deny) {
+    let (status, headers, body) = pipeline::render_deny(config, deny);
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let _ = hostcalls::send_http_response(u32::from(status), headers, Some(body.as_bytes()));
+}
+
+/// Counters as proxy-wasm metrics, defined on first use.
+#[derive(Default)]
+struct HostCounters {
+    ids: HashMap<String, u32>,
+}
+
+impl HostCounters {
+    fn id(&mut self, name: &str, kind: MetricType) -> Option<u32> {
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        let id = hostcalls::define_metric(kind, name).ok()?;
+        self.ids.insert(name.to_owned(), id);
+        Some(id)
+    }
+}
+
+impl Counters for HostCounters {
+    fn increment(&mut self, name: &str, by: i64) {
+        if let Some(id) = self.id(name, MetricType::Counter) {
+            let _ = hostcalls::increment_metric(id, by);
+        }
+    }
+
+    fn set_gauge(&mut self, name: &str, value: u64) {
+        if let Some(id) = self.id(name, MetricType::Gauge) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}

@@ -26,7 +26,6 @@ pub struct Env<'a> {
 /// Decides one request.
 pub fn decide(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Outcome {
     // Extract + authenticate: requirement selection only sees the request, never `jwt`.
-    let activation = Activation::new(request);
     let mut authn_env = AuthnEnv {
         now: env.now,
         crypto: env.crypto,
@@ -34,10 +33,10 @@ pub fn decide(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Outc
         cache: env.token_cache,
         counters: env.counters,
     };
-    let (token, mut request_headers) = match config
+    let authn = config
         .authenticator
-        .authenticate(&activation, &mut authn_env)
-    {
+        .authenticate(&Activation::new(request), &mut authn_env);
+    let (token, mut request_headers) = match authn {
         AuthnOutcome::Pass {
             token,
             request_headers,
@@ -45,7 +44,7 @@ pub fn decide(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Outc
         AuthnOutcome::Fail(deny) => return Outcome::Decided(Decision::Deny(deny)),
         AuthnOutcome::KeysPending(providers) => return Outcome::KeysPending { providers },
     };
-    let activation = activation.with_jwt(token.as_deref().map(|t| &t.attributes));
+    let activation = Activation::new(request).with_jwt(token.as_deref().map(|t| &t.attributes));
 
     // Authorize.
     let rule = match config.policy.evaluate(&activation, env.counters) {

@@ -1,18 +1,90 @@
-//! Token-bucket rate limiting in shared data. (filled in below by the rate-limit work)
+//! Token-bucket rate limiting in proxy-wide shared data.
+//!
+//! Each limit owns `max_buckets` shared-data slots, `portcullis.rl.<limit>.<slot>`; a key is
+//! hashed (SHA-256, never stored in clear) to a slot, so memory is bounded by
+//! `limits × max_buckets × ~70 bytes` whatever the traffic. Two keys that land in the same
+//! slot while both are active share a bucket (they are limited together: never more
+//! permissive than configured). A bucket idle long enough to be full again is as good as
+//! absent, so idle buckets expire by arithmetic and their slot is reused by the next key.
+//!
+//! Updates are compare-and-swap: read, compute, write with the read's CAS token, retry on a
+//! mismatch, at most [`MAX_CAS_ATTEMPTS`] times. A request that passes every applicable
+//! bucket takes one token from each; if any bucket refuses, none is taken (tokens already
+//! taken in this attempt are refunded).
 
 use crate::config::ConfigError;
 use crate::decision::Deny;
-use crate::expr::Activation;
-use crate::ports::{Counters, SharedStore};
+use crate::expr::{Activation, Expr, ExprSource};
+use crate::policy::Mode;
+use crate::ports::{Counters, SharedStore, StoreError};
 use crate::request::HostAttribute;
 use serde::Deserialize;
-use std::time::SystemTime;
+use sha2::{Digest, Sha256};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-#[derive(Debug, Clone, Deserialize, Default)]
+/// How often a CAS update is retried before the request is refused (fail closed).
+pub const MAX_CAS_ATTEMPTS: usize = 16;
+
+/// Fixed point: one token is this many units, so refill is exact to the microtoken.
+const UNIT: u128 = 1_000_000;
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     #[serde(default)]
-    pub limits: Vec<serde_json::Value>,
+    pub limits: Vec<LimitConfig>,
+    /// Shared-data slots per limit (the memory bound).
+    #[serde(default = "default_max_buckets")]
+    pub max_buckets: u32,
+    /// Also send `RateLimit`/`RateLimit-Policy` on admitted responses.
+    #[serde(default)]
+    pub headers_on_allow: bool,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            limits: Vec::new(),
+            max_buckets: default_max_buckets(),
+            headers_on_allow: false,
+        }
+    }
+}
+
+fn default_max_buckets() -> u32 {
+    4096
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    pub name: String,
+    #[serde(default)]
+    pub when: Option<ExprSource>,
+    /// CEL expression whose value (string, int, uint or bool) names the bucket.
+    pub key: ExprSource,
+    /// Tokens added per `period_s`.
+    pub requests: u32,
+    pub period_s: u32,
+    /// Bucket capacity; defaults to `requests`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub on_key_error: KeyErrorAction,
+}
+
+/// What to do when the key expression fails (e.g. `jwt.claims.sub` without a token).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyErrorAction {
+    /// All such requests share one bucket named `<unknown>`.
+    #[default]
+    UnknownBucket,
+    /// The limit does not apply to the request.
+    Skip,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -24,16 +96,220 @@ pub enum RateVerdict {
 }
 
 #[derive(Debug)]
-pub struct RateLimiter {}
+struct Limit {
+    name: String,
+    when: Option<Expr>,
+    key: Expr,
+    requests: u32,
+    period_s: u32,
+    burst: u32,
+    mode: Mode,
+    on_key_error: KeyErrorAction,
+}
+
+impl Limit {
+    fn period_nanos(&self) -> u128 {
+        u128::from(self.period_s) * NANOS_PER_SEC
+    }
+}
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    limits: Vec<Limit>,
+    max_buckets: u32,
+    headers_on_allow: bool,
+}
+
+/// One bucket's state as stored in shared data: 24 bytes, little endian.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Bucket {
+    key_hash: u64,
+    /// Micro-tokens.
+    tokens: u64,
+    /// Last update, nanoseconds since the epoch.
+    updated: u64,
+}
+
+impl Bucket {
+    fn decode(bytes: &[u8]) -> Option<Bucket> {
+        let word = |i: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(bytes.get(i..i + 8)?.try_into().ok()?))
+        };
+        if bytes.len() != 24 {
+            return None;
+        }
+        Some(Bucket {
+            key_hash: word(0)?,
+            tokens: word(8)?,
+            updated: word(16)?,
+        })
+    }
+
+    fn encode(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(&self.key_hash.to_le_bytes());
+        out[8..16].copy_from_slice(&self.tokens.to_le_bytes());
+        out[16..].copy_from_slice(&self.updated.to_le_bytes());
+        out
+    }
+}
+
+/// A bucket resolved for this request: where it lives and what it holds now.
+struct Slot<'l> {
+    limit: &'l Limit,
+    store_key: String,
+    key_hash: u64,
+}
+
+/// The bucket after refill, before this request's token is taken.
+struct Refilled {
+    bucket: Bucket,
+    cas: Option<u32>,
+}
+
+fn capacity(limit: &Limit) -> u128 {
+    u128::from(limit.burst) * UNIT
+}
+
+fn refill(limit: &Limit, stored: Option<Bucket>, key_hash: u64, now: u64) -> Bucket {
+    let full = Bucket {
+        key_hash,
+        tokens: u64::try_from(capacity(limit)).unwrap_or(u64::MAX),
+        updated: now,
+    };
+    let Some(stored) = stored else { return full };
+    let elapsed = u128::from(now.saturating_sub(stored.updated));
+    let added = elapsed
+        .saturating_mul(u128::from(limit.requests))
+        .saturating_mul(UNIT)
+        .checked_div(limit.period_nanos())
+        .unwrap_or(0);
+    let tokens = (u128::from(stored.tokens) + added).min(capacity(limit));
+    if stored.key_hash != key_hash && tokens == capacity(limit) {
+        // Another key's bucket, idle long enough to be full: the slot is ours now.
+        return full;
+    }
+    // A clock that went backwards keeps the stored time, so no tokens are minted.
+    Bucket {
+        key_hash: stored.key_hash,
+        tokens: u64::try_from(tokens).unwrap_or(u64::MAX),
+        updated: now.max(stored.updated),
+    }
+}
+
+/// Nanoseconds until the bucket holds `target` micro-tokens.
+fn nanos_until(limit: &Limit, tokens: u64, target: u128) -> u128 {
+    let deficit = target.saturating_sub(u128::from(tokens));
+    let rate = u128::from(limit.requests) * UNIT;
+    if rate == 0 {
+        return 0;
+    }
+    (deficit * limit.period_nanos()).div_ceil(rate)
+}
+
+fn ceil_secs(nanos: u128) -> u128 {
+    nanos.div_ceil(NANOS_PER_SEC)
+}
+
+fn now_nanos(now: SystemTime) -> u64 {
+    now.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn hash_key(limit: &str, key: &str) -> u64 {
+    let digest = Sha256::new()
+        .chain_update(limit.as_bytes())
+        .chain_update([0])
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
+}
 
 impl RateLimiter {
     pub fn compile(config: &RateLimitConfig) -> Result<RateLimiter, ConfigError> {
-        let _ = config;
-        Ok(RateLimiter {})
+        if config.max_buckets == 0 {
+            return Err(ConfigError::new(
+                "rate_limits.max_buckets",
+                "must be at least 1",
+            ));
+        }
+        let mut limits = Vec::with_capacity(config.limits.len());
+        for (i, limit) in config.limits.iter().enumerate() {
+            let field = |name: &str| format!("rate_limits.limits[{i}].{name}");
+            if limit.name.is_empty()
+                || !limit
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+            {
+                return Err(ConfigError::new(
+                    field("name"),
+                    "must be non-empty and use only [A-Za-z0-9_-]",
+                ));
+            }
+            if config
+                .limits
+                .iter()
+                .take(i)
+                .any(|other| other.name == limit.name)
+            {
+                return Err(ConfigError::new(
+                    field("name"),
+                    format!("duplicate limit name `{}`", limit.name),
+                ));
+            }
+            if limit.requests == 0 {
+                return Err(ConfigError::new(field("requests"), "must be at least 1"));
+            }
+            if limit.period_s == 0 {
+                return Err(ConfigError::new(field("period_s"), "must be at least 1"));
+            }
+            let burst = limit.burst.unwrap_or(limit.requests);
+            if burst == 0 {
+                return Err(ConfigError::new(field("burst"), "must be at least 1"));
+            }
+            let when = match &limit.when {
+                Some(source) => Some(
+                    Expr::compile(source).map_err(|e| ConfigError::from_expr(field("when"), &e))?,
+                ),
+                None => None,
+            };
+            let key =
+                Expr::compile(&limit.key).map_err(|e| ConfigError::from_expr(field("key"), &e))?;
+            limits.push(Limit {
+                name: limit.name.clone(),
+                when,
+                key,
+                requests: limit.requests,
+                period_s: limit.period_s,
+                burst,
+                mode: limit.mode,
+                on_key_error: limit.on_key_error,
+            });
+        }
+        Ok(RateLimiter {
+            limits,
+            max_buckets: config.max_buckets,
+            headers_on_allow: config.headers_on_allow,
+        })
     }
+
     pub fn host_attributes(&self) -> Vec<HostAttribute> {
-        Vec::new()
+        self.limits
+            .iter()
+            .flat_map(|l| l.when.iter().chain(std::iter::once(&l.key)))
+            .flat_map(Expr::host_attributes)
+            .collect()
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.limits.is_empty()
+    }
+
+    /// Checks every applicable limit; takes one token from each only if all admit.
     pub fn check(
         &self,
         activation: &Activation<'_>,
@@ -41,9 +317,466 @@ impl RateLimiter {
         now: SystemTime,
         counters: &mut dyn Counters,
     ) -> RateVerdict {
-        let _ = (activation, store, now, counters);
-        RateVerdict::Admit {
-            response_headers: Vec::new(),
+        let now = now_nanos(now);
+        let slots: Vec<Slot<'_>> = self
+            .limits
+            .iter()
+            .filter_map(|limit| self.slot(limit, activation, counters))
+            .collect();
+        if slots.is_empty() {
+            return RateVerdict::Admit {
+                response_headers: Vec::new(),
+            };
         }
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            match self.attempt(&slots, store, now, counters) {
+                Some(verdict) => return verdict,
+                None => counters.increment("portcullis.ratelimit.cas_retry", 1),
+            }
+        }
+        // Persistent contention or a failing store: refuse rather than admit unmetered.
+        counters.increment("portcullis.ratelimit.contention_exhausted", 1);
+        let limit = slots.first().map(|s| s.limit.name.clone());
+        RateVerdict::Limited(Deny {
+            status: 429,
+            error: "rate_limited",
+            reason: "rate limit state is busy; retry".into(),
+            rule: limit,
+            headers: vec![("retry-after".into(), "1".into())],
+        })
+    }
+
+    fn slot<'l>(
+        &self,
+        limit: &'l Limit,
+        activation: &Activation<'_>,
+        counters: &mut dyn Counters,
+    ) -> Option<Slot<'l>> {
+        if let Some(when) = &limit.when {
+            match when.eval_bool(activation) {
+                Ok(false) => return None,
+                Ok(true) => {}
+                Err(_) => {
+                    counters.increment(&format!("portcullis.ratelimit.{}.errors", limit.name), 1)
+                }
+            }
+        }
+        let key = match limit.key.eval_string(activation) {
+            Ok(key) => key,
+            Err(_) => {
+                counters.increment(
+                    &format!("portcullis.ratelimit.{}.key_errors", limit.name),
+                    1,
+                );
+                match limit.on_key_error {
+                    KeyErrorAction::Skip => return None,
+                    KeyErrorAction::UnknownBucket => "<unknown>".to_owned(),
+                }
+            }
+        };
+        let key_hash = hash_key(&limit.name, &key);
+        let slot = key_hash % u64::from(self.max_buckets);
+        Some(Slot {
+            limit,
+            store_key: format!("portcullis.rl.{}.{slot}", limit.name),
+            key_hash,
+        })
+    }
+
+    /// One optimistic pass over all slots. `None` means a CAS conflict: start again.
+    fn attempt(
+        &self,
+        slots: &[Slot<'_>],
+        store: &dyn SharedStore,
+        now: u64,
+        counters: &mut dyn Counters,
+    ) -> Option<RateVerdict> {
+        let refilled: Vec<Refilled> = slots
+            .iter()
+            .map(|slot| {
+                let stored = store.get(&slot.store_key);
+                let cas = stored.as_ref().map(|(_, cas)| *cas);
+                let bucket = stored.and_then(|(bytes, _)| Bucket::decode(&bytes));
+                Refilled {
+                    bucket: refill(slot.limit, bucket, slot.key_hash, now),
+                    cas,
+                }
+            })
+            .collect();
+
+        // Any enforcing bucket without a token refuses the request; nothing is taken.
+        let refusing = slots
+            .iter()
+            .zip(&refilled)
+            .filter(|(_, r)| u128::from(r.bucket.tokens) < UNIT)
+            .collect::<Vec<_>>();
+        for (slot, _) in &refusing {
+            let name = &slot.limit.name;
+            match slot.limit.mode {
+                Mode::Shadow => {
+                    counters.increment(&format!("portcullis.ratelimit.{name}.shadow_limited"), 1)
+                }
+                Mode::Enforce => {
+                    counters.increment(&format!("portcullis.ratelimit.{name}.limited"), 1)
+                }
+            }
+        }
+        if let Some((slot, r)) = refusing
+            .iter()
+            .find(|(slot, _)| slot.limit.mode == Mode::Enforce)
+        {
+            return Some(RateVerdict::Limited(limited(slot.limit, r.bucket.tokens)));
+        }
+
+        // Take one token from every bucket that has one; shadow buckets without one are left alone.
+        let mut taken: Vec<(&Slot<'_>, u64)> = Vec::with_capacity(slots.len());
+        for (slot, r) in slots.iter().zip(&refilled) {
+            if u128::from(r.bucket.tokens) < UNIT {
+                continue;
+            }
+            let next = Bucket {
+                tokens: r.bucket.tokens.saturating_sub(UNIT as u64),
+                ..r.bucket
+            };
+            match store.set(&slot.store_key, &next.encode(), r.cas) {
+                Ok(()) => taken.push((slot, next.tokens)),
+                Err(StoreError::CasMismatch | StoreError::Unavailable) => {
+                    for (done, _) in taken {
+                        refund(done, store);
+                    }
+                    return None;
+                }
+            }
+        }
+        let mut response_headers = Vec::new();
+        for (slot, tokens) in &taken {
+            counters.increment(
+                &format!("portcullis.ratelimit.{}.admitted", slot.limit.name),
+                1,
+            );
+            if self.headers_on_allow {
+                response_headers.extend(rate_limit_headers(slot.limit, *tokens));
+            }
+        }
+        Some(RateVerdict::Admit { response_headers })
+    }
+}
+
+/// Gives back a token taken earlier in a failed attempt (bounded CAS loop; adding commutes).
+fn refund(slot: &Slot<'_>, store: &dyn SharedStore) {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let Some((bytes, cas)) = store.get(&slot.store_key) else {
+            return;
+        };
+        let Some(bucket) = Bucket::decode(&bytes) else {
+            return;
+        };
+        let tokens = (u128::from(bucket.tokens) + UNIT).min(capacity(slot.limit));
+        let next = Bucket {
+            tokens: u64::try_from(tokens).unwrap_or(u64::MAX),
+            ..bucket
+        };
+        if store
+            .set(&slot.store_key, &next.encode(), Some(cas))
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers, structured fields).
+fn rate_limit_headers(limit: &Limit, tokens: u64) -> Vec<(String, String)> {
+    let remaining = u128::from(tokens) / UNIT;
+    let reset = ceil_secs(nanos_until(limit, tokens, capacity(limit)));
+    vec![
+        (
+            "ratelimit-policy".into(),
+            format!("\"{}\";q={};w={}", limit.name, limit.burst, limit.period_s),
+        ),
+        (
+            "ratelimit".into(),
+            format!("\"{}\";r={remaining};t={reset}", limit.name),
+        ),
+    ]
+}
+
+fn limited(limit: &Limit, tokens: u64) -> Deny {
+    let retry_after = ceil_secs(nanos_until(limit, tokens, UNIT)).max(1);
+    let mut headers = vec![("retry-after".to_owned(), retry_after.to_string())];
+    headers.extend(rate_limit_headers(limit, tokens));
+    Deny {
+        status: 429,
+        error: "rate_limited",
+        reason: format!(
+            "rate limit `{}` exceeded: {} requests per {} s",
+            limit.name, limit.requests, limit.period_s
+        ),
+        rule: Some(limit.name.clone()),
+        headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::memory::{MemoryCounters, MemoryStore};
+    use crate::request::RequestView;
+    use std::time::Duration;
+
+    fn limiter(json: &str) -> RateLimiter {
+        let config: RateLimitConfig = serde_json::from_str(json).unwrap();
+        RateLimiter::compile(&config).unwrap()
+    }
+
+    fn at(secs: f64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_secs_f64(secs)
+    }
+
+    fn run(
+        limiter: &RateLimiter,
+        store: &MemoryStore,
+        counters: &mut MemoryCounters,
+        key: &str,
+        t: f64,
+    ) -> RateVerdict {
+        let request = RequestView::new("GET", "/", &[("x-api-key", key)]);
+        let activation = Activation::new(&request);
+        limiter.check(&activation, store, at(t), counters)
+    }
+
+    fn admitted(v: &RateVerdict) -> bool {
+        matches!(v, RateVerdict::Admit { .. })
+    }
+
+    const ONE: &str = r#"{"limits": [{"name": "per-key", "key": "request.headers['x-api-key']", "requests": 2, "period_s": 1, "burst": 5}]}"#;
+
+    #[test]
+    fn admits_exactly_burst_then_refills_exactly() {
+        let limiter = limiter(ONE);
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        let burst: usize = (0..10)
+            .filter(|_| admitted(&run(&limiter, &store, &mut counters, "k", 0.0)))
+            .count();
+        assert_eq!(burst, 5);
+        // 2 tokens per second: after 0.49 s still nothing, after 0.5 s exactly one.
+        assert!(!admitted(&run(&limiter, &store, &mut counters, "k", 0.49)));
+        assert!(admitted(&run(&limiter, &store, &mut counters, "k", 0.5)));
+        assert!(!admitted(&run(&limiter, &store, &mut counters, "k", 0.5)));
+        // Over 10 s, never more than the burst.
+        let later: usize = (0..20)
+            .filter(|_| admitted(&run(&limiter, &store, &mut counters, "k", 10.0)))
+            .count();
+        assert_eq!(later, 5);
+        assert_eq!(counters.get("portcullis.ratelimit.per-key.admitted"), 11);
+        assert_eq!(counters.get("portcullis.ratelimit.per-key.limited"), 22);
+    }
+
+    #[test]
+    fn keys_have_separate_buckets() {
+        let limiter = limiter(ONE);
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        for _ in 0..5 {
+            assert!(admitted(&run(&limiter, &store, &mut counters, "a", 0.0)));
+        }
+        assert!(!admitted(&run(&limiter, &store, &mut counters, "a", 0.0)));
+        assert!(admitted(&run(&limiter, &store, &mut counters, "b", 0.0)));
+    }
+
+    #[test]
+    fn limited_answer_has_retry_after_and_ratelimit_headers() {
+        let limiter = limiter(ONE);
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        let key = "secret-api-key-0123";
+        for _ in 0..5 {
+            run(&limiter, &store, &mut counters, key, 0.0);
+        }
+        let RateVerdict::Limited(deny) = run(&limiter, &store, &mut counters, key, 0.0) else {
+            panic!("not limited")
+        };
+        assert_eq!(deny.status, 429);
+        assert_eq!(deny.rule.as_deref(), Some("per-key"));
+        let header = |name: &str| {
+            deny.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(header("retry-after").as_deref(), Some("1"));
+        assert_eq!(
+            header("ratelimit-policy").as_deref(),
+            Some("\"per-key\";q=5;w=1")
+        );
+        assert_eq!(header("ratelimit").as_deref(), Some("\"per-key\";r=0;t=3"));
+        assert!(
+            !deny.reason.contains(key),
+            "the key value must not leak into the answer"
+        );
+        assert!(!deny.headers.iter().any(|(_, v)| v.contains(key)));
+    }
+
+    #[test]
+    fn refused_request_takes_no_token_from_other_buckets() {
+        let limiter = limiter(
+            r#"{"limits": [
+                {"name": "wide", "key": "'all'", "requests": 100, "period_s": 1},
+                {"name": "narrow", "key": "request.headers['x-api-key']", "requests": 1, "period_s": 60}
+            ]}"#,
+        );
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        assert!(admitted(&run(&limiter, &store, &mut counters, "k", 0.0)));
+        for _ in 0..50 {
+            assert!(!admitted(&run(&limiter, &store, &mut counters, "k", 0.0)));
+        }
+        // `wide` lost only the one admitted request's token: 99 more pass with fresh keys.
+        let passed = (0..150)
+            .filter(|i| {
+                admitted(&run(
+                    &limiter,
+                    &store,
+                    &mut counters,
+                    &format!("other-{i}"),
+                    0.0,
+                ))
+            })
+            .count();
+        assert_eq!(passed, 99);
+    }
+
+    #[test]
+    fn shadow_limits_count_but_never_refuse() {
+        let limiter = limiter(
+            r#"{"limits": [{"name": "s", "key": "'x'", "requests": 1, "period_s": 60, "mode": "shadow"}]}"#,
+        );
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        for _ in 0..5 {
+            assert!(admitted(&run(&limiter, &store, &mut counters, "k", 0.0)));
+        }
+        assert_eq!(counters.get("portcullis.ratelimit.s.shadow_limited"), 4);
+    }
+
+    #[test]
+    fn key_errors_use_the_unknown_bucket_or_skip() {
+        let unknown = limiter(
+            r#"{"limits": [{"name": "u", "key": "jwt.claims.sub", "requests": 1, "period_s": 60}]}"#,
+        );
+        let skip = limiter(
+            r#"{"limits": [{"name": "u", "key": "jwt.claims.sub", "requests": 1, "period_s": 60, "on_key_error": "skip"}]}"#,
+        );
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        assert!(admitted(&run(&unknown, &store, &mut counters, "a", 0.0)));
+        assert!(!admitted(&run(&unknown, &store, &mut counters, "b", 0.0)));
+        let store = MemoryStore::default();
+        for _ in 0..3 {
+            assert!(admitted(&run(&skip, &store, &mut counters, "a", 0.0)));
+        }
+        assert!(counters.get("portcullis.ratelimit.u.key_errors") >= 5);
+    }
+
+    #[test]
+    fn colliding_keys_share_a_slot_conservatively_and_reuse_idle_slots() {
+        let limiter = limiter(
+            r#"{"max_buckets": 1, "limits": [{"name": "c", "key": "request.headers['x-api-key']", "requests": 1, "period_s": 10}]}"#,
+        );
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        assert!(admitted(&run(&limiter, &store, &mut counters, "a", 0.0)));
+        // One slot: `b` shares `a`'s empty bucket while it refills.
+        assert!(!admitted(&run(&limiter, &store, &mut counters, "b", 1.0)));
+        // Once `a`'s bucket is full again the slot is reused by `b`.
+        assert!(admitted(&run(&limiter, &store, &mut counters, "b", 10.0)));
+    }
+
+    #[test]
+    fn clock_going_backwards_mints_no_tokens() {
+        let limiter = limiter(ONE);
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        for _ in 0..5 {
+            run(&limiter, &store, &mut counters, "k", 5.0);
+        }
+        assert!(!admitted(&run(&limiter, &store, &mut counters, "k", 1.0)));
+        assert!(!admitted(&run(&limiter, &store, &mut counters, "k", 5.0)));
+    }
+
+    /// A store whose CAS always fails at first: the limiter retries, then fails closed.
+    struct Contended {
+        inner: MemoryStore,
+        failures: std::cell::Cell<usize>,
+    }
+
+    impl SharedStore for Contended {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            if self.failures.get() > 0 {
+                self.failures.set(self.failures.get() - 1);
+                return Err(StoreError::CasMismatch);
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn cas_conflicts_retry_a_bounded_number_of_times() {
+        let limiter = limiter(ONE);
+        let request = RequestView::new("GET", "/", &[("x-api-key", "k")]);
+        let mut counters = MemoryCounters::default();
+        let store = Contended {
+            inner: MemoryStore::default(),
+            failures: std::cell::Cell::new(3),
+        };
+        assert!(admitted(&limiter.check(
+            &Activation::new(&request),
+            &store,
+            at(0.0),
+            &mut counters
+        )));
+        assert_eq!(counters.get("portcullis.ratelimit.cas_retry"), 3);
+        let store = Contended {
+            inner: MemoryStore::default(),
+            failures: std::cell::Cell::new(usize::MAX),
+        };
+        assert!(!admitted(&limiter.check(
+            &Activation::new(&request),
+            &store,
+            at(0.0),
+            &mut counters
+        )));
+        assert_eq!(counters.get("portcullis.ratelimit.contention_exhausted"), 1);
+    }
+
+    #[test]
+    fn bad_limits_are_rejected_with_the_field() {
+        let err = |json: &str| {
+            RateLimiter::compile(&serde_json::from_str(json).unwrap())
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(
+            err(r#"{"limits": [{"name": "a", "key": "'k'", "requests": 0, "period_s": 1}]}"#),
+            "rate_limits.limits[0].requests"
+        );
+        assert_eq!(
+            err(r#"{"limits": [{"name": "a", "key": "'k'", "requests": 1, "period_s": 0}]}"#),
+            "rate_limits.limits[0].period_s"
+        );
+        assert_eq!(
+            err(
+                r#"{"limits": [{"name": "a", "key": "'k'", "requests": 1, "period_s": 1}, {"name": "a", "key": "'k'", "requests": 1, "period_s": 1}]}"#
+            ),
+            "rate_limits.limits[1].name"
+        );
+        assert_eq!(
+            err(r#"{"limits": [{"name": "a", "key": "(", "requests": 1, "period_s": 1}]}"#),
+            "rate_limits.limits[0].key"
+        );
     }
 }

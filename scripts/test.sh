@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Every test: formatting, lints, native unit and conformance tests, harness tests, policy
+# tests through the real .wasm, and end-to-end tests against a real Envoy (--concurrency 2).
+# Installs what it needs (scripts/setup.sh) or fails; it never skips the Envoy tests.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "setup"
+envoy="$(scripts/setup.sh)"
+export PORTCULLIS_ENVOY="$envoy"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (native, all targets; and the wasm shell)"
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p portcullis-filter --target wasm32-wasip1 -- -D warnings
+
+step "build the filter (.wasm)"
+scripts/build.sh
+export PORTCULLIS_WASM="$root/out/portcullis.wasm"
+
+step "cargo test (native unit, conformance, harness)"
+cargo test --workspace 2>&1 | tee out/cargo-test.log
+echo "-- cargo test summary:"
+grep -E '^test result:' out/cargo-test.log
+
+step "policy tests through the .wasm (portcullis test policies/)"
+target/debug/portcullis test policies/
+
+step "bundle the example configuration"
+target/debug/portcullis bundle policies/portcullis.yaml -o out/plugin.json
+
+step "envoy --mode validate every Envoy config under envoy-examples/"
+"$root/.venv/bin/python" envoy-examples/validate_all.py --envoy "$envoy" --wasm "$PORTCULLIS_WASM" --plugin-config out/plugin.json
+
+step "end-to-end tests against a real Envoy"
+"$root/.venv/bin/python" -m unittest discover -s envoy-examples -p '*_test.py' -v
+
+step "all tests passed"

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The main job: Envoy on 127.0.0.1:10000 with the Portcullis filter and the example policies,
+# an echoing upstream on :10001 that also serves the JWKS (fetched by the filter), and sample
+# tokens with ready-to-paste curl lines. Ctrl-C stops everything this script started.
+#
+#   scripts/up.sh           run until Ctrl-C
+#   scripts/up.sh --check   send the sample requests, print each status, exit non-zero on a surprise
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+check=false
+[ "${1:-}" = "--check" ] && check=true
+PORT="${PORTCULLIS_PORT:-10000}"; UPSTREAM_PORT="${PORTCULLIS_UPSTREAM_PORT:-10001}"; ADMIN_PORT="${PORTCULLIS_ADMIN_PORT:-9901}"
+
+envoy="$(scripts/setup.sh)"
+py="$root/.venv/bin/python"
+scripts/build.sh
+cargo build -q -p portcullis-harness --bin portcullis
+target/debug/portcullis bundle policies/portcullis.yaml -o out/plugin.json
+"$py" envoy-examples/render.py envoy-examples/local.envoy.yaml --wasm "$root/out/portcullis.wasm" \
+  --plugin-config out/plugin.json --port "$PORT" --upstream-port "$UPSTREAM_PORT" --admin-port "$ADMIN_PORT" \
+  --jwks remote -o out/envoy-local.yaml
+
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+"$py" envoy-examples/upstream.py --port "$UPSTREAM_PORT" --jwks policies/keys/jwks.json &
+pids+=($!)
+"$envoy" -c out/envoy-local.yaml --concurrency 2 --use-dynamic-base-id -l warning --component-log-level wasm:info \
+  >out/envoy.log 2>&1 &
+pids+=($!)
+
+for _ in $(seq 1 100); do
+  if curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null 2>&1; then break; fi
+  kill -0 "${pids[1]}" 2>/dev/null || { echo "Envoy exited; its log:" >&2; tail -30 out/envoy.log >&2; exit 1; }
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null || { echo "Envoy is not ready; see out/envoy.log" >&2; exit 1; }
+
+if $check; then
+  "$py" envoy-examples/tour.py --base "http://127.0.0.1:$PORT" --check
+  exit $?
+fi
+echo
+echo "Portcullis is up: Envoy on http://127.0.0.1:$PORT (admin :$ADMIN_PORT, log out/envoy.log)."
+echo "Sample requests (tokens valid for 24 h):"
+echo
+"$py" envoy-examples/tour.py --base "http://127.0.0.1:$PORT"
+echo "Ctrl-C stops Envoy and the upstream."
+wait "${pids[1]}"
