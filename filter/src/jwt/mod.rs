@@ -1,39 +1,50 @@
-//! JWT authentication. STUB: interface fixed, implementation owned by the JWT work.
+//! JWT authentication: token extraction, JWS verification (host crypto fast path, pure-Rust
+//! fallback), claim checks, Envoy-style requirements, a per-VM token cache and remote JWKS.
+//!
+//! Everything is compiled once in [`Authenticator::compile`]; [`Authenticator::authenticate`]
+//! is pure apart from the [`AuthnEnv`] it is handed. See docs/jwt.md.
+
+pub mod cache;
+pub mod claims;
+pub mod config;
+pub mod jws;
+pub mod keys;
+pub mod remote;
+
+pub use cache::{CacheConfig, TokenCache};
+pub use config::JwtConfig;
+pub use jws::Alg;
+pub use remote::{FetchRequest, JwksSync, RemoteKeySet, RemoteKeys, RemoteKind, RemoteSpec};
 
 use crate::config::ConfigError;
 use crate::decision::{Deny, HeaderEdit};
-use crate::expr::{Activation, JwtAttributes};
+use crate::expr::{Activation, Expr, JwtAttributes};
 use crate::ports::{Counters, HostCrypto};
-use crate::request::HostAttribute;
-use serde::Deserialize;
+use crate::request::{HostAttribute, RequestView};
+use claims::{
+    check_claims, header_value, sanitize, unix_seconds, ClaimPath, ClaimRules, SubjectRule,
+};
+use config::{JwksSource, ProviderConfig, RequirementConfig};
+use jws::{json_depth_ok, parse_compact, select_keys, verify_signature, Invalid};
+use keys::{KeyPolicy, KeySet};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
-
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct JwtConfig {
-    #[serde(default)]
-    pub providers: Vec<serde_json::Value>,
-    #[serde(default)]
-    pub requirements: Vec<serde_json::Value>,
-    #[serde(default)]
-    pub default_requirement: Option<serde_json::Value>,
-}
 
 /// A token whose signature and claims were verified.
 #[derive(Debug)]
 pub struct VerifiedToken {
     pub provider: String,
+    /// Header and claims as CEL values, converted once (cached with the token).
     pub attributes: JwtAttributes,
+    /// `claim_to_headers` and `forward_payload_header` edits for the upstream.
+    pub header_edits: Vec<HeaderEdit>,
+    /// The token's `exp`, Unix seconds.
+    pub exp: Option<i64>,
 }
-
-/// Per-VM cache of verified tokens.
-#[derive(Debug, Default)]
-pub struct TokenCache {}
-
-/// Signing keys fetched from remote JWKS endpoints, per provider (fed by the shell).
-#[derive(Debug, Default)]
-pub struct RemoteKeys {}
 
 /// What authentication needs from the outside world for one request.
 pub struct AuthnEnv<'a> {
@@ -57,17 +68,249 @@ pub enum AuthnOutcome {
     KeysPending(Vec<String>),
 }
 
+/// A compiled requirement (mirrors Envoy's `JwtRequirement`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Requirement {
+    Provider(usize),
+    AnyOf(Vec<Requirement>),
+    AllOf(Vec<Requirement>),
+    AllowMissing,
+    AllowMissingOrFailed,
+    None,
+}
+
 #[derive(Debug)]
-pub struct Authenticator {}
+enum ProviderKeys {
+    Static(Arc<KeySet>),
+    Remote(RemoteSpec),
+}
+
+#[derive(Debug, Clone)]
+enum TokenSource {
+    Header {
+        name: String,
+        prefix: Option<String>,
+    },
+    Param(String),
+    Cookie(String),
+}
+
+#[derive(Debug)]
+struct Provider {
+    name: String,
+    rules: ClaimRules,
+    algorithms: Vec<Alg>,
+    keys: ProviderKeys,
+    sources: Vec<TokenSource>,
+    forward: bool,
+    payload_header: Option<String>,
+    claim_headers: Vec<(ClaimPath, String)>,
+    max_token_bytes: usize,
+    max_json_depth: usize,
+    c_ok: String,
+    c_missing: String,
+    c_invalid: String,
+    c_cache_hit: String,
+    c_cache_miss: String,
+    c_keys_pending: String,
+    c_keys_unavailable: String,
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    when: Expr,
+    require: Requirement,
+}
+
+/// The compiled `jwt` configuration.
+#[derive(Debug)]
+pub struct Authenticator {
+    providers: Vec<Provider>,
+    rules: Vec<Rule>,
+    default: Requirement,
+    keys_unavailable_status: u16,
+    pending_deadline_ms: u64,
+    cache: CacheConfig,
+    /// Every header this filter writes from claims: removed from every passing request first,
+    /// so a client can never inject them.
+    output_headers: Vec<String>,
+    /// Distinguishes this compiled configuration in the token cache.
+    epoch: u64,
+}
+
+static EPOCH: AtomicU64 = AtomicU64::new(1);
+
+const REALM: &str = "portcullis";
+
+/// The result of one provider for one request (memoised per request).
+#[derive(Debug, Clone)]
+enum ProviderResult {
+    Missing,
+    Verified(Arc<VerifiedToken>, Option<String>),
+    Invalid(Invalid),
+    Pending,
+    Unavailable,
+}
+
+#[derive(Debug)]
+enum Eval {
+    Pass(Vec<usize>),
+    Missing,
+    Invalid(Invalid),
+    Pending(Vec<String>),
+    Unavailable,
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(':')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
 
 impl Authenticator {
     pub fn compile(config: &JwtConfig) -> Result<Authenticator, ConfigError> {
-        let _ = config;
-        Ok(Authenticator {})
+        let mut providers = Vec::with_capacity(config.providers.len());
+        for (i, pc) in config.providers.iter().enumerate() {
+            let field = format!("jwt.providers[{i}]");
+            if providers.iter().any(|p: &Provider| p.name == pc.name) {
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    format!("duplicate provider name `{}`", pc.name),
+                ));
+            }
+            providers.push(compile_provider(pc, &field)?);
+        }
+        let mut rules = Vec::with_capacity(config.requirements.len());
+        for (i, rc) in config.requirements.iter().enumerate() {
+            let field = format!("jwt.requirements[{i}]");
+            let when = Expr::compile(&rc.when)
+                .map_err(|e| ConfigError::from_expr(format!("{field}.when"), &e))?;
+            if when.uses_jwt() {
+                return Err(ConfigError::new(
+                    format!("{field}.when"),
+                    "a requirement's `when` is evaluated before authentication and must not use `jwt`",
+                ));
+            }
+            let require =
+                compile_requirement(&rc.require, &providers, &format!("{field}.require"))?;
+            rules.push(Rule {
+                name: rc.name.clone(),
+                when,
+                require,
+            });
+        }
+        let default = match &config.default_requirement {
+            Some(rc) => compile_requirement(rc, &providers, "jwt.default_requirement")?,
+            None => match providers.len() {
+                0 => Requirement::None,
+                1 => Requirement::Provider(0),
+                n => Requirement::AnyOf((0..n).map(Requirement::Provider).collect()),
+            },
+        };
+        if !matches!(config.keys_unavailable_status, 401 | 503) {
+            return Err(ConfigError::new(
+                "jwt.keys_unavailable_status",
+                "must be 401 or 503",
+            ));
+        }
+        let mut output_headers = BTreeSet::new();
+        for p in &providers {
+            output_headers.extend(p.payload_header.iter().cloned());
+            output_headers.extend(p.claim_headers.iter().map(|(_, h)| h.clone()));
+        }
+        Ok(Authenticator {
+            providers,
+            rules,
+            default,
+            keys_unavailable_status: config.keys_unavailable_status,
+            pending_deadline_ms: config.pending_deadline_ms,
+            cache: config.cache.clone(),
+            output_headers: output_headers.into_iter().collect(),
+            epoch: EPOCH.fetch_add(1, Ordering::Relaxed),
+        })
     }
 
     pub fn host_attributes(&self) -> Vec<HostAttribute> {
-        Vec::new()
+        let mut all: Vec<HostAttribute> = self
+            .rules
+            .iter()
+            .flat_map(|r| r.when.host_attributes())
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The remote key sources, for [`JwksSync::new`].
+    pub fn remote_specs(&self) -> Vec<RemoteSpec> {
+        self.providers
+            .iter()
+            .filter_map(|p| match &p.keys {
+                ProviderKeys::Remote(spec) => Some(spec.clone()),
+                ProviderKeys::Static(_) => None,
+            })
+            .collect()
+    }
+
+    /// A remote-JWKS state machine for this configuration (one per VM).
+    pub fn jwks_sync(&self, owner: &str, seed: u64) -> JwksSync {
+        JwksSync::new(self.remote_specs(), owner, seed)
+    }
+
+    /// A token cache sized by `jwt.cache` (one per VM).
+    pub fn new_token_cache(&self) -> TokenCache {
+        TokenCache::new(self.cache.clone())
+    }
+
+    /// How long the shell may hold a `KeysPending` request before answering
+    /// [`Authenticator::keys_unavailable`].
+    pub fn pending_deadline_ms(&self) -> u64 {
+        self.pending_deadline_ms
+    }
+
+    /// The answer when keys did not arrive in time (or are too stale).
+    pub fn keys_unavailable(&self) -> Deny {
+        let mut headers = Vec::new();
+        if self.keys_unavailable_status == 401 {
+            headers.push((
+                "www-authenticate".to_owned(),
+                format!("Bearer realm=\"{REALM}\""),
+            ));
+        }
+        Deny {
+            status: self.keys_unavailable_status,
+            error: "keys_unavailable",
+            reason: "signing keys unavailable".to_owned(),
+            rule: None,
+            headers,
+        }
+    }
+
+    /// The requirement that applies to a request, and the rule that chose it.
+    pub fn requirement_for(
+        &self,
+        activation: &Activation<'_>,
+        counters: &mut dyn Counters,
+    ) -> (&Requirement, Option<&str>) {
+        for rule in &self.rules {
+            match rule.when.eval_bool(activation) {
+                Ok(true) => return (&rule.require, Some(&rule.name)),
+                Ok(false) => {}
+                Err(_) => counters.increment("portcullis.jwt.requirement_error", 1),
+            }
+        }
+        (&self.default, None)
     }
 
     /// `activation` has no `jwt` yet; requirement `when` expressions are evaluated against it.
@@ -76,10 +319,743 @@ impl Authenticator {
         activation: &Activation<'_>,
         env: &mut AuthnEnv<'_>,
     ) -> AuthnOutcome {
-        let _ = (activation, env);
-        AuthnOutcome::Pass {
-            token: None,
-            request_headers: Vec::new(),
+        let (requirement, rule) = self.requirement_for(activation, env.counters);
+        if *requirement == Requirement::None {
+            return AuthnOutcome::Pass {
+                token: None,
+                request_headers: self.strip_output_headers(),
+            };
+        }
+        env.cache.configure(self.cache.clone());
+        let mut memo: Vec<Option<ProviderResult>> = vec![None; self.providers.len()];
+        let eval = self.eval(requirement, activation.request, env, &mut memo);
+        let rule = rule.map(str::to_owned);
+        match eval {
+            Eval::Pass(used) => {
+                let mut request_headers = self.strip_output_headers();
+                let mut token = None;
+                for i in used {
+                    let (Some(Some(ProviderResult::Verified(t, source))), Some(p)) =
+                        (memo.get(i), self.providers.get(i))
+                    else {
+                        continue;
+                    };
+                    if !p.forward {
+                        if let Some(header) = source {
+                            request_headers.push(HeaderEdit::Remove(header.clone()));
+                        }
+                    }
+                    request_headers.extend(t.header_edits.iter().cloned());
+                    if token.is_none() {
+                        token = Some(Arc::clone(t));
+                    }
+                }
+                AuthnOutcome::Pass {
+                    token,
+                    request_headers,
+                }
+            }
+            Eval::Missing => AuthnOutcome::Fail(Deny {
+                status: 401,
+                error: "missing_token",
+                reason: "a bearer token is required".to_owned(),
+                rule,
+                headers: vec![(
+                    "www-authenticate".to_owned(),
+                    format!("Bearer realm=\"{REALM}\""),
+                )],
+            }),
+            Eval::Invalid(invalid) => {
+                let description = sanitize(&invalid.detail);
+                AuthnOutcome::Fail(Deny {
+                    status: 401,
+                    error: "invalid_token",
+                    reason: description.clone(),
+                    rule,
+                    headers: vec![(
+                        "www-authenticate".to_owned(),
+                        format!(
+                            "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{description}\""
+                        ),
+                    )],
+                })
+            }
+            Eval::Pending(providers) => AuthnOutcome::KeysPending(providers),
+            Eval::Unavailable => {
+                let mut deny = self.keys_unavailable();
+                deny.rule = rule;
+                AuthnOutcome::Fail(deny)
+            }
+        }
+    }
+
+    fn strip_output_headers(&self) -> Vec<HeaderEdit> {
+        self.output_headers
+            .iter()
+            .map(|h| HeaderEdit::Remove(h.clone()))
+            .collect()
+    }
+
+    fn eval(
+        &self,
+        requirement: &Requirement,
+        request: &RequestView,
+        env: &mut AuthnEnv<'_>,
+        memo: &mut Vec<Option<ProviderResult>>,
+    ) -> Eval {
+        match requirement {
+            Requirement::None => Eval::Pass(Vec::new()),
+            Requirement::Provider(i) => match self.provider_result(*i, request, env, memo) {
+                ProviderResult::Verified(..) => Eval::Pass(vec![*i]),
+                ProviderResult::Missing => Eval::Missing,
+                ProviderResult::Invalid(e) => Eval::Invalid(e),
+                ProviderResult::Pending => Eval::Pending(self.name_of(*i)),
+                ProviderResult::Unavailable => Eval::Unavailable,
+            },
+            Requirement::AnyOf(children) => {
+                let results: Vec<Eval> = {
+                    let mut out = Vec::with_capacity(children.len());
+                    for child in children {
+                        let r = self.eval(child, request, env, memo);
+                        if matches!(r, Eval::Pass(_)) {
+                            return r;
+                        }
+                        out.push(r);
+                    }
+                    out
+                };
+                combine_failures(results)
+            }
+            Requirement::AllOf(children) => {
+                let mut used = Vec::new();
+                for child in children {
+                    match self.eval(child, request, env, memo) {
+                        Eval::Pass(u) => used.extend(u),
+                        other => return other,
+                    }
+                }
+                Eval::Pass(used)
+            }
+            Requirement::AllowMissing | Requirement::AllowMissingOrFailed => {
+                let lenient = *requirement == Requirement::AllowMissingOrFailed;
+                let mut results = Vec::with_capacity(self.providers.len());
+                for i in 0..self.providers.len() {
+                    let r = match self.provider_result(i, request, env, memo) {
+                        ProviderResult::Verified(..) => return Eval::Pass(vec![i]),
+                        ProviderResult::Missing => Eval::Missing,
+                        ProviderResult::Invalid(e) => Eval::Invalid(e),
+                        ProviderResult::Pending => Eval::Pending(self.name_of(i)),
+                        ProviderResult::Unavailable => Eval::Unavailable,
+                    };
+                    results.push(r);
+                }
+                match combine_failures(results) {
+                    Eval::Missing => Eval::Pass(Vec::new()),
+                    Eval::Invalid(_) | Eval::Unavailable if lenient => Eval::Pass(Vec::new()),
+                    other => other,
+                }
+            }
+        }
+    }
+
+    fn name_of(&self, i: usize) -> Vec<String> {
+        self.providers
+            .get(i)
+            .map(|p| p.name.clone())
+            .into_iter()
+            .collect()
+    }
+
+    fn provider_result(
+        &self,
+        i: usize,
+        request: &RequestView,
+        env: &mut AuthnEnv<'_>,
+        memo: &mut [Option<ProviderResult>],
+    ) -> ProviderResult {
+        if let Some(Some(done)) = memo.get(i) {
+            return done.clone();
+        }
+        let result = match self.providers.get(i) {
+            Some(p) => self.run_provider(p, request, env),
+            None => ProviderResult::Missing,
+        };
+        if let Some(slot) = memo.get_mut(i) {
+            *slot = Some(result.clone());
+        }
+        result
+    }
+
+    fn run_provider(
+        &self,
+        p: &Provider,
+        request: &RequestView,
+        env: &mut AuthnEnv<'_>,
+    ) -> ProviderResult {
+        let Some((token, source)) = extract(&p.sources, request) else {
+            env.counters.increment(&p.c_missing, 1);
+            return ProviderResult::Missing;
+        };
+        let now = unix_seconds(env.now);
+        let (keys, generation) = match &p.keys {
+            ProviderKeys::Static(set) => (Arc::clone(set), 0),
+            ProviderKeys::Remote(spec) => match env.remote_keys.get(&p.name) {
+                None => {
+                    env.counters.increment(&p.c_keys_pending, 1);
+                    return ProviderResult::Pending;
+                }
+                Some(set) => {
+                    let usable_until = set
+                        .fetched_at
+                        .saturating_add(
+                            i64::try_from(spec.timing.cache_duration_s).unwrap_or(i64::MAX),
+                        )
+                        .saturating_add(i64::try_from(spec.timing.max_stale_s).unwrap_or(i64::MAX));
+                    if now >= usable_until {
+                        env.counters.increment(&p.c_keys_unavailable, 1);
+                        return ProviderResult::Unavailable;
+                    }
+                    (Arc::clone(&set.keys), set.generation)
+                }
+            },
+        };
+        let cache_key = cache::cache_key(&format!("{}\0{}", p.name, self.epoch), &token);
+        if let Some(hit) = env.cache.get(&cache_key, now, generation) {
+            env.counters.increment(&p.c_cache_hit, 1);
+            env.counters.increment(&p.c_ok, 1);
+            return ProviderResult::Verified(hit, source);
+        }
+        env.counters.increment(&p.c_cache_miss, 1);
+        match verify_token(p, &token, &keys, env.crypto, now) {
+            Ok(verified) => {
+                let skew = i64::try_from(p.rules.clock_skew_s).unwrap_or(i64::MAX);
+                let ttl = i64::try_from(env.cache.max_ttl_s()).unwrap_or(i64::MAX);
+                let expires_at = match verified.exp {
+                    Some(exp) => exp.saturating_add(skew),
+                    None => now.saturating_add(ttl),
+                };
+                let bytes = token.len() * 4 + 256;
+                let verified = Arc::new(verified);
+                env.cache.insert(
+                    cache_key,
+                    Arc::clone(&verified),
+                    expires_at,
+                    generation,
+                    bytes,
+                    now,
+                );
+                env.counters.increment(&p.c_ok, 1);
+                ProviderResult::Verified(verified, source)
+            }
+            Err(invalid) => {
+                if invalid.code == "unknown_kid" && matches!(p.keys, ProviderKeys::Remote(_)) {
+                    env.remote_keys.request_refetch(&p.name);
+                }
+                env.counters
+                    .increment(&format!("{}.{}", p.c_invalid, invalid.code), 1);
+                ProviderResult::Invalid(invalid)
+            }
         }
     }
 }
+
+/// Most relevant failure among alternatives: pending keys (the token may yet verify), then
+/// unavailable keys, then the first invalid token, else missing.
+fn combine_failures(results: Vec<Eval>) -> Eval {
+    let mut pending = Vec::new();
+    let mut unavailable = false;
+    let mut invalid = None;
+    for r in results {
+        match r {
+            Eval::Pass(u) => return Eval::Pass(u),
+            Eval::Pending(p) => pending.extend(p),
+            Eval::Unavailable => unavailable = true,
+            Eval::Invalid(e) => {
+                if invalid.is_none() {
+                    invalid = Some(e);
+                }
+            }
+            Eval::Missing => {}
+        }
+    }
+    if !pending.is_empty() {
+        pending.sort();
+        pending.dedup();
+        Eval::Pending(pending)
+    } else if unavailable {
+        Eval::Unavailable
+    } else if let Some(e) = invalid {
+        Eval::Invalid(e)
+    } else {
+        Eval::Missing
+    }
+}
+
+/// Verifies one token for one provider: JWS, then claims. Pure.
+fn verify_token(
+    p: &Provider,
+    token: &str,
+    keys: &KeySet,
+    host: &dyn HostCrypto,
+    now: i64,
+) -> Result<VerifiedToken, Invalid> {
+    let jws = parse_compact(token, p.max_token_bytes, p.max_json_depth)?;
+    if !p.algorithms.contains(&jws.alg) {
+        return Err(Invalid::new("alg_not_allowed", "algorithm not allowed"));
+    }
+    if !json_depth_ok(&jws.payload, p.max_json_depth) {
+        return Err(Invalid::new("malformed", "payload nests too deeply"));
+    }
+    let claims: Map<String, Value> = serde_json::from_slice(&jws.payload)
+        .map_err(|_| Invalid::new("malformed", "payload is not a JSON object"))?;
+    // Cheap issuer filter before any crypto (several providers may share a header).
+    if claims.get("iss").and_then(Value::as_str) != Some(p.rules.issuer.as_str()) {
+        return Err(Invalid::new("wrong_issuer", "wrong issuer"));
+    }
+    let candidates = select_keys(&keys.keys, jws.alg, jws.kid.as_deref())?;
+    let signed = candidates.iter().any(|key| {
+        verify_signature(
+            jws.alg,
+            key,
+            jws.signing_input.as_bytes(),
+            &jws.signature,
+            host,
+        )
+    });
+    if !signed {
+        return Err(Invalid::new(
+            "bad_signature",
+            "signature verification failed",
+        ));
+    }
+    let exp = check_claims(&claims, &p.rules, now)?;
+    let mut header_edits = Vec::new();
+    if let Some(header) = &p.payload_header {
+        let payload_b64 = jws
+            .signing_input
+            .split_once('.')
+            .map(|(_, payload)| payload.to_owned())
+            .unwrap_or_default();
+        header_edits.push(HeaderEdit::Set(header.clone(), payload_b64));
+    }
+    for (path, header) in &p.claim_headers {
+        if let Some(value) = path.lookup(&claims).and_then(header_value) {
+            header_edits.push(HeaderEdit::Set(header.clone(), value));
+        }
+    }
+    let attributes =
+        JwtAttributes::from_json(&p.name, &Value::Object(jws.header), &Value::Object(claims));
+    Ok(VerifiedToken {
+        provider: p.name.clone(),
+        attributes,
+        header_edits,
+        exp,
+    })
+}
+
+/// Finds the provider's token: headers first (in configured order), then query
+/// parameters, then cookies. Returns the token and, if it came from a header, its name.
+fn extract<'r>(
+    sources: &[TokenSource],
+    request: &'r RequestView,
+) -> Option<(Cow<'r, str>, Option<String>)> {
+    for source in sources {
+        match source {
+            TokenSource::Header { name, prefix } => {
+                for (k, v) in &request.headers {
+                    if !k.eq_ignore_ascii_case(name) {
+                        continue;
+                    }
+                    let rest = match prefix {
+                        None => Some(v.as_str()),
+                        Some(prefix) => v
+                            .get(..prefix.len())
+                            .filter(|head| head.eq_ignore_ascii_case(prefix))
+                            .and_then(|_| v.get(prefix.len()..)),
+                    };
+                    if let Some(token) = rest.map(str::trim).filter(|t| !t.is_empty()) {
+                        return Some((Cow::Borrowed(token), Some(name.clone())));
+                    }
+                }
+            }
+            TokenSource::Param(param) => {
+                let path = request.path();
+                let Some((_, query)) = path.split_once('?') else {
+                    continue;
+                };
+                let query = query.split('#').next().unwrap_or_default();
+                for pair in query.split('&') {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    if percent_decode(k).as_deref() == Some(param.as_str()) {
+                        if let Some(token) = percent_decode(v).filter(|t| !t.is_empty()) {
+                            return Some((Cow::Owned(token), None));
+                        }
+                    }
+                }
+            }
+            TokenSource::Cookie(cookie) => {
+                for (k, v) in &request.headers {
+                    if !k.eq_ignore_ascii_case("cookie") {
+                        continue;
+                    }
+                    for pair in v.split(';') {
+                        if let Some((name, value)) = pair.trim().split_once('=') {
+                            let value = value.trim().trim_matches('"');
+                            if name.trim() == cookie && !value.is_empty() {
+                                return Some((Cow::Borrowed(value), None));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn compile_requirement(
+    rc: &RequirementConfig,
+    providers: &[Provider],
+    field: &str,
+) -> Result<Requirement, ConfigError> {
+    Ok(match rc {
+        RequirementConfig::Provider(name) => {
+            let i = providers
+                .iter()
+                .position(|p| p.name == *name)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{field}.provider"),
+                        format!("unknown provider `{name}`"),
+                    )
+                })?;
+            Requirement::Provider(i)
+        }
+        RequirementConfig::AnyOf(list) | RequirementConfig::AllOf(list) => {
+            let any = matches!(rc, RequirementConfig::AnyOf(_));
+            let key = if any { "any_of" } else { "all_of" };
+            if list.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{field}.{key}"),
+                    "must not be empty",
+                ));
+            }
+            let children = list
+                .iter()
+                .enumerate()
+                .map(|(j, c)| compile_requirement(c, providers, &format!("{field}.{key}[{j}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            if any {
+                Requirement::AnyOf(children)
+            } else {
+                Requirement::AllOf(children)
+            }
+        }
+        RequirementConfig::AllowMissing(_) => Requirement::AllowMissing,
+        RequirementConfig::AllowMissingOrFailed(_) => Requirement::AllowMissingOrFailed,
+        RequirementConfig::None(_) => Requirement::None,
+    })
+}
+
+fn compile_provider(pc: &ProviderConfig, field: &str) -> Result<Provider, ConfigError> {
+    let name = pc.name.clone();
+    if !valid_name(&name) {
+        return Err(ConfigError::new(
+            format!("{field}.name"),
+            "must be 1-64 characters of [A-Za-z0-9_-]",
+        ));
+    }
+    if pc.issuer.is_empty() {
+        return Err(ConfigError::new(
+            format!("{field}.issuer"),
+            "must not be empty",
+        ));
+    }
+    let algorithms: Vec<Alg> = match &pc.algorithms {
+        None => Alg::ALL.iter().copied().filter(|a| !a.is_hmac()).collect(),
+        Some(list) => {
+            if list.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{field}.algorithms"),
+                    "must not be empty",
+                ));
+            }
+            let mut out = Vec::new();
+            for (j, name) in list.iter().enumerate() {
+                let alg = Alg::parse(name).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{field}.algorithms[{j}]"),
+                        if name.eq_ignore_ascii_case("none") {
+                            "`none` is never accepted".to_owned()
+                        } else {
+                            format!("unsupported algorithm `{name}`")
+                        },
+                    )
+                })?;
+                out.push(alg);
+            }
+            out
+        }
+    };
+    let timing_check = |t: &config::FetchTiming, f: &str| -> Result<(), ConfigError> {
+        if t.timeout_ms == 0 || t.cache_duration_s == 0 {
+            return Err(ConfigError::new(
+                f.to_owned(),
+                "timeout_ms and cache_duration_s must be positive",
+            ));
+        }
+        Ok(())
+    };
+    let keys = match &pc.jwks {
+        JwksSource::Inline(value) => {
+            let f = format!("{field}.jwks.inline");
+            let parsed;
+            let value = match value {
+                Value::String(text) => {
+                    if !json_depth_ok(text.as_bytes(), 32) {
+                        return Err(ConfigError::new(f, "JWKS nests too deeply"));
+                    }
+                    parsed = serde_json::from_str::<Value>(text)
+                        .map_err(|e| ConfigError::new(f.clone(), format!("not JSON: {e}")))?;
+                    &parsed
+                }
+                other => other,
+            };
+            let set = KeySet::from_value(value, KeyPolicy::Inline)
+                .map_err(|e| ConfigError::new(f.clone(), e.0))?;
+            if !set
+                .keys
+                .iter()
+                .any(|k| algorithms.iter().any(|a| k.fits(*a)))
+            {
+                return Err(ConfigError::new(
+                    f,
+                    "no key fits the provider's algorithms (HS* must be listed explicitly, with an oct key of at least the hash size)",
+                ));
+            }
+            ProviderKeys::Static(Arc::new(set))
+        }
+        JwksSource::Remote(r) => {
+            let f = format!("{field}.jwks.remote");
+            if let Some(a) = algorithms.iter().find(|a| a.is_hmac()) {
+                return Err(ConfigError::new(
+                    format!("{field}.algorithms"),
+                    format!(
+                        "{} needs an inline oct key; remote key sets never provide secrets",
+                        a.name()
+                    ),
+                ));
+            }
+            if r.cluster.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{f}.cluster"),
+                    "must not be empty",
+                ));
+            }
+            if !r.path.starts_with('/') {
+                return Err(ConfigError::new(format!("{f}.path"), "must start with `/`"));
+            }
+            timing_check(&r.timing(), &f)?;
+            let authority = match &r.authority {
+                Some(a) => a.clone(),
+                None => remote::split_url(&pc.issuer)
+                    .map(|(a, _)| a)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            format!("{f}.authority"),
+                            "required when the issuer is not an http(s) URL",
+                        )
+                    })?,
+            };
+            ProviderKeys::Remote(RemoteSpec {
+                provider: name.clone(),
+                cluster: r.cluster.clone(),
+                authority,
+                kind: RemoteKind::Jwks {
+                    path: r.path.clone(),
+                },
+                timing: r.timing(),
+            })
+        }
+        JwksSource::Oidc(o) => {
+            let f = format!("{field}.jwks.oidc");
+            if let Some(a) = algorithms.iter().find(|a| a.is_hmac()) {
+                return Err(ConfigError::new(
+                    format!("{field}.algorithms"),
+                    format!(
+                        "{} needs an inline oct key; remote key sets never provide secrets",
+                        a.name()
+                    ),
+                ));
+            }
+            if o.cluster.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{f}.cluster"),
+                    "must not be empty",
+                ));
+            }
+            timing_check(&o.timing(), &f)?;
+            let (issuer_authority, issuer_path) =
+                remote::split_url(&pc.issuer).ok_or_else(|| {
+                    ConfigError::new(
+                        format!("{field}.issuer"),
+                        "OIDC discovery needs an http(s) issuer URL",
+                    )
+                })?;
+            let base = issuer_path.trim_end_matches('/');
+            ProviderKeys::Remote(RemoteSpec {
+                provider: name.clone(),
+                cluster: o.cluster.clone(),
+                authority: o.authority.clone().unwrap_or(issuer_authority),
+                kind: RemoteKind::Oidc {
+                    path: format!("{base}/.well-known/openid-configuration"),
+                    issuer: pc.issuer.clone(),
+                },
+                timing: o.timing(),
+            })
+        }
+    };
+    let mut sources = Vec::new();
+    let headers = pc.from_headers.clone().unwrap_or_else(|| {
+        vec![config::HeaderSource {
+            name: "authorization".into(),
+            value_prefix: Some("Bearer ".into()),
+        }]
+    });
+    for (j, h) in headers.iter().enumerate() {
+        let lower = h.name.to_ascii_lowercase();
+        if !valid_header_name(&lower) {
+            return Err(ConfigError::new(
+                format!("{field}.from_headers[{j}].name"),
+                "not a valid header name",
+            ));
+        }
+        sources.push(TokenSource::Header {
+            name: lower,
+            prefix: h.value_prefix.clone().filter(|p| !p.is_empty()),
+        });
+    }
+    sources.extend(pc.from_params.iter().cloned().map(TokenSource::Param));
+    sources.extend(pc.from_cookies.iter().cloned().map(TokenSource::Cookie));
+    if sources.is_empty() {
+        return Err(ConfigError::new(
+            format!("{field}.from_headers"),
+            "the provider has no token location",
+        ));
+    }
+    let required = pc
+        .required_claims
+        .iter()
+        .enumerate()
+        .map(|(j, c)| {
+            ClaimPath::parse(c)
+                .map_err(|e| ConfigError::new(format!("{field}.required_claims[{j}]"), e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut claim_headers = Vec::new();
+    for (j, ch) in pc.claim_to_headers.iter().enumerate() {
+        let path = ClaimPath::parse(&ch.claim)
+            .map_err(|e| ConfigError::new(format!("{field}.claim_to_headers[{j}].claim"), e))?;
+        let header = ch.header.to_ascii_lowercase();
+        if !valid_header_name(&header) {
+            return Err(ConfigError::new(
+                format!("{field}.claim_to_headers[{j}].header"),
+                "not a valid header name",
+            ));
+        }
+        claim_headers.push((path, header));
+    }
+    let payload_header = match &pc.forward_payload_header {
+        None => None,
+        Some(h) => {
+            let h = h.to_ascii_lowercase();
+            if !valid_header_name(&h) {
+                return Err(ConfigError::new(
+                    format!("{field}.forward_payload_header"),
+                    "not a valid header name",
+                ));
+            }
+            Some(h)
+        }
+    };
+    if pc.max_token_bytes < 16 || pc.max_token_bytes > 1024 * 1024 {
+        return Err(ConfigError::new(
+            format!("{field}.max_token_bytes"),
+            "must be between 16 and 1048576",
+        ));
+    }
+    if pc.max_json_depth == 0 || pc.max_json_depth > 128 {
+        return Err(ConfigError::new(
+            format!("{field}.max_json_depth"),
+            "must be between 1 and 128",
+        ));
+    }
+    let subjects = pc.subjects.as_ref().map(|s| SubjectRule {
+        exact: s.exact.clone(),
+        prefixes: s.prefix.iter().chain(s.prefixes.iter()).cloned().collect(),
+    });
+    if subjects
+        .as_ref()
+        .is_some_and(|s| s.exact.is_empty() && s.prefixes.is_empty())
+    {
+        return Err(ConfigError::new(
+            format!("{field}.subjects"),
+            "give `exact` and/or `prefix`/`prefixes`",
+        ));
+    }
+    let counter = |suffix: &str| format!("portcullis.jwt.{name}.{suffix}");
+    Ok(Provider {
+        rules: ClaimRules {
+            issuer: pc.issuer.clone(),
+            audiences: pc.audiences.clone(),
+            clock_skew_s: pc.clock_skew_s,
+            max_lifetime_s: pc.max_lifetime_s,
+            required,
+            subjects,
+        },
+        algorithms,
+        keys,
+        sources,
+        forward: pc.forward,
+        payload_header,
+        claim_headers,
+        max_token_bytes: pc.max_token_bytes,
+        max_json_depth: pc.max_json_depth,
+        c_ok: counter("ok"),
+        c_missing: counter("missing"),
+        c_invalid: counter("invalid"),
+        c_cache_hit: counter("cache_hit"),
+        c_cache_miss: counter("cache_miss"),
+        c_keys_pending: counter("keys_pending"),
+        c_keys_unavailable: counter("keys_unavailable"),
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests;

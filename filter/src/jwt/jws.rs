@@ -1,0 +1,526 @@
+//! JWS compact serialization: strict parsing and signature verification.
+//!
+//! Crypto choice: the RustCrypto crates directly (`rsa`, `p256`, `p384`, `ed25519-dalek`,
+//! `hmac` — the very crates `jsonwebtoken`'s `rust_crypto` backend wraps) because keys are
+//! decoded once per key set here, whereas `jsonwebtoken::crypto::verify` rebuilds the key
+//! and re-decodes base64 on every call (costly on wasm32, where every µs counts).
+
+use super::keys::{ecdsa_raw_to_der, Jwk, KeyMaterial};
+use crate::ports::HostCrypto;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{Map, Value};
+
+/// A JWS signature algorithm this filter verifies. `none` is not one of them, in any casing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Alg {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+    EdDSA,
+    HS256,
+    HS384,
+    HS512,
+}
+
+impl Alg {
+    pub const ALL: [Alg; 12] = [
+        Alg::RS256,
+        Alg::RS384,
+        Alg::RS512,
+        Alg::PS256,
+        Alg::PS384,
+        Alg::PS512,
+        Alg::ES256,
+        Alg::ES384,
+        Alg::EdDSA,
+        Alg::HS256,
+        Alg::HS384,
+        Alg::HS512,
+    ];
+
+    /// Exact, case-sensitive names (RFC 7518 / RFC 8037).
+    pub fn parse(name: &str) -> Option<Alg> {
+        Alg::ALL.iter().copied().find(|a| a.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Alg::RS256 => "RS256",
+            Alg::RS384 => "RS384",
+            Alg::RS512 => "RS512",
+            Alg::PS256 => "PS256",
+            Alg::PS384 => "PS384",
+            Alg::PS512 => "PS512",
+            Alg::ES256 => "ES256",
+            Alg::ES384 => "ES384",
+            Alg::EdDSA => "EdDSA",
+            Alg::HS256 => "HS256",
+            Alg::HS384 => "HS384",
+            Alg::HS512 => "HS512",
+        }
+    }
+
+    pub fn is_rsa(self) -> bool {
+        matches!(
+            self,
+            Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512
+        )
+    }
+
+    pub fn is_hmac(self) -> bool {
+        matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
+    }
+}
+
+/// Strict base64url without padding (RFC 7515 2): no `=`, no whitespace, no stray
+/// characters, canonical trailing bits.
+pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(text).ok()
+}
+
+pub fn b64url_encode(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether the JSON text nests at most `max` arrays/objects deep. Linear, allocation-free;
+/// run before `serde_json` so hostile input never reaches a deep recursive parse.
+pub fn json_depth_ok(bytes: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
+
+/// Why a token was rejected. `code` becomes the counter suffix
+/// (`portcullis.jwt.<provider>.invalid.<code>`); `detail` goes to `error_description`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl Invalid {
+    pub fn new(code: &'static str, detail: impl Into<String>) -> Invalid {
+        Invalid {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A compact JWS, split and decoded, signature not yet checked.
+#[derive(Debug)]
+pub struct ParsedJws<'t> {
+    /// `header_b64 "." payload_b64`, exactly as received (what the signature covers).
+    pub signing_input: &'t str,
+    pub header: Map<String, Value>,
+    pub alg: Alg,
+    pub kid: Option<String>,
+    pub payload: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+/// Header parameters this filter understands well enough to be listed in `crit`: none.
+/// (`b64: false` (RFC 7797) is refused; `jwk`/`jku`/`x5u`/`x5c` are never trusted.)
+const UNDERSTOOD_CRIT: &[&str] = &[];
+
+/// Splits and decodes a compact JWS and checks its header. Limits: `max_bytes` on the whole
+/// token, `max_depth` on the header's JSON nesting.
+pub fn parse_compact(
+    token: &str,
+    max_bytes: usize,
+    max_depth: usize,
+) -> Result<ParsedJws<'_>, Invalid> {
+    if token.len() > max_bytes {
+        return Err(Invalid::new("too_large", "token too large"));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Invalid::new("malformed", "not a compact JWS"));
+    };
+    let signing_input = token
+        .get(..h.len() + 1 + p.len())
+        .ok_or_else(|| Invalid::new("malformed", "not a compact JWS"))?;
+    let header_bytes =
+        b64url_decode(h).ok_or_else(|| Invalid::new("malformed", "header is not base64url"))?;
+    if !json_depth_ok(&header_bytes, max_depth.min(8)) {
+        return Err(Invalid::new("malformed", "header nests too deeply"));
+    }
+    let header: Map<String, Value> = serde_json::from_slice(&header_bytes)
+        .map_err(|_| Invalid::new("malformed", "header is not a JSON object"))?;
+    let alg = match header.get("alg") {
+        Some(Value::String(name)) => {
+            if name.eq_ignore_ascii_case("none") {
+                return Err(Invalid::new("alg_none", "unsigned tokens are not accepted"));
+            }
+            Alg::parse(name)
+                .ok_or_else(|| Invalid::new("unsupported_alg", "unsupported algorithm"))?
+        }
+        _ => return Err(Invalid::new("malformed", "header has no alg")),
+    };
+    let kid = match header.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(Invalid::new("malformed", "kid is not a string")),
+    };
+    if let Some(crit) = header.get("crit") {
+        let names = crit
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| Invalid::new("malformed", "crit must be a non-empty array"))?;
+        for name in names {
+            let name = name
+                .as_str()
+                .ok_or_else(|| Invalid::new("malformed", "crit entries must be strings"))?;
+            if !UNDERSTOOD_CRIT.contains(&name) {
+                return Err(Invalid::new(
+                    "unsupported_crit",
+                    "unsupported critical header parameter",
+                ));
+            }
+        }
+    }
+    if let Some(b64) = header.get("b64") {
+        if b64 != &Value::Bool(true) {
+            return Err(Invalid::new(
+                "unsupported_crit",
+                "unencoded payloads are not accepted",
+            ));
+        }
+    }
+    let payload =
+        b64url_decode(p).ok_or_else(|| Invalid::new("malformed", "payload is not base64url"))?;
+    let signature =
+        b64url_decode(s).ok_or_else(|| Invalid::new("malformed", "signature is not base64url"))?;
+    Ok(ParsedJws {
+        signing_input,
+        header,
+        alg,
+        kid,
+        payload,
+        signature,
+    })
+}
+
+/// Picks the candidate keys for `alg`/`kid` in `keys`.
+///
+/// With a `kid`: keys with that kid, plus keys without any kid (as Envoy's jwt_verify_lib);
+/// more than one kid-matching key that fits `alg` is ambiguous and rejected. Without a
+/// `kid`: every key that fits.
+pub fn select_keys<'k>(
+    keys: &'k [Jwk],
+    alg: Alg,
+    kid: Option<&str>,
+) -> Result<Vec<&'k Jwk>, Invalid> {
+    match kid {
+        Some(kid) => {
+            let named: Vec<&Jwk> = keys
+                .iter()
+                .filter(|k| k.kid.as_deref() == Some(kid))
+                .collect();
+            let fitting_named: Vec<&Jwk> = named.iter().copied().filter(|k| k.fits(alg)).collect();
+            if fitting_named.len() > 1 {
+                return Err(Invalid::new(
+                    "ambiguous_kid",
+                    "several keys share the token's kid",
+                ));
+            }
+            let mut candidates = fitting_named;
+            candidates.extend(keys.iter().filter(|k| k.kid.is_none() && k.fits(alg)));
+            if candidates.is_empty() {
+                return Err(if named.is_empty() {
+                    Invalid::new("unknown_kid", "no key with the token's kid")
+                } else {
+                    Invalid::new(
+                        "key_mismatch",
+                        "the token's key does not allow its algorithm",
+                    )
+                });
+            }
+            Ok(candidates)
+        }
+        None => {
+            let candidates: Vec<&Jwk> = keys.iter().filter(|k| k.fits(alg)).collect();
+            if candidates.is_empty() {
+                return Err(Invalid::new(
+                    "no_matching_key",
+                    "no key for the token's algorithm",
+                ));
+            }
+            Ok(candidates)
+        }
+    }
+}
+
+/// Verifies `signature` over `message` with `key` under `alg`.
+///
+/// RS* and ES256/ES384 go to the host first (`HostCrypto::verify_signature`, with the key's
+/// DER SubjectPublicKeyInfo; ES signatures converted from raw `r||s` to DER); if the host
+/// can't (`None`), and for PS*, EdDSA and HS*, pure Rust decides. Returns `false` when the
+/// key does not fit the algorithm.
+pub fn verify_signature(
+    alg: Alg,
+    key: &Jwk,
+    message: &[u8],
+    signature: &[u8],
+    host: &dyn HostCrypto,
+) -> bool {
+    if !key.fits(alg) {
+        return false;
+    }
+    match (&key.material, alg) {
+        (KeyMaterial::Rsa { key: pk, spki, .. }, Alg::RS256 | Alg::RS384 | Alg::RS512) => {
+            if signature.len() != pk_size(pk) {
+                return false;
+            }
+            let hash = match alg {
+                Alg::RS256 => "sha256",
+                Alg::RS384 => "sha384",
+                _ => "sha512",
+            };
+            if let Some(valid) = host.verify_signature(hash, spki, signature, message) {
+                return valid;
+            }
+            rsa_pkcs1_verify(pk, alg, message, signature)
+        }
+        (KeyMaterial::Rsa { key: pk, .. }, Alg::PS256 | Alg::PS384 | Alg::PS512) => {
+            if signature.len() != pk_size(pk) {
+                return false;
+            }
+            rsa_pss_verify(pk, alg, message, signature)
+        }
+        (KeyMaterial::P256 { key: vk, spki }, Alg::ES256) => {
+            let Some(der) = ecdsa_raw_to_der(signature, 32) else {
+                return false;
+            };
+            if let Some(valid) = host.verify_signature("sha256", spki, &der, message) {
+                return valid;
+            }
+            use p256::ecdsa::signature::Verifier;
+            match p256::ecdsa::Signature::from_slice(signature) {
+                Ok(sig) => vk.verify(message, &sig).is_ok(),
+                Err(_) => false,
+            }
+        }
+        (KeyMaterial::P384 { key: vk, spki }, Alg::ES384) => {
+            let Some(der) = ecdsa_raw_to_der(signature, 48) else {
+                return false;
+            };
+            if let Some(valid) = host.verify_signature("sha384", spki, &der, message) {
+                return valid;
+            }
+            use p384::ecdsa::signature::Verifier;
+            match p384::ecdsa::Signature::from_slice(signature) {
+                Ok(sig) => vk.verify(message, &sig).is_ok(),
+                Err(_) => false,
+            }
+        }
+        (KeyMaterial::Ed25519(vk), Alg::EdDSA) => {
+            match ed25519_dalek::Signature::from_slice(signature) {
+                Ok(sig) => vk.verify_strict(message, &sig).is_ok(),
+                Err(_) => false,
+            }
+        }
+        (KeyMaterial::Oct(secret), Alg::HS256 | Alg::HS384 | Alg::HS512) => {
+            hmac_verify(secret, alg, message, signature)
+        }
+        _ => false,
+    }
+}
+
+fn pk_size(pk: &rsa::PublicKey) -> usize {
+    use rsa::traits::PublicKeyParts;
+    pk.size()
+}
+
+fn rsa_pkcs1_verify(pk: &rsa::PublicKey, alg: Alg, message: &[u8], signature: &[u8]) -> bool {
+    use rsa::sha2::{Digest, Sha256, Sha384, Sha512};
+    use rsa::Pkcs1v15Sign;
+    match alg {
+        Alg::RS256 => pk
+            .verify(
+                Pkcs1v15Sign::new::<Sha256>(),
+                &Sha256::digest(message),
+                signature,
+            )
+            .is_ok(),
+        Alg::RS384 => pk
+            .verify(
+                Pkcs1v15Sign::new::<Sha384>(),
+                &Sha384::digest(message),
+                signature,
+            )
+            .is_ok(),
+        Alg::RS512 => pk
+            .verify(
+                Pkcs1v15Sign::new::<Sha512>(),
+                &Sha512::digest(message),
+                signature,
+            )
+            .is_ok(),
+        _ => false,
+    }
+}
+
+fn rsa_pss_verify(pk: &rsa::PublicKey, alg: Alg, message: &[u8], signature: &[u8]) -> bool {
+    use rsa::sha2::{Digest, Sha256, Sha384, Sha512};
+    use rsa::Pss;
+    // RFC 7518 3.5: MGF1 with the same hash, salt length = hash length.
+    match alg {
+        Alg::PS256 => pk
+            .verify(Pss::<Sha256>::new(), &Sha256::digest(message), signature)
+            .is_ok(),
+        Alg::PS384 => pk
+            .verify(Pss::<Sha384>::new(), &Sha384::digest(message), signature)
+            .is_ok(),
+        Alg::PS512 => pk
+            .verify(Pss::<Sha512>::new(), &Sha512::digest(message), signature)
+            .is_ok(),
+        _ => false,
+    }
+}
+
+fn hmac_verify(secret: &[u8], alg: Alg, message: &[u8], tag: &[u8]) -> bool {
+    use hmac::{Hmac, KeyInit, Mac};
+    use rsa::sha2::{Sha256, Sha384, Sha512};
+    // `verify_slice` compares in constant time and requires the full-length tag.
+    match alg {
+        Alg::HS256 => Hmac::<Sha256>::new_from_slice(secret)
+            .map(|m| m.chain_update(message).verify_slice(tag).is_ok())
+            .unwrap_or(false),
+        Alg::HS384 => Hmac::<Sha384>::new_from_slice(secret)
+            .map(|m| m.chain_update(message).verify_slice(tag).is_ok())
+            .unwrap_or(false),
+        Alg::HS512 => Hmac::<Sha512>::new_from_slice(secret)
+            .map(|m| m.chain_update(message).verify_slice(tag).is_ok())
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
+/// A compact JWS whose signature checked out with one of the keys.
+#[derive(Debug)]
+pub struct VerifiedJws {
+    pub header: Map<String, Value>,
+    pub alg: Alg,
+    pub payload: Vec<u8>,
+}
+
+/// Parses `token`, checks `alg` against `allowed`, picks keys and verifies the signature.
+/// This is the whole JWS layer the filter runs (claims are checked afterwards).
+pub fn verify_compact(
+    token: &str,
+    keys: &[Jwk],
+    allowed: &[Alg],
+    host: &dyn HostCrypto,
+    max_bytes: usize,
+    max_depth: usize,
+) -> Result<VerifiedJws, Invalid> {
+    let jws = parse_compact(token, max_bytes, max_depth)?;
+    if !allowed.contains(&jws.alg) {
+        return Err(Invalid::new("alg_not_allowed", "algorithm not allowed"));
+    }
+    let candidates = select_keys(keys, jws.alg, jws.kid.as_deref())?;
+    let ok = candidates.iter().any(|key| {
+        verify_signature(
+            jws.alg,
+            key,
+            jws.signing_input.as_bytes(),
+            &jws.signature,
+            host,
+        )
+    });
+    if !ok {
+        return Err(Invalid::new(
+            "bad_signature",
+            "signature verification failed",
+        ));
+    }
+    Ok(VerifiedJws {
+        header: jws.header,
+        alg: jws.alg,
+        payload: jws.payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn none_is_never_accepted() {
+        for alg in ["none", "None", "NONE", "nOnE"] {
+            let header = b64url_encode(format!("{{\"alg\":\"{alg}\"}}").as_bytes());
+            let token = format!("{header}.e30.");
+            let err = parse_compact(&token, 8192, 32).err();
+            assert_eq!(err.map(|e| e.code), Some("alg_none"));
+        }
+    }
+
+    #[test]
+    fn strict_base64() {
+        assert!(b64url_decode("e30=").is_none());
+        assert!(b64url_decode("e3 0").is_none());
+        assert!(b64url_decode("e31").is_none()); // non-canonical trailing bits
+        assert_eq!(b64url_decode("e30"), Some(b"{}".to_vec()));
+    }
+
+    #[test]
+    fn depth_limit() {
+        assert!(json_depth_ok(b"[[[]]]", 3));
+        assert!(!json_depth_ok(b"[[[[]]]]", 3));
+        assert!(json_depth_ok(br#"{"a":"[[[[[[["}"#, 1));
+        assert!(json_depth_ok(br#"{"a":"\"[[[[[[["}"#, 1));
+    }
+
+    #[test]
+    fn unknown_crit_rejected() {
+        let header = b64url_encode(br#"{"alg":"HS256","crit":["exp"],"exp":1}"#);
+        let token = format!("{header}.e30.AAAA");
+        assert_eq!(
+            parse_compact(&token, 8192, 32).err().map(|e| e.code),
+            Some("unsupported_crit")
+        );
+    }
+
+    #[test]
+    fn wrong_segment_counts() {
+        for t in ["a", "a.b", "a.b.c.d", "a.b.c.d.e", ""] {
+            assert_eq!(
+                parse_compact(t, 8192, 32).err().map(|e| e.code),
+                Some("malformed")
+            );
+        }
+    }
+}

@@ -1,0 +1,653 @@
+//! Unit tests of the authenticator: extraction, requirements, answers, cache, remote keys.
+
+use super::*;
+use crate::expr::Activation;
+use crate::ports::memory::MemoryCounters;
+use crate::ports::NoHostCrypto;
+use jws::b64url_encode;
+use serde_json::json;
+use std::cell::RefCell;
+use std::time::{Duration, UNIX_EPOCH};
+
+const NOW: u64 = 1_800_000_000;
+const ISS: &str = "https://issuer.portcullis.local";
+
+fn ed_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[7u8; 32])
+}
+
+fn ed_jwk(kid: &str) -> Value {
+    json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64url_encode(&ed_key().verifying_key().to_bytes())})
+}
+
+fn sign_ed(header: &Value, claims: &Value) -> String {
+    use ed25519_dalek::Signer;
+    let input = format!(
+        "{}.{}",
+        b64url_encode(header.to_string().as_bytes()),
+        b64url_encode(claims.to_string().as_bytes())
+    );
+    let sig = ed_key().sign(input.as_bytes());
+    format!("{input}.{}", b64url_encode(&sig.to_bytes()))
+}
+
+fn es_key() -> p256::ecdsa::SigningKey {
+    p256::ecdsa::SigningKey::from_slice(&[3u8; 32]).unwrap_or_else(|_| unreachable!())
+}
+
+fn es_jwk() -> Value {
+    let point = es_key().verifying_key().to_sec1_point(false);
+    let bytes = point.as_bytes();
+    json!({"kty": "EC", "crv": "P-256", "kid": "es", "x": b64url_encode(&bytes[1..33]), "y": b64url_encode(&bytes[33..65])})
+}
+
+fn sign_es(claims: &Value) -> String {
+    use p256::ecdsa::signature::Signer;
+    let header = json!({"alg": "ES256", "kid": "es"});
+    let input = format!(
+        "{}.{}",
+        b64url_encode(header.to_string().as_bytes()),
+        b64url_encode(claims.to_string().as_bytes())
+    );
+    let sig: p256::ecdsa::Signature = es_key().sign(input.as_bytes());
+    format!("{input}.{}", b64url_encode(&sig.to_bytes()))
+}
+
+fn claims() -> Value {
+    json!({"iss": ISS, "aud": "portcullis-demo", "sub": "user:alice", "org": {"team": "blue"},
+           "https://example.com/roles": ["admin", "dev"], "exp": NOW + 600, "iat": NOW - 10})
+}
+
+fn token(claims: &Value) -> String {
+    sign_ed(&json!({"alg": "EdDSA", "kid": "k1"}), claims)
+}
+
+fn base_config() -> Value {
+    json!({
+        "providers": [{
+            "name": "local",
+            "issuer": ISS,
+            "audiences": ["portcullis-demo"],
+            "jwks": {"inline": {"keys": [ed_jwk("k1"), es_jwk()]}},
+            "required_claims": ["sub"],
+            "forward_payload_header": "x-jwt-payload",
+            "claim_to_headers": [
+                {"claim": "sub", "header": "x-jwt-sub"},
+                {"claim": "org.team", "header": "x-team"},
+                {"claim": "[\"https://example.com/roles\"]", "header": "x-roles"}
+            ]
+        }]
+    })
+}
+
+fn compile(config: Value) -> Result<Authenticator, ConfigError> {
+    let parsed: JwtConfig =
+        serde_json::from_value(config).map_err(|e| ConfigError::new("jwt", e.to_string()))?;
+    Authenticator::compile(&parsed)
+}
+
+fn auth(config: Value) -> Authenticator {
+    match compile(config) {
+        Ok(a) => a,
+        Err(e) => panic!("config: {e}"),
+    }
+}
+
+struct World {
+    cache: TokenCache,
+    counters: MemoryCounters,
+    remote: RemoteKeys,
+    now: SystemTime,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            cache: TokenCache::default(),
+            counters: MemoryCounters::default(),
+            remote: RemoteKeys::default(),
+            now: UNIX_EPOCH + Duration::from_secs(NOW),
+        }
+    }
+
+    fn run_with(
+        &mut self,
+        a: &Authenticator,
+        request: &RequestView,
+        crypto: &dyn HostCrypto,
+    ) -> AuthnOutcome {
+        let activation = Activation::new(request);
+        let mut env = AuthnEnv {
+            now: self.now,
+            crypto,
+            remote_keys: &self.remote,
+            cache: &mut self.cache,
+            counters: &mut self.counters,
+        };
+        a.authenticate(&activation, &mut env)
+    }
+
+    fn run(&mut self, a: &Authenticator, request: &RequestView) -> AuthnOutcome {
+        self.run_with(a, request, &NoHostCrypto)
+    }
+}
+
+fn bearer(token: &str) -> RequestView {
+    RequestView::new(
+        "GET",
+        "/api",
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+}
+
+fn deny(outcome: AuthnOutcome) -> Deny {
+    match outcome {
+        AuthnOutcome::Fail(d) => d,
+        other => panic!("expected a deny, got {other:?}"),
+    }
+}
+
+fn pass(outcome: AuthnOutcome) -> (Option<Arc<VerifiedToken>>, Vec<HeaderEdit>) {
+    match outcome {
+        AuthnOutcome::Pass {
+            token,
+            request_headers,
+        } => (token, request_headers),
+        other => panic!("expected a pass, got {other:?}"),
+    }
+}
+
+#[test]
+fn valid_token_passes_with_header_edits_and_is_cached() {
+    let a = auth(base_config());
+    let mut w = World::new();
+    let t = token(&claims());
+    let (tok, edits) = pass(w.run(&a, &bearer(&t)));
+    let tok = tok.unwrap_or_else(|| unreachable!());
+    assert_eq!(tok.provider, "local");
+    assert_eq!(tok.exp, Some((NOW + 600) as i64));
+    assert!(edits.contains(&HeaderEdit::Remove("x-jwt-sub".into())));
+    assert!(edits.contains(&HeaderEdit::Remove("authorization".into())));
+    assert!(edits.contains(&HeaderEdit::Set("x-jwt-sub".into(), "user:alice".into())));
+    assert!(edits.contains(&HeaderEdit::Set("x-team".into(), "blue".into())));
+    assert!(edits.contains(&HeaderEdit::Set("x-roles".into(), "admin,dev".into())));
+    let payload = t.split('.').nth(1).unwrap_or_default().to_owned();
+    assert!(edits.contains(&HeaderEdit::Set("x-jwt-payload".into(), payload)));
+    // The strip of a client-supplied header comes before the set.
+    let remove = edits
+        .iter()
+        .position(|e| *e == HeaderEdit::Remove("x-jwt-sub".into()));
+    let set = edits
+        .iter()
+        .position(|e| matches!(e, HeaderEdit::Set(h, _) if h == "x-jwt-sub"));
+    assert!(remove < set);
+    assert_eq!(w.counters.get("portcullis.jwt.local.ok"), 1);
+    assert_eq!(w.counters.get("portcullis.jwt.local.cache_miss"), 1);
+    let (again, _) = pass(w.run(&a, &bearer(&t)));
+    assert!(again.is_some());
+    assert_eq!(w.counters.get("portcullis.jwt.local.cache_hit"), 1);
+    assert_eq!(w.cache.len(), 1);
+    // Cached entries die with the token.
+    w.now = UNIX_EPOCH + Duration::from_secs(NOW + 600 + 61);
+    let d = deny(w.run(&a, &bearer(&t)));
+    assert_eq!(d.reason, "token expired");
+}
+
+#[test]
+fn forward_keeps_the_token_header() {
+    let mut c = base_config();
+    c["providers"][0]["forward"] = json!(true);
+    let a = auth(c);
+    let (_, edits) = pass(World::new().run(&a, &bearer(&token(&claims()))));
+    assert!(!edits.contains(&HeaderEdit::Remove("authorization".into())));
+}
+
+#[test]
+fn missing_and_invalid_answers() {
+    let a = auth(base_config());
+    let mut w = World::new();
+    let d = deny(w.run(&a, &RequestView::new("GET", "/", &[])));
+    assert_eq!((d.status, d.error), (401, "missing_token"));
+    assert_eq!(
+        d.headers,
+        vec![(
+            "www-authenticate".to_owned(),
+            "Bearer realm=\"portcullis\"".to_owned()
+        )]
+    );
+    assert_eq!(w.counters.get("portcullis.jwt.local.missing"), 1);
+
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"exp": NOW - 100}), "expired"),
+        (json!({"nbf": NOW + 1000}), "not_yet_valid"),
+        (json!({"iss": "https://evil"}), "wrong_issuer"),
+        (json!({"aud": ["other"]}), "wrong_audience"),
+        (json!({"sub": null}), "missing_claim"),
+    ];
+    for (patch, code) in cases {
+        let mut c = claims();
+        for (k, v) in patch.as_object().into_iter().flatten() {
+            c[k] = v.clone();
+        }
+        let t = token(&c);
+        let d = deny(w.run(&a, &bearer(&t)));
+        assert_eq!((d.status, d.error), (401, "invalid_token"), "{code}");
+        let www = d
+            .headers
+            .first()
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        assert!(
+            www.starts_with(
+                "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\""
+            ),
+            "{www}"
+        );
+        assert!(!www.contains(&t) && !d.reason.contains(&t));
+        assert_eq!(
+            w.counters
+                .get(&format!("portcullis.jwt.local.invalid.{code}")),
+            1,
+            "{code}"
+        );
+    }
+    assert_eq!(w.cache.len(), 0, "failures are never cached");
+
+    // Tampered signature.
+    let t = token(&claims());
+    let tampered = format!("{}A", t.get(..t.len() - 1).unwrap_or_default());
+    let tampered = if tampered == t {
+        format!("{}B", t.get(..t.len() - 1).unwrap_or_default())
+    } else {
+        tampered
+    };
+    let d = deny(w.run(&a, &bearer(&tampered)));
+    assert_eq!(d.error, "invalid_token");
+    // Unknown kid, alg none, garbage.
+    let d = deny(w.run(
+        &a,
+        &bearer(&sign_ed(&json!({"alg": "EdDSA", "kid": "nope"}), &claims())),
+    ));
+    assert!(d.reason.contains("kid"), "{}", d.reason);
+    let none = format!(
+        "{}.{}.",
+        b64url_encode(br#"{"alg":"none"}"#),
+        b64url_encode(claims().to_string().as_bytes())
+    );
+    deny(w.run(&a, &bearer(&none)));
+    assert_eq!(w.counters.get("portcullis.jwt.local.invalid.alg_none"), 1);
+    deny(w.run(&a, &bearer("garbage")));
+    assert_eq!(w.counters.get("portcullis.jwt.local.invalid.malformed"), 1);
+    // Too large.
+    let big = "a".repeat(9000);
+    deny(w.run(&a, &bearer(&big)));
+    assert_eq!(w.counters.get("portcullis.jwt.local.invalid.too_large"), 1);
+}
+
+#[test]
+fn bearer_scheme_is_case_insensitive_and_other_locations_work() {
+    let mut c = base_config();
+    c["providers"][0]["from_params"] = json!(["access_token"]);
+    c["providers"][0]["from_cookies"] = json!(["session"]);
+    let a = auth(c);
+    let t = token(&claims());
+    let mut w = World::new();
+    pass(w.run(
+        &a,
+        &RequestView::new("GET", "/", &[("Authorization", &format!("bEaReR   {t}"))]),
+    ));
+    pass(w.run(
+        &a,
+        &RequestView::new("GET", &format!("/x?a=1&access_token={t}"), &[]),
+    ));
+    let (tok, edits) = pass(w.run(
+        &a,
+        &RequestView::new("GET", "/", &[("cookie", &format!("a=b; session={t}"))]),
+    ));
+    assert!(tok.is_some());
+    assert!(!edits.contains(&HeaderEdit::Remove("authorization".into())));
+    // A different scheme is not a token.
+    let d = deny(w.run(
+        &a,
+        &RequestView::new("GET", "/", &[("authorization", &format!("Basic {t}"))]),
+    ));
+    assert_eq!(d.error, "missing_token");
+}
+
+struct RecordingHost {
+    answer: Option<bool>,
+    calls: RefCell<Vec<(String, usize, usize)>>,
+}
+
+impl HostCrypto for RecordingHost {
+    fn verify_signature(&self, hash: &str, key: &[u8], sig: &[u8], _: &[u8]) -> Option<bool> {
+        self.calls
+            .borrow_mut()
+            .push((hash.to_owned(), key.len(), sig.len()));
+        self.answer
+    }
+}
+
+#[test]
+fn es256_uses_the_host_then_falls_back() {
+    let mut c = base_config();
+    c["cache"] = json!({"max_entries": 0});
+    let a = auth(c);
+    let t = sign_es(&claims());
+    let host = RecordingHost {
+        answer: Some(false),
+        calls: RefCell::new(Vec::new()),
+    };
+    let mut w = World::new();
+    deny(w.run_with(&a, &bearer(&t), &host));
+    {
+        let calls = host.calls.borrow();
+        let (hash, key_len, sig_len) = calls.first().cloned().unwrap_or_default();
+        assert_eq!(hash, "sha256");
+        assert_eq!(key_len, 91, "P-256 SubjectPublicKeyInfo");
+        assert!((68..=72).contains(&sig_len), "DER signature, got {sig_len}");
+    }
+    let fallback = RecordingHost {
+        answer: None,
+        calls: RefCell::new(Vec::new()),
+    };
+    pass(w.run_with(&a, &bearer(&t), &fallback));
+    assert_eq!(fallback.calls.borrow().len(), 1);
+    // EdDSA never goes to the host.
+    pass(w.run_with(&a, &bearer(&token(&claims())), &host));
+    assert_eq!(host.calls.borrow().len(), 1);
+}
+
+#[test]
+fn hmac_only_when_listed_with_an_oct_key() {
+    let oct = json!({"keys": [{"kty": "oct", "k": b64url_encode(&[9u8; 32])}]});
+    let mut c = base_config();
+    c["providers"][0]["jwks"] = json!({"inline": oct});
+    let e = compile(c.clone()).err().unwrap_or_else(|| unreachable!());
+    assert_eq!(e.field, "jwt.providers[0].jwks.inline");
+    c["providers"][0]["algorithms"] = json!(["HS256"]);
+    let a = auth(c.clone());
+    use hmac::{Hmac, KeyInit, Mac};
+    let input = format!(
+        "{}.{}",
+        b64url_encode(br#"{"alg":"HS256"}"#),
+        b64url_encode(claims().to_string().as_bytes())
+    );
+    let mut mac =
+        Hmac::<rsa::sha2::Sha256>::new_from_slice(&[9u8; 32]).unwrap_or_else(|_| unreachable!());
+    mac.update(input.as_bytes());
+    let t = format!("{input}.{}", b64url_encode(&mac.finalize().into_bytes()));
+    pass(World::new().run(&a, &bearer(&t)));
+    // Asymmetric providers refuse HS tokens (algorithm confusion).
+    let a = auth(base_config());
+    let d = deny(World::new().run(&a, &bearer(&t)));
+    assert_eq!(d.reason, "algorithm not allowed");
+    // A too-short secret.
+    c["providers"][0]["jwks"] =
+        json!({"inline": {"keys": [{"kty": "oct", "k": b64url_encode(&[9u8; 16])}]}});
+    assert!(compile(c).is_err());
+    // Inline JWKS as a JSON string.
+    let mut c = base_config();
+    c["providers"][0]["jwks"] = json!({"inline": json!({"keys": [ed_jwk("k1")]}).to_string()});
+    pass(World::new().run(&auth(c), &bearer(&token(&claims()))));
+}
+
+#[test]
+fn requirements() {
+    let mut c = base_config();
+    c["requirements"] = json!([
+        {"name": "open", "when": "false", "require": {"none": {}}},
+        {"name": "maybe", "when": "true", "require": {"allow_missing": {}}}
+    ]);
+    let a = auth(c.clone());
+    let mut w = World::new();
+    let spoofed = RequestView::new("GET", "/", &[("x-jwt-sub", "root")]);
+    let (tok, edits) = pass(w.run(&a, &spoofed));
+    assert!(tok.is_none());
+    assert!(
+        edits.contains(&HeaderEdit::Remove("x-jwt-sub".into())),
+        "client copies are stripped"
+    );
+    let (tok, _) = pass(w.run(&a, &bearer(&token(&claims()))));
+    assert!(tok.is_some());
+    let mut bad = claims();
+    bad["exp"] = json!(NOW - 1000);
+    let d = deny(w.run(&a, &bearer(&token(&bad))));
+    assert_eq!(d.rule.as_deref(), Some("maybe"));
+
+    c["requirements"][1]["require"] = json!({"allow_missing_or_failed": {}});
+    let a = auth(c.clone());
+    let (tok, _) = pass(w.run(&a, &bearer(&token(&bad))));
+    assert!(tok.is_none());
+
+    c["requirements"][1]["require"] =
+        json!({"any_of": [{"provider": "local"}, {"allow_missing": {}}]});
+    pass(w.run(&auth(c.clone()), &RequestView::new("GET", "/", &[])));
+    c["requirements"][1]["require"] =
+        json!({"all_of": [{"provider": "local"}, {"allow_missing": {}}]});
+    deny(w.run(&auth(c.clone()), &RequestView::new("GET", "/", &[])));
+    c["requirements"][1]["require"] = json!({"none": {}});
+    pass(w.run(&auth(c.clone()), &bearer("garbage")));
+
+    // `when` must not read jwt; unknown providers and empty lists are config errors.
+    c["requirements"][1]["when"] = json!("jwt.claims.sub == 'x'");
+    let e = compile(c.clone()).err().map(|e| e.field);
+    assert_eq!(e.as_deref(), Some("jwt.requirements[1].when"));
+    c["requirements"][1]["when"] = json!("true");
+    c["requirements"][1]["require"] = json!({"any_of": [{"provider": "nope"}]});
+    let e = compile(c.clone()).err().map(|e| e.field);
+    assert_eq!(
+        e.as_deref(),
+        Some("jwt.requirements[1].require.any_of[0].provider")
+    );
+    c["requirements"][1]["require"] = json!({"any_of": []});
+    assert!(compile(c).is_err());
+}
+
+#[test]
+fn default_requirement_is_any_of_all_providers() {
+    let mut c = base_config();
+    let mut second = c["providers"][0].clone();
+    second["name"] = json!("other");
+    second["issuer"] = json!("https://other.issuer");
+    c["providers"]
+        .as_array_mut()
+        .into_iter()
+        .for_each(|p| p.push(second.clone()));
+    let a = auth(c);
+    assert!(matches!(a.default, Requirement::AnyOf(ref v) if v.len() == 2));
+    let mut w = World::new();
+    deny(w.run(&a, &RequestView::new("GET", "/", &[])));
+    let mut other = claims();
+    other["iss"] = json!("https://other.issuer");
+    let (tok, _) = pass(w.run(&a, &bearer(&token(&other))));
+    assert_eq!(tok.map(|t| t.provider.clone()).as_deref(), Some("other"));
+    // The cheap issuer filter means no signature check for the non-matching provider.
+    assert_eq!(
+        w.counters.get("portcullis.jwt.local.invalid.wrong_issuer"),
+        1
+    );
+    // No providers: nothing is required.
+    let a = auth(json!({}));
+    pass(World::new().run(&a, &RequestView::new("GET", "/", &[])));
+}
+
+fn remote_config() -> Value {
+    let mut c = base_config();
+    c["providers"][0]["jwks"] = json!({"remote": {"cluster": "jwks", "path": "/jwks.json", "cache_duration_s": 300, "max_stale_s": 600}});
+    c
+}
+
+#[test]
+fn remote_keys_pending_stale_and_refetch() {
+    let a = auth(remote_config());
+    assert_eq!(
+        a.remote_specs().first().map(|s| s.authority.as_str()),
+        Some("issuer.portcullis.local")
+    );
+    let mut w = World::new();
+    let t = token(&claims());
+    assert!(
+        matches!(w.run(&a, &bearer(&t)), AuthnOutcome::KeysPending(p) if p == vec!["local".to_owned()])
+    );
+    // Missing tokens don't wait for keys.
+    deny(w.run(&a, &RequestView::new("GET", "/", &[])));
+    let set =
+        KeySet::from_value(&json!({"keys": [ed_jwk("k1")]}), KeyPolicy::Remote).unwrap_or_default();
+    w.remote.install("local", set, NOW as i64 - 100);
+    pass(w.run(&a, &bearer(&t)));
+    // Unknown kid asks for a refetch.
+    deny(w.run(
+        &a,
+        &bearer(&sign_ed(&json!({"alg": "EdDSA", "kid": "new"}), &claims())),
+    ));
+    assert_eq!(w.remote.take_refetch_requests(), vec!["local".to_owned()]);
+    // Past cache_duration + max_stale: 503.
+    w.now = UNIX_EPOCH + Duration::from_secs(NOW + 900);
+    let mut late = claims();
+    late["exp"] = json!(NOW + 5000);
+    let d = deny(w.run(&a, &bearer(&token(&late))));
+    assert_eq!((d.status, d.error), (503, "keys_unavailable"));
+    let mut c = remote_config();
+    c["keys_unavailable_status"] = json!(401);
+    let a = auth(c);
+    let d = deny(w.run(&a, &bearer(&token(&late))));
+    assert_eq!(d.status, 401);
+    // HS with a remote provider is a config error.
+    let mut c = remote_config();
+    c["providers"][0]["algorithms"] = json!(["HS256"]);
+    assert_eq!(
+        compile(c).err().map(|e| e.field).as_deref(),
+        Some("jwt.providers[0].algorithms")
+    );
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let check = |patch: Value, field: &str| {
+        let mut c = base_config();
+        for (k, v) in patch.as_object().into_iter().flatten() {
+            c["providers"][0][k] = v.clone();
+        }
+        let got = compile(c).err().map(|e| e.field);
+        assert_eq!(got.as_deref(), Some(field), "{patch}");
+    };
+    check(json!({"name": "a.b"}), "jwt.providers[0].name");
+    check(json!({"issuer": ""}), "jwt.providers[0].issuer");
+    check(
+        json!({"algorithms": ["none"]}),
+        "jwt.providers[0].algorithms[0]",
+    );
+    check(
+        json!({"algorithms": ["RS1"]}),
+        "jwt.providers[0].algorithms[0]",
+    );
+    check(
+        json!({"claim_to_headers": [{"claim": "a..b", "header": "x"}]}),
+        "jwt.providers[0].claim_to_headers[0].claim",
+    );
+    check(
+        json!({"claim_to_headers": [{"claim": "a", "header": "bad header"}]}),
+        "jwt.providers[0].claim_to_headers[0].header",
+    );
+    check(
+        json!({"required_claims": ["[\"x"]}),
+        "jwt.providers[0].required_claims[0]",
+    );
+    check(
+        json!({"max_json_depth": 0}),
+        "jwt.providers[0].max_json_depth",
+    );
+    check(
+        json!({"jwks": {"inline": {"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}}}),
+        "jwt.providers[0].jwks.inline",
+    );
+    check(
+        json!({"jwks": {"oidc": {"cluster": "c"}}, "issuer": "not-a-url"}),
+        "jwt.providers[0].issuer",
+    );
+    // Unknown fields are rejected by serde with their path.
+    let bytes = serde_json::to_vec(&json!({"jwt": {"providers": [{"name": "x", "issuer": "i", "jwks": {"inline": {}}, "bogus": 1}]}}))
+        .unwrap_or_default();
+    let e = crate::config::parse_plugin_config(&bytes)
+        .err()
+        .map(|e| e.field);
+    assert!(
+        e.as_deref()
+            .is_some_and(|f| f.starts_with("jwt.providers[0]")),
+        "{e:?}"
+    );
+    let mut c = base_config();
+    c["providers"].as_array_mut().into_iter().for_each(|p| {
+        let first = p.first().cloned().unwrap_or_default();
+        p.push(first)
+    });
+    assert_eq!(
+        compile(c).err().map(|e| e.field).as_deref(),
+        Some("jwt.providers[1].name")
+    );
+}
+
+#[test]
+fn oidc_spec_from_issuer() {
+    let mut c = base_config();
+    c["providers"][0]["issuer"] = json!("https://login.example.com/tenant/");
+    c["providers"][0]["jwks"] = json!({"oidc": {"cluster": "idp"}});
+    let a = auth(c);
+    let spec = a.remote_specs().into_iter().next();
+    assert_eq!(
+        spec.map(|s| (s.authority, s.kind)),
+        Some((
+            "login.example.com".to_owned(),
+            RemoteKind::Oidc {
+                path: "/tenant/.well-known/openid-configuration".into(),
+                issuer: "https://login.example.com/tenant/".into()
+            }
+        ))
+    );
+}
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn token_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = jws::parse_compact(&text, 8192, 32);
+            let a = auth(base_config());
+            let _ = World::new().run(&a, &bearer(&text));
+        }
+
+        #[test]
+        fn token_like_strings_never_panic(h in "[A-Za-z0-9_-]{0,60}", p in "[A-Za-z0-9_-]{0,60}", s in "[A-Za-z0-9_=.-]{0,90}") {
+            let token = format!("{h}.{p}.{s}");
+            let a = auth(base_config());
+            let _ = World::new().run(&a, &bearer(&token));
+            let header = b64url_encode(h.as_bytes());
+            let _ = jws::parse_compact(&format!("{header}.{p}.{s}"), 8192, 32);
+        }
+
+        #[test]
+        fn jwks_parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = KeySet::parse(&bytes, KeyPolicy::Remote, 16);
+            let _ = KeySet::parse(&bytes, KeyPolicy::Inline, 16);
+        }
+
+        #[test]
+        fn jwk_like_objects_never_panic(kty in "(RSA|EC|OKP|oct|x)", crv in "(P-256|P-384|Ed25519|P-521)", x in "[A-Za-z0-9_-]{0,90}", y in "[A-Za-z0-9_-]{0,90}", alg in "(RS256|ES256|ES384|EdDSA|HS256|none|PS512)") {
+            let v = json!({"keys": [{"kty": kty, "crv": crv, "x": x, "y": y, "n": x, "e": y, "k": x, "alg": alg}]});
+            let _ = KeySet::from_value(&v, KeyPolicy::Inline);
+        }
+
+        #[test]
+        fn deep_json_is_refused_cheaply(depth in 33usize..5000) {
+            let payload = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            let t = format!("{}.{}.AAAA", b64url_encode(br#"{"alg":"EdDSA"}"#), b64url_encode(payload.as_bytes()));
+            let a = auth(base_config());
+            let mut w = World::new();
+            let _ = w.run(&a, &bearer(&t));
+        }
+    }
+}
