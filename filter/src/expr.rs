@@ -1,11 +1,43 @@
 //! CEL expressions: compiled and checked once at configure time, evaluated per request
 //! against an [`Activation`] built from the [`RequestView`] and the verified token.
 //!
-//! STUB: interface fixed, implementation owned by the CEL work.
+//! # How evaluation is kept cheap
+//!
+//! * One shared [`cel::Env`] (standard library + extensions) is built once per process and
+//!   shared by every compiled expression through an `Arc`.
+//! * Per request there is no variable map at all: the [`Activation`] is the context's
+//!   variable resolver. The interpreter resolves a qualified name such as `request.path`
+//!   by asking for the longest name first, so `request.path` is answered directly with a
+//!   string that borrows the request's header bytes, without building a `request` map.
+//!   Only a dynamic use of a whole root (`request`, `has(source.address)`, ...) builds a map.
+//! * Derived values that are costly (the header map, the query parameters, the token's
+//!   claims as CEL values) are computed at most once per request and cached in the
+//!   activation (`OnceLock`), then lent out by reference.
+//! * `jwt.claims.<name>` is answered straight from the token's pre-converted
+//!   [`cel::Value`] tree: only the selected claim is turned into an interpreter value.
+//!
+//! # Checking
+//!
+//! [`Expr::compile`] parses once and then walks the AST: every free identifier must be one
+//! of the roots (`request`, `source`, `destination`, `connection`, `jwt`) or a variable bound
+//! by a macro, every `root.member` must be a known attribute, and every called function must
+//! be one the runtime registers. Errors carry the 1-based line and column.
 
-use crate::request::{HostAttribute, RequestView};
+use crate::request::{AttributeValue, HostAttribute, RequestView};
+use cel::common::ast::{EntryExpr, Expr as Ast, IdedExpr, SourceInfo};
+use cel::common::types::{
+    CelBool, CelInt, CelMap, CelMapKey, CelString, Type, BOOL_TYPE, INT_TYPE, STRING_TYPE,
+};
+use cel::common::value::{CowVal, StaticVal, Val};
+use cel::context::VariableResolver;
+use cel::{Env, ExecutionError};
 use serde::Deserialize;
+use std::any::Any;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, OnceLock};
+use std::time::UNIX_EPOCH;
 
 /// Where an expression's text comes from: inline in the config, or a `.cel` file that
 /// `portcullis bundle` inlined (the file name is kept for error messages).
@@ -91,50 +123,368 @@ impl JwtAttributes {
 
 /// Converts JSON to a CEL value (numbers: integers stay `int`, others `double`).
 pub fn json_to_cel(value: &serde_json::Value) -> cel::Value {
-    cel::to_value(value).unwrap_or(cel::Value::Null)
+    match value {
+        serde_json::Value::Null => cel::Value::Null,
+        serde_json::Value::Bool(b) => cel::Value::Bool(*b),
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                cel::Value::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                cel::Value::UInt(u)
+            } else {
+                cel::Value::Float(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        serde_json::Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        serde_json::Value::Array(items) => {
+            cel::Value::List(Arc::new(items.iter().map(json_to_cel).collect()))
+        }
+        serde_json::Value::Object(entries) => {
+            let map: HashMap<cel::objects::Key, cel::Value> = entries
+                .iter()
+                .map(|(k, v)| (cel::objects::Key::from(k.as_str()), json_to_cel(v)))
+                .collect();
+            cel::Value::Map(cel::objects::Map { map: Arc::new(map) })
+        }
+    }
 }
 
+// ---------------------------------------------------------------------------------------
+// The environment: standard library + extensions, built once.
+// ---------------------------------------------------------------------------------------
+
+static ENV: OnceLock<Result<Arc<Env>, String>> = OnceLock::new();
+
+/// The shared evaluation environment: the CEL standard library, the `strings`, `math` and
+/// `lists` extensions of the `cel` crate, and Portcullis' network extension.
+pub fn shared_env() -> Result<Arc<Env>, String> {
+    ENV.get_or_init(|| build_env().map(Arc::new))
+        .as_ref()
+        .map(Arc::clone)
+        .map_err(Clone::clone)
+}
+
+fn build_env() -> Result<Env, String> {
+    let mut env = Env::stdlib();
+    env.add_extension(cel::extensions::strings)
+        .map_err(|e| e.to_string())?;
+    env.add_extension(cel::extensions::math)
+        .map_err(|e| e.to_string())?;
+    env.add_extension(cel::extensions::lists)
+        .map_err(|e| e.to_string())?;
+    env.add_extension(network::extension)
+        .map_err(|e| e.to_string())?;
+    Ok(env)
+}
+
+/// Function names the runtime knows (standard library + extensions), for the checker.
+/// Kept in sync with [`build_env`] by a unit test that calls each of them.
+const KNOWN_FUNCTIONS: &[&str] = &[
+    // standard library
+    "size",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "matches",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bool",
+    "bytes",
+    "timestamp",
+    "duration",
+    "type",
+    "dyn",
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+    "optional.of",
+    "optional.none",
+    "optional.ofNonZeroValue",
+    "hasValue",
+    "value",
+    "or",
+    "orValue",
+    // strings extension
+    "charAt",
+    "indexOf",
+    "lastIndexOf",
+    "lowerAscii",
+    "upperAscii",
+    "replace",
+    "split",
+    "substring",
+    "trim",
+    "join",
+    "format",
+    "reverse",
+    "strings.quote",
+    // math extension
+    "math.ceil",
+    "math.floor",
+    "math.round",
+    "math.trunc",
+    "math.isInf",
+    "math.isNaN",
+    "math.isFinite",
+    "math.abs",
+    "math.sign",
+    "math.bitAnd",
+    "math.bitOr",
+    "math.bitXor",
+    "math.bitNot",
+    "math.bitShiftLeft",
+    "math.bitShiftRight",
+    "math.sqrt",
+    "math.greatest",
+    "math.least",
+    // lists extension
+    "slice",
+    "flatten",
+    "distinct",
+    "sort",
+    "lists.range",
+    // network extension
+    "ip",
+    "cidr",
+    "isIP",
+    "isCIDR",
+    "ip.isCanonical",
+    "family",
+    "isUnspecified",
+    "isLoopback",
+    "isGlobalUnicast",
+    "isLinkLocalMulticast",
+    "isLinkLocalUnicast",
+    "containsIP",
+    "containsCIDR",
+    "masked",
+    "prefixLength",
+];
+
+/// Type names an expression may mention (`type(x) == string`).
+const KNOWN_TYPES: &[&str] = &[
+    "bool",
+    "bytes",
+    "double",
+    "int",
+    "uint",
+    "string",
+    "list",
+    "map",
+    "null_type",
+    "type",
+    "dyn",
+    "optional_type",
+    "google.protobuf.Timestamp",
+    "google.protobuf.Duration",
+    "net.IP",
+    "net.CIDR",
+];
+
+/// The variables an expression may read, and their members.
+const ROOTS: &[(&str, &[&str])] = &[
+    (
+        "request",
+        &[
+            "path",
+            "url_path",
+            "host",
+            "scheme",
+            "method",
+            "headers",
+            "query",
+            "query_params",
+            "id",
+            "useragent",
+            "referer",
+            "time",
+            "protocol",
+        ],
+    ),
+    ("source", &["address", "port"]),
+    ("destination", &["address", "port"]),
+    (
+        "connection",
+        &[
+            "mtls",
+            "requested_server_name",
+            "tls_version",
+            "subject_peer_certificate",
+            "uri_san_peer_certificate",
+            "dns_san_peer_certificate",
+        ],
+    ),
+    ("jwt", &["claims", "header", "provider"]),
+];
+
+fn root_members(name: &str) -> Option<&'static [&'static str]> {
+    ROOTS.iter().find(|(r, _)| *r == name).map(|(_, m)| *m)
+}
+
+fn is_operator(name: &str) -> bool {
+    name.starts_with('_')
+        || name.starts_with('@')
+        || name == "!_"
+        || name == "-_"
+        || name.starts_with("cel.")
+}
+
+fn is_known_function(name: &str) -> bool {
+    is_operator(name) || KNOWN_FUNCTIONS.contains(&name)
+}
+
+// ---------------------------------------------------------------------------------------
+// Compiled expressions.
+// ---------------------------------------------------------------------------------------
+
 /// A compiled expression.
-#[derive(Debug)]
 pub struct Expr {
     program: cel::Program,
+    env: Arc<Env>,
+    host_attributes: Vec<HostAttribute>,
+    uses_jwt: bool,
+}
+
+impl fmt::Debug for Expr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Expr")
+            .field("program", &self.program)
+            .field("host_attributes", &self.host_attributes)
+            .field("uses_jwt", &self.uses_jwt)
+            .finish()
+    }
+}
+
+/// 1-based (line, column) of the character at `offset` (counted in characters, as the
+/// parser counts them) in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut line = 1;
+    let mut col = 1;
+    for (i, c) in text.chars().enumerate() {
+        if i >= offset {
+            break;
+        }
+        if c == '\n' {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    (line, col)
+}
+
+fn parse_error(source: &ExprSource, errors: &cel::ParseErrors) -> ExprError {
+    let first = errors.errors.first();
+    let (line, column) = first
+        .map(|e| {
+            (
+                usize::try_from(e.pos.0).unwrap_or(1).max(1),
+                usize::try_from(e.pos.1).unwrap_or(0).saturating_add(1),
+            )
+        })
+        .unwrap_or((1, 1));
+    let message = first
+        .map(|e| format!("syntax error: {}", e.msg))
+        .unwrap_or_else(|| "syntax error".to_owned());
+    ExprError {
+        file: source.file().map(str::to_owned),
+        line,
+        column,
+        message,
+    }
 }
 
 impl Expr {
     pub fn compile(source: &ExprSource) -> Result<Expr, ExprError> {
-        let program = cel::Program::compile(source.text()).map_err(|e| ExprError {
+        let env = shared_env().map_err(|message| ExprError {
             file: source.file().map(str::to_owned),
             line: 1,
             column: 1,
-            message: e.to_string(),
+            message,
         })?;
-        Ok(Expr { program })
+        let text = source.text();
+        if text.trim().is_empty() || strip_comments(text).trim().is_empty() {
+            return Err(ExprError {
+                file: source.file().map(str::to_owned),
+                line: 1,
+                column: 1,
+                message: "empty expression".into(),
+            });
+        }
+        let program = env.compile(text).map_err(|e| parse_error(source, &e))?;
+        let mut checker = Checker {
+            info: program.source_info(),
+            text,
+            bound: Vec::new(),
+            host: BTreeSet::new(),
+            uses_jwt: false,
+            error: None,
+        };
+        checker.walk(program.expression());
+        if let Some((id, shift, message)) = checker.error {
+            let offset = checker
+                .info
+                .offset_for(id)
+                .map(|(start, _)| (start as usize).saturating_add_signed(shift))
+                .unwrap_or(0);
+            let (line, column) = line_col(text, offset);
+            return Err(ExprError {
+                file: source.file().map(str::to_owned),
+                line,
+                column,
+                message,
+            });
+        }
+        let host_attributes = checker.host.into_iter().collect();
+        let uses_jwt = checker.uses_jwt;
+        Ok(Expr {
+            program,
+            env,
+            host_attributes,
+            uses_jwt,
+        })
     }
 
     /// The host attributes this expression reads (fetched per request only if some expression needs them).
     pub fn host_attributes(&self) -> Vec<HostAttribute> {
-        Vec::new()
+        self.host_attributes.clone()
     }
 
     /// Whether the expression reads `jwt.*`.
     pub fn uses_jwt(&self) -> bool {
-        self.program.references().has_variable("jwt")
+        self.uses_jwt
+    }
+
+    fn context<'x>(&self, activation: &'x Activation<'_>) -> cel::Context<'x, 'x> {
+        let mut ctx = cel::Context::with_env(Arc::clone(&self.env));
+        ctx.set_variable_resolver(activation);
+        ctx
     }
 
     pub fn eval(&self, activation: &Activation<'_>) -> Result<cel::Value, EvalError> {
-        let _ = activation;
-        let ctx = cel::Context::default();
-        self.program
-            .execute(&ctx)
-            .map_err(|e| EvalError(e.to_string()))
+        let ctx = self.context(activation);
+        self.program.execute(&ctx).map_err(|e| sanitize(&e))
     }
 
     pub fn eval_bool(&self, activation: &Activation<'_>) -> Result<bool, EvalError> {
-        match self.eval(activation)? {
-            cel::Value::Bool(b) => Ok(b),
-            other => Err(EvalError(format!(
-                "expected bool, got {:?}",
-                other.type_of()
+        let ctx = self.context(activation);
+        let value =
+            cel::Value::resolve_val(self.program.expression(), &ctx).map_err(|e| sanitize(&e))?;
+        match value.downcast_ref::<CelBool>() {
+            Some(b) => Ok(*b.inner()),
+            None => Err(EvalError(format!(
+                "expected bool, got {}",
+                value.get_type().name()
             ))),
         }
     }
@@ -147,27 +497,1454 @@ impl Expr {
             cel::Value::UInt(u) => Ok(u.to_string()),
             cel::Value::Bool(b) => Ok(b.to_string()),
             other => Err(EvalError(format!(
-                "expected string, got {:?}",
+                "expected string, got {}",
                 other.type_of()
             ))),
         }
     }
 }
 
+/// Compiles `text` with the filter's environment (macros, functions, extensions) and
+/// evaluates it with the given variables, skipping Portcullis' attribute checker. This is
+/// what the conformance suite runs: the same evaluator the filter uses.
+///
+/// `Err(Err(_))` is a parse error, `Err(Ok(_))` a runtime error.
+pub fn eval_unchecked(
+    text: &str,
+    variables: &[(&str, cel::Value)],
+) -> Result<cel::Value, Result<String, String>> {
+    let env = shared_env().map_err(Err)?;
+    let program = env.compile(text).map_err(|e| Err(e.to_string()))?;
+    let mut ctx = cel::Context::with_env(env);
+    for (name, value) in variables {
+        let val: Box<dyn Val> = value
+            .clone()
+            .try_into()
+            .map_err(|e: ExecutionError| Err(e.to_string()))?;
+        ctx.add_variable_as_val(*name, val);
+    }
+    program.execute(&ctx).map_err(|e| Ok(e.to_string()))
+}
+
+/// An evaluation error as a message that names types and keys, never values (which may be
+/// header contents or token claims).
+fn sanitize(error: &ExecutionError) -> EvalError {
+    let msg = match error {
+        ExecutionError::NoSuchKey(key) => format!("no such key: {key}"),
+        ExecutionError::UndeclaredReference(name) => format!("undeclared reference to '{name}'"),
+        ExecutionError::NoSuchOverload(o) => o.to_string(),
+        ExecutionError::UnexpectedType { got, want } => {
+            format!("unexpected type: got '{got}', want '{want}'")
+        }
+        ExecutionError::InvalidArgumentCount { expected, actual } => {
+            format!("invalid argument count: expected {expected}, got {actual}")
+        }
+        ExecutionError::ValuesNotComparable(a, b) => {
+            format!("{} can not be compared to {}", a.type_of(), b.type_of())
+        }
+        ExecutionError::UnsupportedBinaryOperator(op, a, b) => format!(
+            "unsupported binary operator '{op}': {}, {}",
+            a.type_of(),
+            b.type_of()
+        ),
+        ExecutionError::DivisionByZero(_) => "division by zero".into(),
+        ExecutionError::RemainderByZero(_) => "remainder by zero".into(),
+        ExecutionError::Overflow(op, _, _) => format!("overflow in '{op}'"),
+        ExecutionError::IndexOutOfBounds(_) => "index out of bounds".into(),
+        ExecutionError::FunctionError { function, .. } => {
+            format!("error executing function '{function}'")
+        }
+        ExecutionError::UnsupportedKeyType(v) => {
+            format!("unsupported map key type {}", v.type_of())
+        }
+        ExecutionError::UnsupportedIndex(a, b) => {
+            format!("cannot index {} with {}", b.type_of(), a.type_of())
+        }
+        ExecutionError::MissingArgumentOrTarget => "missing argument or target".into(),
+        ExecutionError::DuplicateKey(_) => "duplicate map key".into(),
+        _ => "evaluation error".into(),
+    };
+    EvalError(msg)
+}
+
+/// Strips `//` comments (outside string literals), keeping every other character in place.
+/// Used only to detect comment-only expressions; the parser skips comments itself.
+fn strip_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match quote {
+            Some(q) => {
+                out.push(c);
+                if c == '\\' {
+                    if let Some(n) = chars.next() {
+                        out.push(n);
+                    }
+                } else if c == q {
+                    quote = None;
+                }
+            }
+            None => {
+                if c == '/' && chars.peek() == Some(&'/') {
+                    for n in chars.by_ref() {
+                        if n == '\n' {
+                            out.push('\n');
+                            break;
+                        }
+                        out.push(' ');
+                    }
+                    continue;
+                }
+                if c == '"' || c == '\'' {
+                    quote = Some(c);
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// The checker.
+// ---------------------------------------------------------------------------------------
+
+struct Checker<'p> {
+    info: &'p SourceInfo,
+    #[allow(dead_code)]
+    text: &'p str,
+    bound: Vec<String>,
+    host: BTreeSet<HostAttribute>,
+    uses_jwt: bool,
+    error: Option<(u64, isize, String)>,
+}
+
+/// The node ids of a select chain's segments, root first (see [`segments`]).
+fn ids(expr: &IdedExpr) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut e = expr;
+    loop {
+        out.push(e.id);
+        match &e.expr {
+            Ast::Select(s) if !s.test => e = &s.operand,
+            _ => break,
+        }
+    }
+    out.reverse();
+    out
+}
+
+/// The segments of a select chain `a.b.c` (no `has()` test inside), root first.
+fn segments(expr: &IdedExpr) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    let mut e = expr;
+    loop {
+        match &e.expr {
+            Ast::Ident(name) => {
+                out.push(name.as_str());
+                out.reverse();
+                return Some(out);
+            }
+            Ast::Select(s) if !s.test => {
+                out.push(s.field.as_str());
+                e = &s.operand;
+            }
+            _ => return None,
+        }
+    }
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, id: u64, message: String) {
+        self.fail_at(id, 0, message);
+    }
+
+    /// Records the first error, at the node's offset moved by `shift` characters.
+    fn fail_at(&mut self, id: u64, shift: isize, message: String) {
+        if self.error.is_none() {
+            self.error = Some((id, shift, message));
+        }
+    }
+
+    fn is_bound(&self, name: &str) -> bool {
+        self.bound.iter().any(|b| b == name)
+    }
+
+    /// A root used as a whole (`request`, `source[...]`): every attribute under it may be read.
+    fn whole_root(&mut self, root: &str) {
+        if root == "jwt" {
+            self.uses_jwt = true;
+        }
+        let prefix = format!("{root}.");
+        for a in HostAttribute::ALL {
+            if a.cel_name().starts_with(&prefix) {
+                self.host.insert(a);
+            }
+        }
+    }
+
+    /// `root.member...`: checks the member and records what it reads.
+    fn root_member(&mut self, id: u64, shift: isize, root: &str, member: &str) {
+        let Some(members) = root_members(root) else {
+            return;
+        };
+        if !members.contains(&member) {
+            self.fail_at(
+                id,
+                shift,
+                format!(
+                    "unknown attribute '{root}.{member}' (known: {})",
+                    members
+                        .iter()
+                        .map(|m| format!("{root}.{m}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            return;
+        }
+        if root == "jwt" {
+            self.uses_jwt = true;
+        }
+        if let Some(a) = HostAttribute::from_cel_name(&format!("{root}.{member}")) {
+            self.host.insert(a);
+        }
+    }
+
+    /// A qualified name `a.b.c` that is not a bound variable: a root's attribute or a type.
+    /// `id` is the node of the chain's root identifier (errors point at it).
+    fn qualified(&mut self, ids: &[u64], segs: &[&str]) {
+        let (Some(first), Some(id)) = (segs.first().copied(), ids.first().copied()) else {
+            return;
+        };
+        if self.is_bound(first) {
+            return;
+        }
+        if root_members(first).is_some() {
+            match segs.get(1) {
+                // a select's offset is its '.': point at the member's name
+                Some(member) => {
+                    let member_id = ids.get(1).copied().unwrap_or(id);
+                    self.root_member(member_id, 1, first, member)
+                }
+                None => self.whole_root(first),
+            }
+            return;
+        }
+        let joined = segs.join(".");
+        if KNOWN_TYPES.contains(&joined.as_str()) {
+            return;
+        }
+        let roots: Vec<&str> = ROOTS.iter().map(|(r, _)| *r).collect();
+        self.fail(
+            id,
+            format!(
+                "undeclared reference to '{joined}' (variables are {})",
+                roots.join(", ")
+            ),
+        );
+    }
+
+    fn walk(&mut self, e: &IdedExpr) {
+        if self.error.is_some() {
+            return;
+        }
+        match &e.expr {
+            Ast::Unspecified | Ast::Literal(_) => {}
+            Ast::Ident(_) => {
+                if let Some(segs) = segments(e) {
+                    self.qualified(&ids(e), &segs);
+                }
+            }
+            Ast::Select(s) => {
+                if s.test {
+                    // has(a.b.c): checks `a.b` and then that `c` is a known member if `a.b` is a root.
+                    if let Some(mut segs) = segments(&s.operand) {
+                        segs.push(s.field.as_str());
+                        let mut ids = ids(&s.operand);
+                        ids.push(e.id);
+                        self.qualified(&ids, &segs);
+                    } else {
+                        self.walk(&s.operand);
+                    }
+                } else if let Some(segs) = segments(e) {
+                    self.qualified(&ids(e), &segs);
+                } else {
+                    self.walk(&s.operand);
+                }
+            }
+            Ast::Call(call) => {
+                // `ns.f(x)`: a namespaced function, not a method on the variable `ns`.
+                let qualified_fn = call.target.as_ref().and_then(|t| {
+                    let segs = segments(t)?;
+                    let first = segs.first()?;
+                    if self.is_bound(first) || root_members(first).is_some() {
+                        return None;
+                    }
+                    let name = format!("{}.{}", segs.join("."), call.func_name);
+                    KNOWN_FUNCTIONS.contains(&name.as_str()).then_some(name)
+                });
+                if qualified_fn.is_none() {
+                    if !is_known_function(&call.func_name) {
+                        // a call's offset is its '(': point at the function's name
+                        let shift = -isize::try_from(call.func_name.chars().count()).unwrap_or(0);
+                        self.fail_at(
+                            e.id,
+                            shift,
+                            format!("undeclared function '{}'", call.func_name),
+                        );
+                        return;
+                    }
+                    if let Some(t) = &call.target {
+                        self.walk(t);
+                    }
+                }
+                if call.func_name == "_[_]" {
+                    // root["member"] with a literal key is a static member access.
+                    if let (Some(target), Some(key)) = (call.args.first(), call.args.get(1)) {
+                        if let (
+                            Ast::Ident(root),
+                            Ast::Literal(cel::common::ast::LiteralValue::String(k)),
+                        ) = (&target.expr, &key.expr)
+                        {
+                            if !self.is_bound(root) && root_members(root).is_some() {
+                                self.root_member(key.id, 0, root, k.inner());
+                                return;
+                            }
+                        }
+                    }
+                }
+                for a in &call.args {
+                    self.walk(a);
+                }
+                self.type_check_call(e.id, &call.func_name, call.target.as_deref(), &call.args);
+            }
+            Ast::Comprehension(c) => {
+                self.walk(&c.iter_range);
+                self.walk(&c.accu_init);
+                let n = self.bound.len();
+                self.bound.push(c.iter_var.clone());
+                if let Some(v2) = &c.iter_var2 {
+                    self.bound.push(v2.clone());
+                }
+                self.bound.push(c.accu_var.clone());
+                self.walk(&c.loop_cond);
+                self.walk(&c.loop_step);
+                self.walk(&c.result);
+                self.bound.truncate(n);
+            }
+            Ast::List(l) => {
+                for el in &l.elements {
+                    self.walk(el);
+                }
+            }
+            Ast::Map(m) => {
+                for entry in &m.entries {
+                    if let EntryExpr::MapEntry(me) = &entry.expr {
+                        self.walk(&me.key);
+                        self.walk(&me.value);
+                    }
+                }
+            }
+            Ast::Struct(s) => {
+                self.fail(
+                    e.id,
+                    format!(
+                        "message construction ('{}{{...}}') is not supported",
+                        s.type_name
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Cheap type errors: an arithmetic or `size` call on literals/attributes of an obviously
+    /// wrong type.
+    fn type_check_call(
+        &mut self,
+        id: u64,
+        func: &str,
+        target: Option<&IdedExpr>,
+        args: &[IdedExpr],
+    ) {
+        let kinds: Vec<Option<&'static str>> = target
+            .into_iter()
+            .chain(args.iter())
+            .map(|a| self.static_type(a))
+            .collect();
+        let mismatch = match (func, kinds.as_slice()) {
+            ("_+_" | "_-_" | "_*_" | "_/_" | "_%_", [Some(a), Some(b)]) => a != b,
+            ("_<_" | "_<=_" | "_>_" | "_>=_", [Some(a), Some(b)]) => {
+                let numeric = |t: &str| matches!(t, "int" | "uint" | "double");
+                a != b && !(numeric(a) && numeric(b))
+            }
+            ("size", [Some(a)]) => !matches!(*a, "string" | "bytes" | "list" | "map"),
+            _ => false,
+        };
+        if mismatch {
+            let types: Vec<&str> = kinds.iter().map(|k| k.unwrap_or("dyn")).collect();
+            let shown = match func {
+                "_+_" => "+",
+                "_-_" => "-",
+                "_*_" => "*",
+                "_/_" => "/",
+                "_%_" => "%",
+                "_<_" => "<",
+                "_<=_" => "<=",
+                "_>_" => ">",
+                "_>=_" => ">=",
+                other => other,
+            };
+            self.fail(
+                id,
+                format!(
+                    "type error: no matching overload for '{shown}' applied to ({})",
+                    types.join(", ")
+                ),
+            );
+        }
+    }
+
+    /// The type of a literal or of a typed attribute, when obvious.
+    fn static_type(&self, e: &IdedExpr) -> Option<&'static str> {
+        use cel::common::ast::LiteralValue as L;
+        match &e.expr {
+            Ast::Literal(L::Int(_)) => Some("int"),
+            Ast::Literal(L::UInt(_)) => Some("uint"),
+            Ast::Literal(L::Double(_)) => Some("double"),
+            Ast::Literal(L::String(_)) => Some("string"),
+            Ast::Literal(L::Bytes(_)) => Some("bytes"),
+            Ast::Literal(L::Boolean(_)) => Some("bool"),
+            Ast::Literal(L::Null) => Some("null_type"),
+            Ast::List(_) => Some("list"),
+            Ast::Map(_) => Some("map"),
+            Ast::Select(s) if !s.test => {
+                let segs = segments(e)?;
+                if segs.len() != 2 || self.is_bound(segs.first()?) {
+                    return None;
+                }
+                let name = segs.join(".");
+                Some(match name.as_str() {
+                    "request.path"
+                    | "request.url_path"
+                    | "request.host"
+                    | "request.scheme"
+                    | "request.method"
+                    | "request.query"
+                    | "request.id"
+                    | "request.useragent"
+                    | "request.referer"
+                    | "request.protocol"
+                    | "source.address"
+                    | "destination.address"
+                    | "connection.requested_server_name"
+                    | "connection.tls_version"
+                    | "connection.subject_peer_certificate"
+                    | "connection.uri_san_peer_certificate"
+                    | "connection.dns_san_peer_certificate"
+                    | "jwt.provider" => "string",
+                    "request.headers" | "request.query_params" | "jwt.claims" | "jwt.header" => {
+                        "map"
+                    }
+                    "source.port" | "destination.port" => "int",
+                    "connection.mtls" => "bool",
+                    "request.time" => "timestamp",
+                    _ => return None,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The activation: one request's variables, resolved on demand.
+// ---------------------------------------------------------------------------------------
+
 /// Everything one request's expressions may read.
 #[derive(Debug)]
 pub struct Activation<'a> {
     pub request: &'a RequestView,
     pub jwt: Option<&'a JwtAttributes>,
+    headers: OnceLock<CelMap<'a>>,
+    query_params: OnceLock<CelMap<'static>>,
+    claims: OnceLock<Option<Box<dyn Val>>>,
+    jwt_header: OnceLock<Option<Box<dyn Val>>>,
 }
 
 impl<'a> Activation<'a> {
     pub fn new(request: &'a RequestView) -> Activation<'a> {
-        Activation { request, jwt: None }
+        Activation {
+            request,
+            jwt: None,
+            headers: OnceLock::new(),
+            query_params: OnceLock::new(),
+            claims: OnceLock::new(),
+            jwt_header: OnceLock::new(),
+        }
     }
 
     pub fn with_jwt(mut self, jwt: Option<&'a JwtAttributes>) -> Activation<'a> {
         self.jwt = jwt;
+        self.claims = OnceLock::new();
+        self.jwt_header = OnceLock::new();
         self
+    }
+
+    fn path(&self) -> Option<&'a str> {
+        self.request.header(":path")
+    }
+
+    #[allow(clippy::map_entry)]
+    fn headers_map(&self) -> &CelMap<'a> {
+        self.headers.get_or_init(|| {
+            let mut map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> =
+                HashMap::with_capacity(self.request.headers.len());
+            let mut joined: Vec<(&'a str, String)> = Vec::new();
+            for (k, v) in &self.request.headers {
+                let key = CelMapKey::String(CelString::from(k.as_str()));
+                if map.contains_key(&key) {
+                    match joined.iter_mut().find(|(n, _)| *n == k.as_str()) {
+                        Some((_, acc)) => {
+                            acc.push(',');
+                            acc.push_str(v);
+                        }
+                        None => {
+                            let first = self.request.header(k).unwrap_or("");
+                            joined.push((k.as_str(), format!("{first},{v}")));
+                        }
+                    }
+                } else {
+                    map.insert(key, Box::new(CelString::from(v.as_str())));
+                }
+            }
+            for (k, v) in joined {
+                map.insert(
+                    CelMapKey::String(CelString::from(k)),
+                    Box::new(CelString::from(v)),
+                );
+            }
+            CelMap::from(map)
+        })
+    }
+
+    fn query_params_map(&self) -> &CelMap<'static> {
+        self.query_params.get_or_init(|| {
+            let mut map: HashMap<CelMapKey<'static>, Box<dyn Val>> = HashMap::new();
+            let query = query_of(self.path().unwrap_or(""));
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let key = CelMapKey::String(CelString::from(percent_decode(k)));
+                map.entry(key)
+                    .or_insert_with(|| Box::new(CelString::from(percent_decode(v))));
+            }
+            CelMap::from(map)
+        })
+    }
+
+    fn claims_val(&self) -> Option<&(dyn Val + 'static)> {
+        self.claims
+            .get_or_init(|| match self.jwt {
+                Some(j) => j.claims.clone().try_into().ok(),
+                None => Some(Box::new(CelMap::from(HashMap::new()))),
+            })
+            .as_deref()
+    }
+
+    fn jwt_header_val(&self) -> Option<&(dyn Val + 'static)> {
+        self.jwt_header
+            .get_or_init(|| match self.jwt {
+                Some(j) => j.header.clone().try_into().ok(),
+                None => Some(Box::new(CelMap::from(HashMap::new()))),
+            })
+            .as_deref()
+    }
+
+    fn host(&self, attribute: HostAttribute) -> Option<Box<dyn Val + 'a>> {
+        Some(match self.request.attribute(attribute)? {
+            AttributeValue::String(s) => Box::new(CelString::from(s.as_str())),
+            AttributeValue::Int(i) => Box::new(CelInt::from(*i)),
+            AttributeValue::Bool(b) => Box::new(CelBool::from(*b)),
+            AttributeValue::Timestamp(t) => timestamp_val(*t)?,
+        })
+    }
+
+    fn request_member(&self, member: &str) -> Option<CowVal<'_, 'a>> {
+        let s = |v: &'a str| Some(CowVal::owned(CelString::from(v)));
+        match member {
+            "path" => s(self.path()?),
+            "url_path" => {
+                let p = self.path()?;
+                s(p.split_once('?').map_or(p, |(a, _)| a))
+            }
+            "host" => s(self
+                .request
+                .header(":authority")
+                .or_else(|| self.request.header("host"))?),
+            "scheme" => s(self.request.header(":scheme")?),
+            "method" => s(self.request.header(":method")?),
+            "headers" => Some(CowVal::Borrowed(self.headers_map())),
+            "query" => s(query_of(self.path()?)),
+            "query_params" => Some(CowVal::Borrowed(self.query_params_map())),
+            "id" => s(self.request.header("x-request-id")?),
+            "useragent" => s(self.request.header("user-agent")?),
+            "referer" => s(self.request.header("referer")?),
+            "time" => self.host(HostAttribute::RequestTime).map(CowVal::Owned),
+            "protocol" => self.host(HostAttribute::RequestProtocol).map(CowVal::Owned),
+            _ => None,
+        }
+    }
+
+    fn jwt_member(&self, member: &str) -> Option<CowVal<'_, 'a>> {
+        match member {
+            "provider" => Some(CowVal::owned(CelString::from(
+                self.jwt.map_or("", |j| j.provider.as_str()),
+            ))),
+            "claims" => self.claims_val().map(CowVal::Borrowed),
+            "header" => self.jwt_header_val().map(CowVal::Borrowed),
+            _ => None,
+        }
+    }
+
+    fn member(&self, root: &str, member: &str) -> Option<CowVal<'_, 'a>> {
+        match root {
+            "request" => self.request_member(member),
+            "jwt" => self.jwt_member(member),
+            "source" | "destination" | "connection" => {
+                let attribute = HostAttribute::ALL.into_iter().find(|a| {
+                    a.cel_name()
+                        .split_once('.')
+                        .is_some_and(|(r, m)| r == root && m == member)
+                })?;
+                self.host(attribute).map(CowVal::Owned)
+            }
+            _ => None,
+        }
+    }
+
+    /// The whole `root` as a map of the members that are present.
+    fn root_map(&self, root: &str) -> Option<CowVal<'_, 'a>> {
+        let members = root_members(root)?;
+        let mut map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::new();
+        for m in members {
+            if let Some(v) = self.member(root, m) {
+                map.insert(CelMapKey::String(CelString::from(*m)), v.into_owned());
+            }
+        }
+        Some(CowVal::owned(CelMap::from(map)))
+    }
+
+    /// `jwt.claims.<name>` / `jwt.header.<name>`: straight from the token's value tree.
+    fn jwt_field(&self, which: &str, name: &str) -> Option<CowVal<'_, 'a>> {
+        let jwt = self.jwt?;
+        let value = match which {
+            "claims" => &jwt.claims,
+            "header" => &jwt.header,
+            _ => return None,
+        };
+        let cel::Value::Map(map) = value else {
+            return None;
+        };
+        let v = map.get(&cel::objects::KeyRef::String(name))?;
+        let val: Box<dyn Val> = v.clone().try_into().ok()?;
+        Some(CowVal::Owned(val))
+    }
+}
+
+impl VariableResolver for Activation<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let (root, rest) = variable.split_once('.').unwrap_or((variable, ""));
+        if rest.is_empty() {
+            return self.root_map(root);
+        }
+        match rest.split_once('.') {
+            None => self.member(root, rest),
+            Some((which, name)) if root == "jwt" && !name.contains('.') => {
+                self.jwt_field(which, name)
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+fn query_of(path: &str) -> &str {
+    path.split_once('?').map_or("", |(_, q)| q)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding: `%XX` and `+` for a space. Invalid escapes
+/// are kept as written; invalid UTF-8 is replaced.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b'%' => {
+                let decoded = bytes
+                    .get(i + 1)
+                    .and_then(|h| hex(*h))
+                    .zip(bytes.get(i + 2).and_then(|l| hex(*l)));
+                match decoded {
+                    Some((h, l)) => {
+                        out.push(h * 16 + l);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b);
+                        i += 1;
+                    }
+                }
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A CEL timestamp for `t`, built with the standard library's own conversions (the filter
+/// doesn't depend on chrono directly).
+fn timestamp_val<'v>(t: std::time::SystemTime) -> Option<Box<dyn Val + 'v>> {
+    let since = t.duration_since(UNIX_EPOCH).ok()?;
+    let env = shared_env().ok()?;
+    let secs = i64::try_from(since.as_secs()).ok()?;
+    let to_ts = env.find_overload("timestamp", &[CowVal::owned(CelInt::from(secs))])?;
+    let ts = to_ts(vec![CowVal::owned(CelInt::from(secs))]).ok()?;
+    let nanos = since.subsec_nanos();
+    if nanos == 0 {
+        return Some(ts.into_owned());
+    }
+    let text = CelString::from(format!("{nanos}ns"));
+    let to_dur = env.find_overload("duration", &[CowVal::owned(text.clone())])?;
+    let dur = to_dur(vec![CowVal::owned(text)]).ok()?;
+    let sum = ts.as_adder()?.add(dur.as_ref()).ok()?;
+    Some(sum.into_owned())
+}
+
+// ---------------------------------------------------------------------------------------
+// The network extension: ip() and cidr(), after cel-go's `ext.Network()`.
+// ---------------------------------------------------------------------------------------
+
+/// The network extension. `ip(s)` and `cidr(s)` build `net.IP` / `net.CIDR` values.
+///
+/// Unlike cel-go, `ip()` also accepts `"ip:port"` and `"[v6]:port"` (the port is dropped), so
+/// Envoy's `source.address` can be passed as is.
+pub mod network {
+    use super::*;
+
+    pub static IP_TYPE: Type = Type::new_unspecified_type("net.IP");
+    pub static CIDR_TYPE: Type = Type::new_unspecified_type("net.CIDR");
+
+    /// An IP address (IPv4-mapped IPv6 addresses are stored as IPv4).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Ip(pub IpAddr);
+
+    /// A network: an address and a prefix length (the address is kept as written).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Cidr {
+        pub ip: IpAddr,
+        pub prefix: u8,
+    }
+
+    impl Val for Ip {
+        fn get_type(&self) -> &Type {
+            &IP_TYPE
+        }
+        fn cel_type() -> &'static Type {
+            &IP_TYPE
+        }
+        fn equals(&self, other: &dyn Val) -> bool {
+            other.downcast_ref::<Ip>().is_some_and(|o| o == self)
+        }
+        fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v> {
+            Box::new(*self)
+        }
+        fn as_any(&self) -> Option<&dyn Any> {
+            Some(self)
+        }
+    }
+    impl StaticVal for Ip {}
+
+    impl Val for Cidr {
+        fn get_type(&self) -> &Type {
+            &CIDR_TYPE
+        }
+        fn cel_type() -> &'static Type {
+            &CIDR_TYPE
+        }
+        fn equals(&self, other: &dyn Val) -> bool {
+            other.downcast_ref::<Cidr>().is_some_and(|o| o == self)
+        }
+        fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v> {
+            Box::new(*self)
+        }
+        fn as_any(&self) -> Option<&dyn Any> {
+            Some(self)
+        }
+    }
+    impl StaticVal for Cidr {}
+
+    fn canonical(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            },
+            v4 => v4,
+        }
+    }
+
+    /// Parses an address as cel-go does (no zones, no dotted IPv4-mapped IPv6), plus
+    /// `ip:port` / `[ip]:port`.
+    pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
+        if s.contains('%') {
+            return Err("IP Address with zone value is not allowed".into());
+        }
+        let ip = match s.parse::<IpAddr>() {
+            Ok(ip) => ip,
+            Err(_) => match s.parse::<SocketAddr>() {
+                Ok(sa) => sa.ip(),
+                Err(_) => {
+                    return Err(format!(
+                        "IP Address '{s}' parse error during conversion from string"
+                    ))
+                }
+            },
+        };
+        if ip.is_ipv6() && s.contains('.') {
+            return Err("IPv4-mapped IPv6 address is not allowed".into());
+        }
+        Ok(canonical(ip))
+    }
+
+    pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+        if s.contains('%') {
+            return Err("CIDR with zone value is not allowed".into());
+        }
+        let err = || format!("network address parse error during conversion from string: '{s}'");
+        let (addr, prefix) = s.split_once('/').ok_or_else(err)?;
+        let ip: IpAddr = addr.parse().map_err(|_| err())?;
+        if ip.is_ipv6() && addr.contains('.') {
+            return Err("IPv4-mapped IPv6 address is not allowed".into());
+        }
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err());
+        }
+        let prefix: u8 = prefix.parse().map_err(|_| err())?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(err());
+        }
+        Ok(Cidr { ip, prefix })
+    }
+
+    fn bits(ip: IpAddr) -> (u128, u8) {
+        match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+            IpAddr::V6(v6) => (u128::from(v6), 128),
+        }
+    }
+
+    fn mask(width: u8, prefix: u8) -> u128 {
+        let host_bits = u32::from(width.saturating_sub(prefix));
+        let all: u128 = if width == 32 {
+            u128::from(u32::MAX)
+        } else {
+            u128::MAX
+        };
+        if host_bits >= 128 {
+            0
+        } else {
+            all & !((1u128 << host_bits) - 1)
+        }
+    }
+
+    impl Cidr {
+        pub fn contains_ip(&self, ip: IpAddr) -> bool {
+            let (net, w1) = bits(self.ip);
+            let (addr, w2) = bits(canonical(ip));
+            w1 == w2 && (net & mask(w1, self.prefix)) == (addr & mask(w1, self.prefix))
+        }
+        pub fn contains_cidr(&self, other: &Cidr) -> bool {
+            other.prefix >= self.prefix
+                && bits(self.ip).1 == bits(other.ip).1
+                && self.contains_ip(other.ip)
+        }
+        pub fn masked(&self) -> Cidr {
+            let (net, w) = bits(self.ip);
+            let m = net & mask(w, self.prefix);
+            let ip = if w == 32 {
+                IpAddr::V4(Ipv4Addr::from(u32::try_from(m).unwrap_or(0)))
+            } else {
+                IpAddr::V6(Ipv6Addr::from(m))
+            };
+            Cidr {
+                ip,
+                prefix: self.prefix,
+            }
+        }
+    }
+
+    fn err(function: &str, message: String) -> ExecutionError {
+        ExecutionError::function_error(function, message)
+    }
+
+    fn str_arg<'x>(args: &'x [CowVal<'_, '_>], i: usize) -> Result<&'x str, ExecutionError> {
+        args.get(i)
+            .and_then(|a| a.downcast_ref::<CelString>())
+            .map(|s| s.inner())
+            .ok_or_else(|| ExecutionError::function_error("network", "expected a string"))
+    }
+
+    fn ip_arg(args: &[CowVal<'_, '_>], i: usize) -> Result<Ip, ExecutionError> {
+        args.get(i)
+            .and_then(|a| a.downcast_ref::<Ip>())
+            .copied()
+            .ok_or_else(|| ExecutionError::function_error("network", "expected a net.IP"))
+    }
+
+    fn cidr_arg(args: &[CowVal<'_, '_>], i: usize) -> Result<Cidr, ExecutionError> {
+        args.get(i)
+            .and_then(|a| a.downcast_ref::<Cidr>())
+            .copied()
+            .ok_or_else(|| ExecutionError::function_error("network", "expected a net.CIDR"))
+    }
+
+    type R<'b, 'v> = Result<CowVal<'b, 'v>, ExecutionError>;
+
+    fn ok<'b, 'v, T: Val + 'v>(v: T) -> R<'b, 'v> {
+        Ok(CowVal::owned(v))
+    }
+
+    fn ip_from_string<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        let s = str_arg(&args, 0)?;
+        ok(Ip(parse_ip(s).map_err(|m| err("ip", m))?))
+    }
+    fn cidr_from_string<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        let s = str_arg(&args, 0)?;
+        ok(parse_cidr(s).map_err(|m| err("cidr", m))?)
+    }
+    fn is_ip<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        ok(CelBool::from(parse_ip(str_arg(&args, 0)?).is_ok()))
+    }
+    fn is_cidr<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        ok(CelBool::from(parse_cidr(str_arg(&args, 0)?).is_ok()))
+    }
+    fn is_canonical<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        let s = str_arg(&args, 0)?;
+        let ip = s
+            .parse::<IpAddr>()
+            .map_err(|_| err("ip.isCanonical", format!("IP Address '{s}' parse error")))?;
+        ok(CelBool::from(ip.to_string() == s))
+    }
+    fn ip_to_string<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        ok(CelString::from(ip_arg(&args, 0)?.0.to_string()))
+    }
+    fn cidr_to_string<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        let c = cidr_arg(&args, 0)?;
+        ok(CelString::from(format!("{}/{}", c.ip, c.prefix)))
+    }
+    fn family<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        ok(CelInt::from(if ip_arg(&args, 0)?.0.is_ipv4() {
+            4
+        } else {
+            6
+        }))
+    }
+    fn is_unspecified<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        ok(CelBool::from(ip_arg(&args, 0)?.0.is_unspecified()))
+    }
+    fn is_loopback<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        ok(CelBool::from(ip_arg(&args, 0)?.0.is_loopback()))
+    }
+    fn is_global_unicast<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        // Go's IP.IsGlobalUnicast: not unspecified, loopback, multicast, link-local or broadcast.
+        let ip = ip_arg(&args, 0)?.0;
+        let g = match ip {
+            IpAddr::V4(v4) => {
+                !(v4.is_unspecified()
+                    || v4.is_loopback()
+                    || v4.is_multicast()
+                    || v4.is_link_local()
+                    || v4.is_broadcast())
+            }
+            IpAddr::V6(v6) => {
+                let seg0 = v6.segments()[0];
+                !(v6.is_unspecified()
+                    || v6.is_loopback()
+                    || v6.is_multicast()
+                    || (seg0 & 0xffc0) == 0xfe80)
+            }
+        };
+        ok(CelBool::from(g))
+    }
+    fn is_link_local_multicast<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        let r = match ip_arg(&args, 0)?.0 {
+            IpAddr::V4(v4) => {
+                let o = v4.octets();
+                o[0] == 224 && o[1] == 0 && o[2] == 0
+            }
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xff0f) == 0xff02,
+        };
+        ok(CelBool::from(r))
+    }
+    fn is_link_local_unicast<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        let r = match ip_arg(&args, 0)?.0 {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        ok(CelBool::from(r))
+    }
+    fn contains_ip<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        let c = cidr_arg(&args, 0)?;
+        let ip = match args.get(1).and_then(|a| a.downcast_ref::<Ip>()) {
+            Some(ip) => ip.0,
+            None => parse_ip(str_arg(&args, 1)?).map_err(|m| err("containsIP", m))?,
+        };
+        ok(CelBool::from(c.contains_ip(ip)))
+    }
+    fn contains_cidr<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        let c = cidr_arg(&args, 0)?;
+        let other = match args.get(1).and_then(|a| a.downcast_ref::<Cidr>()) {
+            Some(o) => *o,
+            None => parse_cidr(str_arg(&args, 1)?).map_err(|m| err("containsCIDR", m))?,
+        };
+        ok(CelBool::from(c.contains_cidr(&other)))
+    }
+    fn cidr_ip<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        ok(Ip(canonical(cidr_arg(&args, 0)?.ip)))
+    }
+    fn cidr_masked<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        ok(cidr_arg(&args, 0)?.masked())
+    }
+    fn prefix_length<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> R<'b, 'v> {
+        ok(CelInt::from(i64::from(cidr_arg(&args, 0)?.prefix)))
+    }
+
+    /// Registers the network extension on `env`.
+    pub fn extension(env: &mut Env) -> Result<(), cel::DeclarationError> {
+        env.add_type(IP_TYPE.to_owned())?;
+        env.add_type(CIDR_TYPE.to_owned())?;
+        let ip = || IP_TYPE.to_owned();
+        let cidr = || CIDR_TYPE.to_owned();
+        env.add_overload("ip", "string_to_ip", vec![STRING_TYPE], ip_from_string)?;
+        env.add_overload(
+            "cidr",
+            "string_to_cidr",
+            vec![STRING_TYPE],
+            cidr_from_string,
+        )?;
+        env.add_overload("isIP", "is_ip_string", vec![STRING_TYPE], is_ip)?;
+        env.add_overload("isCIDR", "is_cidr_string", vec![STRING_TYPE], is_cidr)?;
+        env.add_overload(
+            "ip.isCanonical",
+            "ip_is_canonical_string",
+            vec![STRING_TYPE],
+            is_canonical,
+        )?;
+        env.add_overload("string", "ip_to_string", vec![ip()], ip_to_string)?;
+        env.add_overload("string", "cidr_to_string", vec![cidr()], cidr_to_string)?;
+        env.add_member_overload("family", "ip_family", ip(), vec![], family)?;
+        env.add_member_overload(
+            "isUnspecified",
+            "ip_is_unspecified",
+            ip(),
+            vec![],
+            is_unspecified,
+        )?;
+        env.add_member_overload("isLoopback", "ip_is_loopback", ip(), vec![], is_loopback)?;
+        env.add_member_overload(
+            "isGlobalUnicast",
+            "ip_is_global_unicast",
+            ip(),
+            vec![],
+            is_global_unicast,
+        )?;
+        env.add_member_overload(
+            "isLinkLocalMulticast",
+            "ip_is_link_local_multicast",
+            ip(),
+            vec![],
+            is_link_local_multicast,
+        )?;
+        env.add_member_overload(
+            "isLinkLocalUnicast",
+            "ip_is_link_local_unicast",
+            ip(),
+            vec![],
+            is_link_local_unicast,
+        )?;
+        env.add_member_overload(
+            "containsIP",
+            "cidr_contains_ip_ip",
+            cidr(),
+            vec![ip()],
+            contains_ip,
+        )?;
+        env.add_member_overload(
+            "containsIP",
+            "cidr_contains_ip_string",
+            cidr(),
+            vec![STRING_TYPE],
+            contains_ip,
+        )?;
+        env.add_member_overload(
+            "containsCIDR",
+            "cidr_contains_cidr_cidr",
+            cidr(),
+            vec![cidr()],
+            contains_cidr,
+        )?;
+        env.add_member_overload(
+            "containsCIDR",
+            "cidr_contains_cidr_string",
+            cidr(),
+            vec![STRING_TYPE],
+            contains_cidr,
+        )?;
+        env.add_member_overload("ip", "cidr_ip", cidr(), vec![], cidr_ip)?;
+        env.add_member_overload("masked", "cidr_masked", cidr(), vec![], cidr_masked)?;
+        env.add_member_overload(
+            "prefixLength",
+            "cidr_prefix_length",
+            cidr(),
+            vec![],
+            prefix_length,
+        )?;
+        let _ = (BOOL_TYPE, INT_TYPE);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{AttributeValue, HostAttribute, RequestView};
+    use serde_json::json;
+    use std::time::Duration;
+
+    fn compile(text: &str) -> Result<Expr, ExprError> {
+        Expr::compile(&ExprSource::Inline(text.to_owned()))
+    }
+
+    fn request() -> RequestView {
+        RequestView::new(
+            "GET",
+            "/admin/users?x=1&name=a%20b&x=2&plus=c+d",
+            &[
+                ("x-tenant", "acme"),
+                ("user-agent", "curl/8"),
+                ("accept", "text/html"),
+                ("accept", "application/json"),
+                ("x-request-id", "rid-1"),
+            ],
+        )
+        .with_attribute(
+            HostAttribute::SourceAddress,
+            AttributeValue::String("10.1.2.3:5555".into()),
+        )
+        .with_attribute(HostAttribute::SourcePort, AttributeValue::Int(5555))
+        .with_attribute(HostAttribute::ConnectionMtls, AttributeValue::Bool(true))
+        .with_attribute(
+            HostAttribute::RequestTime,
+            AttributeValue::Timestamp(UNIX_EPOCH + Duration::from_millis(1_700_000_000_250)),
+        )
+    }
+
+    fn jwt() -> JwtAttributes {
+        JwtAttributes::from_json(
+            "local",
+            &json!({"alg": "RS256", "kid": "k1"}),
+            &json!({"sub": "alice", "tenant": "acme", "groups": ["admin", "dev"],
+                    "scope": "read write", "n": 3, "nested": {"a": {"b": true}}}),
+        )
+    }
+
+    fn eval(text: &str) -> Result<cel::Value, EvalError> {
+        let req = request();
+        let token = jwt();
+        let act = Activation::new(&req).with_jwt(Some(&token));
+        compile(text)
+            .map_err(|e| EvalError(e.to_string()))?
+            .eval(&act)
+    }
+
+    fn truth(text: &str) -> bool {
+        let req = request();
+        let token = jwt();
+        let act = Activation::new(&req).with_jwt(Some(&token));
+        match compile(text) {
+            Ok(e) => match e.eval_bool(&act) {
+                Ok(b) => b,
+                Err(e) => panic!("{text}: {e}"),
+            },
+            Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    #[test]
+    fn request_attributes() {
+        assert!(truth(
+            "request.path == '/admin/users?x=1&name=a%20b&x=2&plus=c+d'"
+        ));
+        assert!(truth("request.url_path == '/admin/users'"));
+        assert!(truth("request.query == 'x=1&name=a%20b&x=2&plus=c+d'"));
+        assert!(truth("request.query_params.x == '1'"));
+        assert!(truth("request.query_params['name'] == 'a b'"));
+        assert!(truth("request.query_params.plus == 'c d'"));
+        assert!(truth(
+            "request.method == 'GET' && request.host == 'localhost'"
+        ));
+        assert!(truth("request.scheme == 'http'"));
+        assert!(truth("request.headers['x-tenant'] == 'acme'"));
+        assert!(truth(
+            "request.headers.accept == 'text/html,application/json'"
+        ));
+        assert!(truth(
+            "request.id == 'rid-1' && request.useragent == 'curl/8'"
+        ));
+        assert!(truth("!has(request.referer)"));
+        assert!(truth(
+            "has(request.headers.accept) && !has(request.headers.cookie)"
+        ));
+        assert!(eval("request.referer").is_err());
+        assert!(truth("request.time > timestamp('2023-01-01T00:00:00Z')"));
+        assert!(truth("request.time.getMilliseconds() == 250"));
+        assert!(truth("'x-tenant' in request.headers"));
+        assert!(truth("request.headers.exists(k, k == 'accept')"));
+        assert!(truth("request.method in ['GET', 'HEAD']"));
+    }
+
+    #[test]
+    fn host_attributes_and_absence() {
+        assert!(truth(
+            "source.address == '10.1.2.3:5555' && source.port == 5555"
+        ));
+        assert!(truth("connection.mtls"));
+        assert!(truth("!has(destination.address) && has(source.address)"));
+        assert!(eval("destination.port == 1").is_err());
+        assert!(truth("size(source) == 2"));
+    }
+
+    #[test]
+    fn jwt_attributes() {
+        assert!(truth("jwt.provider == 'local'"));
+        assert!(truth("jwt.claims.sub == 'alice'"));
+        assert!(truth("'admin' in jwt.claims.groups"));
+        assert!(truth("'write' in jwt.claims.scope.split(' ')"));
+        assert!(truth("jwt.claims.n == 3"));
+        assert!(truth("jwt.claims.nested.a.b"));
+        assert!(truth("has(jwt.claims.tenant) && !has(jwt.claims.missing)"));
+        assert!(truth("jwt.header.kid == 'k1'"));
+        assert!(truth("request.headers['x-tenant'] == jwt.claims.tenant"));
+        assert!(eval("jwt.claims.missing == 'x'").is_err());
+
+        let req = request();
+        let act = Activation::new(&req);
+        let e = compile("jwt.provider == '' && jwt.claims == {} && size(jwt.header) == 0").unwrap();
+        assert_eq!(e.eval_bool(&act), Ok(true));
+        let e = compile("jwt.claims.sub == 'x'").unwrap();
+        assert!(e.eval_bool(&act).is_err());
+    }
+
+    #[test]
+    fn extracts_host_attributes_and_jwt_use() {
+        let e = compile("source.address == '1' && connection.mtls && request.path == '/'").unwrap();
+        assert_eq!(
+            e.host_attributes(),
+            vec![HostAttribute::SourceAddress, HostAttribute::ConnectionMtls]
+        );
+        assert!(!e.uses_jwt());
+        let e = compile("has(destination.port)").unwrap();
+        assert_eq!(e.host_attributes(), vec![HostAttribute::DestinationPort]);
+        let e = compile("size(source) > 0 || request.time > timestamp(0)").unwrap();
+        assert_eq!(
+            e.host_attributes(),
+            vec![
+                HostAttribute::SourceAddress,
+                HostAttribute::SourcePort,
+                HostAttribute::RequestTime
+            ]
+        );
+        let e = compile("[1].exists(source, source == 1)").unwrap();
+        assert!(e.host_attributes().is_empty());
+        assert!(compile("jwt.claims.sub == 'a'").unwrap().uses_jwt());
+        assert!(
+            compile("connection['mtls']").unwrap().host_attributes()
+                == vec![HostAttribute::ConnectionMtls]
+        );
+    }
+
+    #[test]
+    fn compile_errors_have_locations() {
+        let err = Expr::compile(&ExprSource::File {
+            file: "admin.cel".into(),
+            source: "// comment\nrequest.path ==\n  ".into(),
+        })
+        .unwrap_err();
+        assert_eq!(err.file.as_deref(), Some("admin.cel"));
+        assert_eq!(err.line, 3, "{err}");
+
+        let err = compile("request.path == 'a' &&\n  reqest.method == 'GET'").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 3), "{err}");
+        assert!(err.message.contains("reqest"), "{err}");
+
+        let err = compile("request.pth == '/'").unwrap_err();
+        assert_eq!((err.line, err.column), (1, 9), "{err}");
+        assert!(err.message.contains("request.pth"), "{err}");
+
+        let err = compile("// x\n  nosuch(1)").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 3), "{err}");
+        assert!(err.message.contains("nosuch"), "{err}");
+        let err = compile("'a'.size() > 1 &&\n request.path.frobnicate()").unwrap_err();
+        assert_eq!((err.line, err.column), (2, 15), "{err}");
+
+        let err = compile("request.path.frobnicate()").unwrap_err();
+        assert!(err.message.contains("frobnicate"), "{err}");
+
+        let err = compile("request.path + 1 == 'a'").unwrap_err();
+        assert!(err.message.contains("type error"), "{err}");
+        assert!(compile("size(1) == 1").is_err());
+        assert!(compile("1 + 1.0 == 2").is_err());
+        assert!(compile("").is_err());
+        assert!(compile("// only a comment").is_err());
+        assert!(compile("Foo{a: 1}").is_err());
+
+        let err = compile("request.path == (").unwrap_err();
+        assert_eq!(err.line, 1);
+        assert!(err.column >= 16, "{err}");
+    }
+
+    #[test]
+    fn comments_and_multiline() {
+        let text = "// admins only\nrequest.url_path.startsWith('/admin') // path\n  && 'admin' in jwt.claims.groups // group\n";
+        assert!(truth(text));
+        assert!(truth("'//not a comment' == '//not' + ' a comment'"));
+    }
+
+    #[test]
+    fn macros_bind_variables() {
+        assert!(truth("jwt.claims.groups.all(g, g.size() > 2)"));
+        assert!(truth(
+            "jwt.claims.groups.map(g, g.upperAscii()) == ['ADMIN', 'DEV']"
+        ));
+        assert!(truth(
+            "jwt.claims.groups.filter(g, g.startsWith('a')).size() == 1"
+        ));
+        assert!(truth("jwt.claims.groups.exists_one(g, g == 'dev')"));
+        assert!(compile("jwt.claims.groups.all(g, h)").is_err());
+    }
+
+    #[test]
+    fn strings_extension() {
+        assert!(truth(
+            "'abc'.charAt(1) == 'b' && 'abcb'.lastIndexOf('b') == 3"
+        ));
+        assert!(truth("'a,b'.split(',').join('-') == 'a-b'"));
+        assert!(truth("' x '.trim() == 'x' && 'AbC'.lowerAscii() == 'abc'"));
+        assert!(truth(
+            "'hello'.substring(1, 3) == 'el' && 'aXa'.replace('a', 'b') == 'bXb'"
+        ));
+        assert!(truth(
+            "'abc'.indexOf('c') == 2 && 'abc'.upperAscii() == 'ABC'"
+        ));
+        assert!(truth("strings.quote('a\"b') == '\"a\\\\\"b\"'"));
+        assert!(truth("size('héllo') == 5"));
+    }
+
+    #[test]
+    fn network_extension() {
+        assert!(truth("cidr('10.0.0.0/8').containsIP(ip(source.address))"));
+        assert!(truth("cidr('10.0.0.0/8').containsIP(source.address)"));
+        assert!(truth("!cidr('192.168.0.0/16').containsIP(ip('10.1.2.3'))"));
+        assert!(truth(
+            "ip('[::1]:8080').isLoopback() && ip('::1').family() == 6"
+        ));
+        assert!(truth(
+            "ip('127.0.0.1').isLoopback() && ip('1.2.3.4').family() == 4"
+        ));
+        assert!(truth(
+            "cidr('192.168.0.1/24').masked() == cidr('192.168.0.0/24')"
+        ));
+        assert!(truth("cidr('192.168.0.0/24').prefixLength() == 24"));
+        assert!(truth("cidr('192.168.0.0/24').ip() == ip('192.168.0.0')"));
+        assert!(truth("cidr('10.0.0.0/8').containsCIDR('10.1.0.0/16')"));
+        assert!(truth("!cidr('10.0.0.0/16').containsCIDR('10.0.0.0/8')"));
+        assert!(truth(
+            "isIP('::1') && !isIP('nope') && string(ip('::ffff:c0a8:1')) == '192.168.0.1'"
+        ));
+        assert!(truth("cidr('2001:db8::/32').containsIP('2001:db8::1')"));
+        assert!(truth("!cidr('2001:db8::/32').containsIP('10.0.0.1')"));
+        assert!(truth("cidr('0.0.0.0/0').containsIP('1.2.3.4')"));
+        assert!(truth("type(ip('1.2.3.4')) == net.IP"));
+        assert!(eval("ip('300.1.1.1')").is_err());
+        assert!(eval("cidr('10.0.0.0/33')").is_err());
+    }
+
+    #[test]
+    fn errors_never_show_values() {
+        let err = eval("request.headers['x-tenant'] < 1").unwrap_err();
+        assert!(!err.0.contains("acme"), "{err}");
+        let err = eval("jwt.claims.sub + 1 == 2").unwrap_err();
+        assert!(!err.0.contains("alice"), "{err}");
+        let err = eval("int(jwt.claims.sub) == 2").unwrap_err();
+        assert!(!err.0.contains("alice"), "{err}");
+    }
+
+    #[test]
+    fn eval_string_and_bool() {
+        let req = request();
+        let act = Activation::new(&req);
+        assert_eq!(
+            compile("request.headers['x-tenant']")
+                .unwrap()
+                .eval_string(&act),
+            Ok("acme".into())
+        );
+        assert_eq!(
+            compile("source.port").unwrap().eval_string(&act),
+            Ok("5555".into())
+        );
+        assert!(compile("request.path").unwrap().eval_bool(&act).is_err());
+    }
+
+    #[test]
+    fn every_known_function_is_registered() {
+        // Calling each with no arguments must fail with "no overload", not "undeclared".
+        let env = shared_env().unwrap();
+        for f in KNOWN_FUNCTIONS {
+            let undeclared = [format!("{f}()"), format!("''.{f}()")].iter().all(|call| {
+                let Ok(p) = env.compile(call) else {
+                    return true;
+                };
+                let ctx = cel::Context::with_env(env.clone());
+                matches!(p.execute(&ctx), Err(ExecutionError::UndeclaredReference(_)))
+            });
+            assert!(!undeclared, "{f} is not registered");
+        }
+    }
+
+    #[test]
+    fn unchecked_evaluation() {
+        let v = eval_unchecked("x + 1", &[("x", cel::Value::Int(2))]).unwrap();
+        assert_eq!(v, cel::Value::Int(3));
+        assert!(matches!(eval_unchecked("(", &[]), Err(Err(_))));
+        assert!(matches!(eval_unchecked("1/0", &[]), Err(Ok(_))));
     }
 }

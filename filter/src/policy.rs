@@ -1,10 +1,29 @@
-//! Authorization rules in CEL. STUB: interface fixed, implementation owned by the CEL work.
+//! Authorization rules in CEL.
+//!
+//! A policy is a list of named rules. Each rule has an optional `when` (does the rule apply
+//! to this request?), exactly one condition, `allow` or `deny`, and a mode (`enforce` or
+//! `shadow`). Evaluation follows Istio's order:
+//!
+//! 1. If an applicable **enforced deny** rule's condition is true, the request is denied;
+//!    the first such rule (in order) decides.
+//! 2. Otherwise, if an applicable **enforced allow** rule's condition is true, the request
+//!    is allowed; the first such rule decides.
+//! 3. Otherwise the policy's `default_action` decides (deny unless configured).
+//!
+//! Shadow rules are always evaluated and counted (`portcullis.rule.<name>.shadow_denied` /
+//! `.shadow_allowed`) but never decide. A policy in shadow mode computes its verdict, counts
+//! `portcullis.policy.shadow_denied` when it would have denied, and allows.
+//!
+//! Runtime errors fail closed: an error in `when` makes the rule applicable, an error in a
+//! `deny` condition denies, an error in an `allow` condition does not allow. Each error is
+//! counted in `portcullis.rule.<name>.errors`; reasons name the rule, never a value.
 
 use crate::config::ConfigError;
-use crate::expr::{Activation, ExprSource};
+use crate::expr::{Activation, Expr, ExprSource};
 use crate::ports::Counters;
 use crate::request::HostAttribute;
 use serde::Deserialize;
+use std::collections::BTreeSet;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -60,35 +79,540 @@ pub enum Verdict {
     },
 }
 
+/// Counter names of one rule, built once.
+#[derive(Debug)]
+struct RuleCounters {
+    allowed: String,
+    denied: String,
+    shadow_allowed: String,
+    shadow_denied: String,
+    errors: String,
+}
+
+impl RuleCounters {
+    fn new(name: &str) -> RuleCounters {
+        let c = |what: &str| format!("portcullis.rule.{name}.{what}");
+        RuleCounters {
+            allowed: c("allowed"),
+            denied: c("denied"),
+            shadow_allowed: c("shadow_allowed"),
+            shadow_denied: c("shadow_denied"),
+            errors: c("errors"),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    when: Option<Expr>,
+    condition: Expr,
+    action: Action,
+    mode: Mode,
+    counters: RuleCounters,
+}
+
+/// What one rule says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// The rule doesn't apply, or its condition is false.
+    NoMatch,
+    /// The condition is true.
+    Match,
+    /// Evaluation failed (already counted); deny rules treat it as a match.
+    Error,
+}
+
+impl Rule {
+    fn outcome(&self, activation: &Activation<'_>, counters: &mut dyn Counters) -> Outcome {
+        let mut errored = false;
+        if let Some(when) = &self.when {
+            match when.eval_bool(activation) {
+                Ok(true) => {}
+                Ok(false) => return Outcome::NoMatch,
+                // fail closed: an unknown `when` makes the rule apply
+                Err(_) => errored = true,
+            }
+        }
+        let outcome = match self.condition.eval_bool(activation) {
+            Ok(true) if errored => Outcome::Error,
+            Ok(true) => Outcome::Match,
+            Ok(false) => Outcome::NoMatch,
+            Err(_) => Outcome::Error,
+        };
+        if errored || outcome == Outcome::Error {
+            counters.increment(&self.counters.errors, 1);
+        }
+        outcome
+    }
+}
+
 #[derive(Debug)]
 pub struct Policy {
+    rules: Vec<Rule>,
     default_action: Action,
+    mode: Mode,
+    host_attributes: Vec<HostAttribute>,
+    uses_jwt: bool,
+}
+
+/// Rule names end up in counter names and responses: keep them simple.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Policy {
     pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
+        let mut rules = Vec::with_capacity(config.rules.len());
+        let mut names = BTreeSet::new();
+        for (i, rc) in config.rules.iter().enumerate() {
+            let field = format!("policy.rules[{i}]");
+            if !valid_name(&rc.name) {
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    format!(
+                        "invalid rule name {:?}: use 1 to 64 letters, digits, '-' or '_'",
+                        rc.name
+                    ),
+                ));
+            }
+            if !names.insert(rc.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    format!("duplicate rule name {:?}", rc.name),
+                ));
+            }
+            let (action, source, key) = match (&rc.allow, &rc.deny) {
+                (Some(a), None) => (Action::Allow, a, "allow"),
+                (None, Some(d)) => (Action::Deny, d, "deny"),
+                (Some(_), Some(_)) => {
+                    return Err(ConfigError::new(
+                        field,
+                        format!(
+                            "rule {:?} has both `allow` and `deny`: give exactly one",
+                            rc.name
+                        ),
+                    ))
+                }
+                (None, None) => {
+                    return Err(ConfigError::new(
+                        field,
+                        format!(
+                            "rule {:?} has neither `allow` nor `deny`: give exactly one",
+                            rc.name
+                        ),
+                    ))
+                }
+            };
+            let when = match &rc.when {
+                Some(w) => Some(
+                    Expr::compile(w)
+                        .map_err(|e| ConfigError::from_expr(format!("{field}.when"), &e))?,
+                ),
+                None => None,
+            };
+            let condition = Expr::compile(source)
+                .map_err(|e| ConfigError::from_expr(format!("{field}.{key}"), &e))?;
+            rules.push(Rule {
+                name: rc.name.clone(),
+                when,
+                condition,
+                action,
+                mode: rc.mode,
+                counters: RuleCounters::new(&rc.name),
+            });
+        }
+        let exprs = || {
+            rules
+                .iter()
+                .flat_map(|r| r.when.iter().chain(std::iter::once(&r.condition)))
+        };
+        let host_attributes: BTreeSet<HostAttribute> =
+            exprs().flat_map(Expr::host_attributes).collect();
+        let uses_jwt = exprs().any(Expr::uses_jwt);
         Ok(Policy {
+            host_attributes: host_attributes.into_iter().collect(),
+            uses_jwt,
+            rules,
             default_action: config.default_action,
+            mode: config.mode,
         })
     }
 
     pub fn host_attributes(&self) -> Vec<HostAttribute> {
-        Vec::new()
+        self.host_attributes.clone()
     }
 
     /// Whether any rule reads `jwt.*`.
     pub fn uses_jwt(&self) -> bool {
-        false
+        self.uses_jwt
     }
 
     pub fn evaluate(&self, activation: &Activation<'_>, counters: &mut dyn Counters) -> Verdict {
-        let _ = (activation, counters);
+        let verdict = self.decide(activation, counters);
+        match (self.mode, verdict) {
+            (Mode::Enforce, verdict) => verdict,
+            (Mode::Shadow, Verdict::Deny { .. }) => {
+                counters.increment("portcullis.policy.shadow_denied", 1);
+                Verdict::Allow { rule: None }
+            }
+            (Mode::Shadow, allow) => allow,
+        }
+    }
+
+    fn decide(&self, activation: &Activation<'_>, counters: &mut dyn Counters) -> Verdict {
+        let mut denied: Option<Verdict> = None;
+        // (1) deny rules. Once an enforced deny decided, only shadow rules are still run.
+        for rule in self.rules.iter().filter(|r| r.action == Action::Deny) {
+            if denied.is_some() && rule.mode == Mode::Enforce {
+                continue;
+            }
+            let outcome = rule.outcome(activation, counters);
+            if outcome == Outcome::NoMatch {
+                continue;
+            }
+            match rule.mode {
+                Mode::Shadow => counters.increment(&rule.counters.shadow_denied, 1),
+                Mode::Enforce => {
+                    counters.increment(&rule.counters.denied, 1);
+                    let reason = if outcome == Outcome::Error {
+                        format!("rule {}: evaluation error", rule.name)
+                    } else {
+                        format!("denied by rule {}", rule.name)
+                    };
+                    denied = Some(Verdict::Deny {
+                        rule: Some(rule.name.clone()),
+                        reason,
+                    });
+                }
+            }
+        }
+        if let Some(verdict) = denied {
+            return verdict;
+        }
+        // (2) allow rules: the first enforced match decides; shadow rules are all run.
+        let mut allowed: Option<&Rule> = None;
+        let mut last_error: Option<&Rule> = None;
+        for rule in self.rules.iter().filter(|r| r.action == Action::Allow) {
+            if allowed.is_some() && rule.mode == Mode::Enforce {
+                continue;
+            }
+            match (rule.outcome(activation, counters), rule.mode) {
+                (Outcome::Match, Mode::Shadow) => {
+                    counters.increment(&rule.counters.shadow_allowed, 1)
+                }
+                (Outcome::Match, Mode::Enforce) => {
+                    counters.increment(&rule.counters.allowed, 1);
+                    allowed = Some(rule);
+                }
+                (Outcome::Error, Mode::Enforce) => last_error = last_error.or(Some(rule)),
+                _ => {}
+            }
+        }
+        if let Some(rule) = allowed {
+            return Verdict::Allow {
+                rule: Some(rule.name.clone()),
+            };
+        }
+        // (3) the default action.
         match self.default_action {
             Action::Allow => Verdict::Allow { rule: None },
-            Action::Deny => Verdict::Deny {
-                rule: None,
-                reason: "no rule allowed the request".into(),
+            Action::Deny => match last_error {
+                // An allow rule that could not be evaluated is the likely culprit: say so.
+                Some(rule) => Verdict::Deny {
+                    rule: Some(rule.name.clone()),
+                    reason: format!("rule {}: evaluation error", rule.name),
+                },
+                None => Verdict::Deny {
+                    rule: None,
+                    reason: "no rule allowed the request".into(),
+                },
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expr::JwtAttributes;
+    use crate::ports::memory::MemoryCounters;
+    use crate::request::{AttributeValue, RequestView};
+    use serde_json::json;
+
+    fn policy(config: serde_json::Value) -> Result<Policy, ConfigError> {
+        let config: PolicyConfig = serde_json::from_value(config).unwrap();
+        Policy::compile(&config)
+    }
+
+    fn token(groups: &[&str]) -> JwtAttributes {
+        JwtAttributes::from_json(
+            "local",
+            &json!({"alg": "ES256"}),
+            &json!({"sub": "alice", "groups": groups, "tenant": "acme", "scope": "read write"}),
+        )
+    }
+
+    fn run(
+        p: &Policy,
+        req: &RequestView,
+        jwt: Option<&JwtAttributes>,
+    ) -> (Verdict, MemoryCounters) {
+        let mut counters = MemoryCounters::default();
+        let act = Activation::new(req).with_jwt(jwt);
+        (p.evaluate(&act, &mut counters), counters)
+    }
+
+    fn sample() -> Policy {
+        policy(json!({
+            "rules": [
+                {"name": "public", "allow": "request.url_path.startsWith('/public/')"},
+                {"name": "admin-pages",
+                 "when": "request.url_path.startsWith('/admin')",
+                 "allow": "'admin' in jwt.claims.groups"},
+                {"name": "block-delete", "deny": "request.method == 'DELETE'"},
+                {"name": "readers", "allow": "'read' in jwt.claims.scope.split(' ')"},
+            ]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn deny_rules_come_first_then_allow_in_order_then_default() {
+        let p = sample();
+        let admin = token(&["admin"]);
+        let (v, c) = run(&p, &RequestView::new("GET", "/admin/x", &[]), Some(&admin));
+        assert_eq!(
+            v,
+            Verdict::Allow {
+                rule: Some("admin-pages".into())
+            }
+        );
+        assert_eq!(c.get("portcullis.rule.admin-pages.allowed"), 1);
+        assert_eq!(c.get("portcullis.rule.readers.allowed"), 0);
+
+        // The deny rule is listed after the allow rules, but wins.
+        let (v, c) = run(
+            &p,
+            &RequestView::new("DELETE", "/public/a", &[]),
+            Some(&admin),
+        );
+        assert_eq!(
+            v,
+            Verdict::Deny {
+                rule: Some("block-delete".into()),
+                reason: "denied by rule block-delete".into()
+            }
+        );
+        assert_eq!(c.get("portcullis.rule.block-delete.denied"), 1);
+        assert_eq!(c.get("portcullis.rule.public.allowed"), 0);
+
+        // `when` false: the rule doesn't apply; the next allow rule decides.
+        let user = token(&["dev"]);
+        let (v, _) = run(&p, &RequestView::new("GET", "/data", &[]), Some(&user));
+        assert_eq!(
+            v,
+            Verdict::Allow {
+                rule: Some("readers".into())
+            }
+        );
+
+        // Nothing allows: default deny.
+        let p2 = policy(json!({"rules": [{"name": "a", "allow": "false"}]})).unwrap();
+        let (v, _) = run(&p2, &RequestView::new("GET", "/", &[]), None);
+        assert_eq!(
+            v,
+            Verdict::Deny {
+                rule: None,
+                reason: "no rule allowed the request".into()
+            }
+        );
+        let p3 = policy(json!({"rules": [], "default_action": "allow"})).unwrap();
+        let (v, _) = run(&p3, &RequestView::new("GET", "/", &[]), None);
+        assert_eq!(v, Verdict::Allow { rule: None });
+    }
+
+    #[test]
+    fn errors_fail_closed_and_are_counted() {
+        let p = policy(json!({
+            "rules": [
+                {"name": "needs-tenant", "allow": "jwt.claims.tenant == 'acme'"},
+                {"name": "deny-bad", "deny": "jwt.claims.missing == 'x'"},
+            ],
+            "default_action": "allow"
+        }))
+        .unwrap();
+        let t = token(&[]);
+        let (v, c) = run(&p, &RequestView::new("GET", "/", &[]), Some(&t));
+        assert_eq!(
+            v,
+            Verdict::Deny {
+                rule: Some("deny-bad".into()),
+                reason: "rule deny-bad: evaluation error".into()
+            }
+        );
+        assert_eq!(c.get("portcullis.rule.deny-bad.errors"), 1);
+
+        // An allow condition that errors does not allow.
+        let p = policy(json!({"rules": [
+            {"name": "a", "allow": "jwt.claims.groups.size() > 0"},
+        ]}))
+        .unwrap();
+        let (v, c) = run(&p, &RequestView::new("GET", "/", &[]), None);
+        assert_eq!(
+            v,
+            Verdict::Deny {
+                rule: Some("a".into()),
+                reason: "rule a: evaluation error".into()
+            }
+        );
+        assert_eq!(c.get("portcullis.rule.a.errors"), 1);
+
+        // An error in `when` makes the rule apply: a deny rule then denies.
+        let p = policy(json!({"rules": [
+            {"name": "w", "when": "request.headers['x-env'] == 'prod'", "deny": "true"},
+            {"name": "all", "allow": "true"},
+        ]}))
+        .unwrap();
+        let (v, c) = run(&p, &RequestView::new("GET", "/", &[]), None);
+        assert!(
+            matches!(v, Verdict::Deny { rule: Some(ref r), .. } if r == "w"),
+            "{v:?}"
+        );
+        assert_eq!(c.get("portcullis.rule.w.errors"), 1);
+        let (v, _) = run(&p, &RequestView::new("GET", "/", &[("x-env", "dev")]), None);
+        assert_eq!(
+            v,
+            Verdict::Allow {
+                rule: Some("all".into())
+            }
+        );
+    }
+
+    #[test]
+    fn reasons_never_contain_values() {
+        let p = policy(json!({"rules": [
+            {"name": "r", "deny": "request.headers['authorization'] + 1 == 2"},
+        ]}))
+        .unwrap();
+        let (v, _) = run(
+            &p,
+            &RequestView::new("GET", "/", &[("authorization", "Bearer secret")]),
+            None,
+        );
+        let Verdict::Deny { reason, .. } = v else {
+            panic!()
+        };
+        assert!(!reason.contains("secret"));
+    }
+
+    #[test]
+    fn shadow_rules_are_counted_but_never_decide() {
+        let p = policy(json!({"rules": [
+            {"name": "would-deny", "deny": "request.method == 'GET'", "mode": "shadow"},
+            {"name": "would-allow", "allow": "true", "mode": "shadow"},
+            {"name": "allow-get", "allow": "request.method == 'GET'"},
+        ]}))
+        .unwrap();
+        let (v, c) = run(&p, &RequestView::new("GET", "/", &[]), None);
+        assert_eq!(
+            v,
+            Verdict::Allow {
+                rule: Some("allow-get".into())
+            }
+        );
+        assert_eq!(c.get("portcullis.rule.would-deny.shadow_denied"), 1);
+        assert_eq!(c.get("portcullis.rule.would-allow.shadow_allowed"), 1);
+        assert_eq!(c.get("portcullis.rule.would-deny.denied"), 0);
+
+        let (v, c) = run(&p, &RequestView::new("POST", "/", &[]), None);
+        assert_eq!(
+            v,
+            Verdict::Deny {
+                rule: None,
+                reason: "no rule allowed the request".into()
+            },
+            "a shadow allow does not allow"
+        );
+        assert_eq!(c.get("portcullis.rule.would-allow.shadow_allowed"), 1);
+    }
+
+    #[test]
+    fn shadow_policy_allows_and_counts() {
+        let p = policy(json!({
+            "mode": "shadow",
+            "rules": [{"name": "no-post", "deny": "request.method == 'POST'"}],
+            "default_action": "allow"
+        }))
+        .unwrap();
+        let (v, c) = run(&p, &RequestView::new("POST", "/", &[]), None);
+        assert_eq!(v, Verdict::Allow { rule: None });
+        assert_eq!(c.get("portcullis.policy.shadow_denied"), 1);
+        assert_eq!(c.get("portcullis.rule.no-post.denied"), 1);
+        let (v, c) = run(&p, &RequestView::new("GET", "/", &[]), None);
+        assert_eq!(v, Verdict::Allow { rule: None });
+        assert_eq!(c.get("portcullis.policy.shadow_denied"), 0);
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let e = policy(json!({"rules": [
+            {"name": "a", "allow": "true"},
+            {"name": "b", "allow": "true", "deny": "false"},
+        ]}))
+        .unwrap_err();
+        assert_eq!(e.field, "policy.rules[1]");
+        let e = policy(json!({"rules": [{"name": "a"}]})).unwrap_err();
+        assert_eq!(e.field, "policy.rules[0]");
+        let e = policy(json!({"rules": [
+            {"name": "a", "allow": "true"}, {"name": "a", "deny": "true"},
+        ]}))
+        .unwrap_err();
+        assert_eq!(e.field, "policy.rules[1].name");
+        assert!(e.message.contains("duplicate"));
+        let e = policy(json!({"rules": [{"name": "bad name", "allow": "true"}]})).unwrap_err();
+        assert_eq!(e.field, "policy.rules[0].name");
+        let e = policy(json!({"rules": [
+            {"name": "a", "allow": "true"}, {"name": "b", "allow": "true"},
+            {"name": "c", "allow": "true"},
+            {"name": "d", "allow": {"file": "d.cel", "source": "// d\nrequest.methd == 'GET'"}},
+        ]}))
+        .unwrap_err();
+        assert_eq!(e.field, "policy.rules[3].allow");
+        assert!(e.message.contains("d.cel:2:9"), "{}", e.message);
+        let e =
+            policy(json!({"rules": [{"name": "a", "when": "nope", "allow": "true"}]})).unwrap_err();
+        assert_eq!(e.field, "policy.rules[0].when");
+    }
+
+    #[test]
+    fn collects_host_attributes_and_jwt_use() {
+        let p = policy(json!({"rules": [
+            {"name": "internal", "allow": "cidr('10.0.0.0/8').containsIP(ip(source.address))"},
+            {"name": "mtls", "when": "connection.mtls", "allow": "jwt.claims.sub != ''"},
+        ]}))
+        .unwrap();
+        assert_eq!(
+            p.host_attributes(),
+            vec![HostAttribute::SourceAddress, HostAttribute::ConnectionMtls]
+        );
+        assert!(p.uses_jwt());
+        assert!(!sample().host_attributes().iter().any(|_| true));
+
+        let req = RequestView::new("GET", "/", &[]).with_attribute(
+            HostAttribute::SourceAddress,
+            AttributeValue::String("10.9.8.7:1234".into()),
+        );
+        let (v, _) = run(&p, &req, None);
+        assert_eq!(
+            v,
+            Verdict::Allow {
+                rule: Some("internal".into())
+            }
+        );
     }
 }
