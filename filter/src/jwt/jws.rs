@@ -435,6 +435,8 @@ pub struct VerifiedJws {
     pub header: Map<String, Value>,
     pub alg: Alg,
     pub payload: Vec<u8>,
+    /// The payload segment as received (base64url).
+    pub payload_b64: String,
 }
 
 /// Parses `token`, checks `alg` against `allowed`, picks keys and verifies the signature.
@@ -447,10 +449,27 @@ pub fn verify_compact(
     max_bytes: usize,
     max_depth: usize,
 ) -> Result<VerifiedJws, Invalid> {
+    verify_compact_with(token, keys, allowed, host, max_bytes, max_depth, |_| Ok(()))
+        .map(|(jws, ())| jws)
+}
+
+/// [`verify_compact`] with a cheap `pre_check` run after parsing and before any crypto (the
+/// filter parses the claims there and drops tokens of another issuer without a signature
+/// check). Its result is handed back with the verified JWS.
+pub fn verify_compact_with<T>(
+    token: &str,
+    keys: &[Jwk],
+    allowed: &[Alg],
+    host: &dyn HostCrypto,
+    max_bytes: usize,
+    max_depth: usize,
+    pre_check: impl FnOnce(&ParsedJws<'_>) -> Result<T, Invalid>,
+) -> Result<(VerifiedJws, T), Invalid> {
     let jws = parse_compact(token, max_bytes, max_depth)?;
     if !allowed.contains(&jws.alg) {
         return Err(Invalid::new("alg_not_allowed", "algorithm not allowed"));
     }
+    let checked = pre_check(&jws)?;
     let candidates = select_keys(keys, jws.alg, jws.kid.as_deref())?;
     let ok = candidates.iter().any(|key| {
         verify_signature(
@@ -467,11 +486,20 @@ pub fn verify_compact(
             "signature verification failed",
         ));
     }
-    Ok(VerifiedJws {
-        header: jws.header,
-        alg: jws.alg,
-        payload: jws.payload,
-    })
+    let payload_b64 = jws
+        .signing_input
+        .split_once('.')
+        .map(|(_, p)| p.to_owned())
+        .unwrap_or_default();
+    Ok((
+        VerifiedJws {
+            header: jws.header,
+            alg: jws.alg,
+            payload: jws.payload,
+            payload_b64,
+        },
+        checked,
+    ))
 }
 
 #[cfg(test)]

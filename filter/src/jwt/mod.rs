@@ -25,7 +25,7 @@ use claims::{
     check_claims, header_value, sanitize, unix_seconds, ClaimPath, ClaimRules, SubjectRule,
 };
 use config::{JwksSource, ProviderConfig, RequirementConfig};
-use jws::{json_depth_ok, parse_compact, select_keys, verify_signature, Invalid};
+use jws::{json_depth_ok, verify_compact_with, Invalid};
 use keys::{KeyPolicy, KeySet};
 use serde_json::{Map, Value};
 use std::borrow::Cow;
@@ -599,44 +599,30 @@ fn verify_token(
     host: &dyn HostCrypto,
     now: i64,
 ) -> Result<VerifiedToken, Invalid> {
-    let jws = parse_compact(token, p.max_token_bytes, p.max_json_depth)?;
-    if !p.algorithms.contains(&jws.alg) {
-        return Err(Invalid::new("alg_not_allowed", "algorithm not allowed"));
-    }
-    if !json_depth_ok(&jws.payload, p.max_json_depth) {
-        return Err(Invalid::new("malformed", "payload nests too deeply"));
-    }
-    let claims: Map<String, Value> = serde_json::from_slice(&jws.payload)
-        .map_err(|_| Invalid::new("malformed", "payload is not a JSON object"))?;
-    // Cheap issuer filter before any crypto (several providers may share a header).
-    if claims.get("iss").and_then(Value::as_str) != Some(p.rules.issuer.as_str()) {
-        return Err(Invalid::new("wrong_issuer", "wrong issuer"));
-    }
-    let candidates = select_keys(&keys.keys, jws.alg, jws.kid.as_deref())?;
-    let signed = candidates.iter().any(|key| {
-        verify_signature(
-            jws.alg,
-            key,
-            jws.signing_input.as_bytes(),
-            &jws.signature,
-            host,
-        )
-    });
-    if !signed {
-        return Err(Invalid::new(
-            "bad_signature",
-            "signature verification failed",
-        ));
-    }
+    let (jws, claims) = verify_compact_with(
+        token,
+        &keys.keys,
+        &p.algorithms,
+        host,
+        p.max_token_bytes,
+        p.max_json_depth,
+        |jws| {
+            if !json_depth_ok(&jws.payload, p.max_json_depth) {
+                return Err(Invalid::new("malformed", "payload nests too deeply"));
+            }
+            let claims: Map<String, Value> = serde_json::from_slice(&jws.payload)
+                .map_err(|_| Invalid::new("malformed", "payload is not a JSON object"))?;
+            // Cheap issuer filter before any crypto (several providers may share a header).
+            if claims.get("iss").and_then(Value::as_str) != Some(p.rules.issuer.as_str()) {
+                return Err(Invalid::new("wrong_issuer", "wrong issuer"));
+            }
+            Ok(claims)
+        },
+    )?;
     let exp = check_claims(&claims, &p.rules, now)?;
     let mut header_edits = Vec::new();
     if let Some(header) = &p.payload_header {
-        let payload_b64 = jws
-            .signing_input
-            .split_once('.')
-            .map(|(_, payload)| payload.to_owned())
-            .unwrap_or_default();
-        header_edits.push(HeaderEdit::Set(header.clone(), payload_b64));
+        header_edits.push(HeaderEdit::Set(header.clone(), jws.payload_b64.clone()));
     }
     for (path, header) in &p.claim_headers {
         if let Some(value) = path.lookup(&claims).and_then(header_value) {
