@@ -25,7 +25,7 @@ def main():
     a = p.parse_args()
     plugin = json.loads(Path(a.plugin_config).read_text())
     failures, checked = 0, 0
-    for path in sorted(HERE.rglob("*.yaml")):
+    for path in sorted([*HERE.rglob("*.yaml"), *(HERE.parent / "benches" / "envoy").glob("*.envoy.yaml")]):
         text = path.read_text()
         docs = [d for d in yaml.safe_load_all(text.replace("{{", "__").replace("}}", "__")) if d]
         if any(isinstance(d, dict) and "static_resources" in d for d in docs):
