@@ -5,6 +5,7 @@ Kubernetes manifests (Istio, Envoy Gateway) are parsed and their plugin configur
 checked to be a JSON object the filter would accept in shape."""
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ def main():
     p.add_argument("--envoy", required=True)
     p.add_argument("--wasm", required=True)
     p.add_argument("--plugin-config", required=True)
+    p.add_argument("--portcullis", required=True, help="the portcullis CLI (bundle validates plugin configs)")
     a = p.parse_args()
     plugin = json.loads(Path(a.plugin_config).read_text())
     failures, checked = 0, 0
@@ -42,8 +44,16 @@ def main():
             ok = all(isinstance(d, dict) and "kind" in d for d in docs)
             for d in docs:
                 spec = d.get("spec", {}) if isinstance(d, dict) else {}
-                if d.get("kind") == "WasmPlugin":
-                    ok = ok and isinstance(spec.get("pluginConfig"), dict)
+                configs = [spec.get("pluginConfig")] if d.get("kind") == "WasmPlugin" else \
+                    [w.get("config") for w in spec.get("wasm", [])] if d.get("kind") == "EnvoyExtensionPolicy" else []
+                for plugin_config in configs:
+                    # The filter's own validation, through `portcullis bundle`.
+                    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+                        json.dump(plugin_config, f)
+                    r = subprocess.run([a.portcullis, "bundle", f.name, "-o", os.devnull], capture_output=True, text=True)
+                    if r.returncode != 0:
+                        ok = False
+                        print(r.stdout, r.stderr)
             print(f"{'ok  ' if ok else 'FAIL'} manifest {path.relative_to(HERE.parent)} ({len(docs)} documents)")
         checked += 1
         failures += not ok

@@ -34,7 +34,7 @@ step "bundle the example configuration"
 target/debug/portcullis bundle policies/portcullis.yaml -o out/plugin.json
 
 step "envoy --mode validate every Envoy config under envoy-examples/"
-"$root/.venv/bin/python" envoy-examples/validate_all.py --envoy "$envoy" --wasm "$PORTCULLIS_WASM" --plugin-config out/plugin.json
+"$root/.venv/bin/python" envoy-examples/validate_all.py --envoy "$envoy" --wasm "$PORTCULLIS_WASM" --plugin-config out/plugin.json --portcullis target/debug/portcullis
 
 step "end-to-end tests against a real Envoy"
 "$root/.venv/bin/python" -m unittest discover -s envoy-examples -p '*_test.py' -v
