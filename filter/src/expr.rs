@@ -174,7 +174,50 @@ fn build_env() -> Result<Env, String> {
         .map_err(|e| e.to_string())?;
     env.add_extension(network::extension)
         .map_err(|e| e.to_string())?;
+    env.add_macro(cel::parser::Macro::receiver("bind", 3, bind_macro))
+        .map_err(|e| e.to_string())?;
     Ok(env)
+}
+
+/// `cel.bind(name, init, expr)`: `expr` with `name` bound to the value of `init` (evaluated
+/// once), as in cel-go's bindings extension. Expanded at parse time into a comprehension
+/// over no elements whose accumulator is `name`.
+fn bind_macro(
+    helper: &mut cel::parser::MacroExprHelper<'_>,
+    target: &mut Option<IdedExpr>,
+    args: &mut Vec<IdedExpr>,
+) -> Result<Option<IdedExpr>, cel::ParseError> {
+    use cel::common::ast::{ComprehensionExpr, ListExpr, LiteralValue};
+    if !matches!(target.as_ref().map(|t| &t.expr), Some(Ast::Ident(n)) if n == "cel") {
+        return Ok(None);
+    }
+    let var = match args.first().map(|a| &a.expr) {
+        Some(Ast::Ident(v)) => v.clone(),
+        _ => {
+            let id = args.first().map_or(0, |a| a.id);
+            return Err(
+                helper.new_error(id, "cel.bind() variable name must be a simple identifier")
+            );
+        }
+    };
+    let (Some(result), Some(init)) = (args.pop(), args.pop()) else {
+        return Ok(None);
+    };
+    let iter_range = helper.next_expr(Ast::List(ListExpr::new(Vec::new())));
+    let loop_cond = helper.next_expr(Ast::Literal(LiteralValue::Boolean(false.into())));
+    let loop_step = helper.next_expr(Ast::Ident(var.clone()));
+    Ok(Some(helper.next_expr(Ast::Comprehension(Box::new(
+        ComprehensionExpr {
+            iter_range,
+            iter_var: "#unused".to_owned(),
+            iter_var2: None,
+            accu_var: var,
+            accu_init: init,
+            loop_cond,
+            loop_step,
+            result,
+        },
+    )))))
 }
 
 /// Function names the runtime knows (standard library + extensions), for the checker.
@@ -513,7 +556,24 @@ pub fn eval_unchecked(
     text: &str,
     variables: &[(&str, cel::Value)],
 ) -> Result<cel::Value, Result<String, String>> {
-    let env = shared_env().map_err(Err)?;
+    eval_unchecked_in("", text, variables)
+}
+
+/// [`eval_unchecked`], with names resolved against `container` (e.g. `cel.expr`); an empty
+/// container is the filter's own environment, a non-empty one builds a copy of it.
+pub fn eval_unchecked_in(
+    container: &str,
+    text: &str,
+    variables: &[(&str, cel::Value)],
+) -> Result<cel::Value, Result<String, String>> {
+    let env = if container.is_empty() {
+        shared_env().map_err(Err)?
+    } else {
+        let mut env = build_env().map_err(Err)?;
+        env.set_container(container)
+            .map_err(|e| Err(e.to_string()))?;
+        Arc::new(env)
+    };
     let program = env.compile(text).map_err(|e| Err(e.to_string()))?;
     let mut ctx = cel::Context::with_env(env);
     for (name, value) in variables {
@@ -1849,6 +1909,14 @@ mod tests {
         ));
         assert!(truth("jwt.claims.groups.exists_one(g, g == 'dev')"));
         assert!(compile("jwt.claims.groups.all(g, h)").is_err());
+    }
+
+    #[test]
+    fn bind_macro() {
+        assert!(truth(
+            "cel.bind(g, jwt.claims.groups, 'admin' in g && size(g) == 2)"
+        ));
+        assert!(compile("cel.bind(g, 1, h)").is_err());
     }
 
     #[test]
