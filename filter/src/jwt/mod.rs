@@ -107,6 +107,8 @@ struct Provider {
     claim_headers: Vec<(ClaimPath, String)>,
     max_token_bytes: usize,
     max_json_depth: usize,
+    /// Token cache scope: provider name + configuration epoch.
+    cache_scope: String,
     c_ok: String,
     c_missing: String,
     c_invalid: String,
@@ -135,8 +137,6 @@ pub struct Authenticator {
     /// Every header this filter writes from claims: removed from every passing request first,
     /// so a client can never inject them.
     output_headers: Vec<String>,
-    /// Distinguishes this compiled configuration in the token cache.
-    epoch: u64,
 }
 
 static EPOCH: AtomicU64 = AtomicU64::new(1);
@@ -180,6 +180,9 @@ fn valid_header_name(name: &str) -> bool {
 
 impl Authenticator {
     pub fn compile(config: &JwtConfig) -> Result<Authenticator, ConfigError> {
+        // Distinguishes this compiled configuration in the token cache: a reconfigured VM
+        // never serves entries verified under the old issuer/audience rules.
+        let epoch = EPOCH.fetch_add(1, Ordering::Relaxed);
         let mut providers = Vec::with_capacity(config.providers.len());
         for (i, pc) in config.providers.iter().enumerate() {
             let field = format!("jwt.providers[{i}]");
@@ -189,7 +192,7 @@ impl Authenticator {
                     format!("duplicate provider name `{}`", pc.name),
                 ));
             }
-            providers.push(compile_provider(pc, &field)?);
+            providers.push(compile_provider(pc, &field, epoch)?);
         }
         let mut rules = Vec::with_capacity(config.requirements.len());
         for (i, rc) in config.requirements.iter().enumerate() {
@@ -237,7 +240,6 @@ impl Authenticator {
             pending_deadline_ms: config.pending_deadline_ms,
             cache: config.cache.clone(),
             output_headers: output_headers.into_iter().collect(),
-            epoch: EPOCH.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -519,7 +521,7 @@ impl Authenticator {
                 }
             },
         };
-        let cache_key = cache::cache_key(&format!("{}\0{}", p.name, self.epoch), &token);
+        let cache_key = cache::cache_key(&p.cache_scope, &token);
         if let Some(hit) = env.cache.get(&cache_key, now, generation) {
             env.counters.increment(&p.c_cache_hit, 1);
             env.counters.increment(&p.c_ok, 1);
@@ -768,7 +770,7 @@ fn compile_requirement(
     })
 }
 
-fn compile_provider(pc: &ProviderConfig, field: &str) -> Result<Provider, ConfigError> {
+fn compile_provider(pc: &ProviderConfig, field: &str, epoch: u64) -> Result<Provider, ConfigError> {
     let name = pc.name.clone();
     if !valid_name(&name) {
         return Err(ConfigError::new(
@@ -1032,6 +1034,7 @@ fn compile_provider(pc: &ProviderConfig, field: &str) -> Result<Provider, Config
         claim_headers,
         max_token_bytes: pc.max_token_bytes,
         max_json_depth: pc.max_json_depth,
+        cache_scope: format!("{name}\0{epoch}"),
         c_ok: counter("ok"),
         c_missing: counter("missing"),
         c_invalid: counter("invalid"),

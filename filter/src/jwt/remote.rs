@@ -134,6 +134,9 @@ struct ProviderSync {
     refetch_wanted: bool,
     data_key: String,
     lease_key: String,
+    /// Identifies where the keys came from; a shared set fetched under another
+    /// configuration (other cluster/path/authority) is ignored.
+    source_tag: String,
 }
 
 /// The remote-JWKS state machine of one VM (see the module docs).
@@ -222,6 +225,7 @@ impl JwksSync {
                 .into_iter()
                 .map(|spec| ProviderSync {
                     data_key: format!("portcullis.jwks.{}", spec.provider),
+                    source_tag: source_tag(&spec),
                     lease_key: format!("portcullis.jwks.{}.lease", spec.provider),
                     spec,
                     loaded_cas: None,
@@ -284,7 +288,6 @@ impl JwksSync {
         let mut out = Vec::new();
         for i in 0..self.providers.len() {
             let owner = self.owner.clone();
-            let jitter_seed = self.jitter(u64::MAX - 1);
             let Some(p) = self.providers.get_mut(i) else {
                 continue;
             };
@@ -314,7 +317,6 @@ impl JwksSync {
             if !acquire_lease(store, &p.lease_key, &owner, now_ms, hold_ms) {
                 continue;
             }
-            let _ = jitter_seed;
             p.refetch_wanted = false;
             let (stage, authority, path) = match (&p.spec.kind, &p.jwks_target) {
                 (RemoteKind::Jwks { path }, _) => {
@@ -409,7 +411,7 @@ impl JwksSync {
                 if !set.skipped.is_empty() {
                     counters.increment(&format!("{prefix}.keys_skipped"), set.skipped.len() as i64);
                 }
-                let mut envelope = format!("{now_s}\n").into_bytes();
+                let mut envelope = format!("{now_s} {}\n", p.source_tag).into_bytes();
                 envelope.extend_from_slice(body);
                 if store.set(&p.data_key, &envelope, None).is_ok() {
                     p.loaded_cas = store.get(&p.data_key).map(|(_, cas)| cas);
@@ -419,12 +421,16 @@ impl JwksSync {
                     &format!("{prefix}.keys"),
                     keys.get(provider).map_or(0, |s| s.keys.keys.len() as u64),
                 );
-                let lease = Lease {
-                    owner: None,
-                    until_ms: 0,
-                    failures: 0,
-                };
-                let _ = store.set(&p.lease_key, lease.render().as_bytes(), None);
+                release_lease(
+                    store,
+                    &p.lease_key,
+                    &owner,
+                    &Lease {
+                        owner: None,
+                        until_ms: 0,
+                        failures: 0,
+                    },
+                );
                 Vec::new()
             }
             Err(_reason) => {
@@ -433,9 +439,10 @@ impl JwksSync {
                 if in_flight.stage == Stage::Jwks {
                     p.jwks_target = None;
                 }
-                let failures = store
-                    .get(&p.lease_key)
-                    .and_then(|(v, _)| Lease::parse(&v))
+                let current = store.get(&p.lease_key);
+                let failures = current
+                    .as_ref()
+                    .and_then(|(v, _)| Lease::parse(v))
                     .map_or(0, |l| l.failures)
                     .saturating_add(1);
                 let base = 1000u64
@@ -443,13 +450,16 @@ impl JwksSync {
                     .min(MAX_BACKOFF_MS);
                 // Equal jitter: [base/2, base].
                 let delay = base / 2 + jitter % (base / 2 + 1);
-                let lease = Lease {
-                    owner: None,
-                    until_ms: now_ms.saturating_add(delay),
-                    failures,
-                };
-                let _ = owner;
-                let _ = store.set(&p.lease_key, lease.render().as_bytes(), None);
+                release_lease(
+                    store,
+                    &p.lease_key,
+                    &owner,
+                    &Lease {
+                        owner: None,
+                        until_ms: now_ms.saturating_add(delay),
+                        failures,
+                    },
+                );
                 Vec::new()
             }
         }
@@ -481,6 +491,21 @@ fn discover(body: &[u8], spec: &RemoteSpec) -> Result<(String, String), String> 
     split_url(uri).ok_or_else(|| "bad jwks_uri".to_owned())
 }
 
+fn source_tag(spec: &RemoteSpec) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let kind = match &spec.kind {
+        RemoteKind::Jwks { path } => format!("jwks\0{path}"),
+        RemoteKind::Oidc { path, issuer } => format!("oidc\0{path}\0{issuer}"),
+    };
+    h.update(format!("{}\0{}\0{kind}", spec.cluster, spec.authority).as_bytes());
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn load_shared(p: &mut ProviderSync, store: &dyn SharedStore, keys: &mut RemoteKeys) {
     let Some((bytes, cas)) = store.get(&p.data_key) else {
         return;
@@ -493,12 +518,16 @@ fn load_shared(p: &mut ProviderSync, store: &dyn SharedStore, keys: &mut RemoteK
         return;
     };
     let (head, rest) = bytes.split_at(newline);
-    let Some(fetched_at) = std::str::from_utf8(head)
+    let Some((fetched_at, tag)) = std::str::from_utf8(head)
         .ok()
-        .and_then(|s| s.parse::<i64>().ok())
+        .and_then(|s| s.split_once(' '))
+        .and_then(|(t, tag)| Some((t.parse::<i64>().ok()?, tag)))
     else {
         return;
     };
+    if tag != p.source_tag {
+        return;
+    }
     if keys
         .get(&p.spec.provider)
         .is_some_and(|s| s.fetched_at > fetched_at)
@@ -509,6 +538,20 @@ fn load_shared(p: &mut ProviderSync, store: &dyn SharedStore, keys: &mut RemoteK
     if let Ok(set) = KeySet::parse(body, KeyPolicy::Remote, MAX_REMOTE_DEPTH) {
         keys.install(&p.spec.provider, set, fetched_at);
     }
+}
+
+/// Hands the lease back (free, with a backoff deadline) if this VM still holds it.
+fn release_lease(store: &dyn SharedStore, key: &str, owner: &str, next: &Lease) {
+    let cas = match store.get(key) {
+        None => None,
+        Some((bytes, cas)) => match Lease::parse(&bytes) {
+            Some(Lease { owner: Some(o), .. }) if o == owner => Some(cas),
+            // Someone else took over (ours was deemed abandoned): leave theirs alone.
+            Some(_) => return,
+            None => Some(cas),
+        },
+    };
+    let _ = store.set(key, next.render().as_bytes(), cas);
 }
 
 /// Takes the provider's fetch lease if it is free (and out of backoff) or abandoned.
@@ -821,6 +864,33 @@ mod tests {
             )
             .is_empty());
         assert_eq!(counters.get("portcullis.jwks.p.fetch_failed"), 1);
+    }
+
+    #[test]
+    fn shared_keys_from_another_configuration_are_ignored() {
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        let mut a = JwksSync::new(vec![spec()], "vm1", 1);
+        let mut ka = RemoteKeys::default();
+        a.poll(at(0), &store, &mut ka);
+        a.on_response(
+            "p",
+            Some(200),
+            Some(JWKS.as_bytes()),
+            at(0),
+            &store,
+            &mut ka,
+            &mut counters,
+        );
+        let mut other = spec();
+        other.kind = RemoteKind::Jwks {
+            path: "/other.json".into(),
+        };
+        let mut b = JwksSync::new(vec![other], "vm2", 2);
+        let mut kb = RemoteKeys::default();
+        let fetch = b.poll(at(1), &store, &mut kb);
+        assert!(kb.get("p").is_none());
+        assert_eq!(fetch.first().map(|f| f.path.as_str()), Some("/other.json"));
     }
 
     #[test]
