@@ -5,6 +5,7 @@ mod abi;
 
 use crate::config::Config;
 use crate::decision::{Decision, HeaderEdit, Outcome};
+use crate::jwt::remote::{FetchRequest, JwksSync};
 use crate::jwt::{RemoteKeys, TokenCache};
 use crate::pipeline::{self, Env};
 use crate::ports::Counters;
@@ -22,8 +23,8 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(PortcullisRoot::default()) });
 }}
 
-/// How long a request waits for the first signing keys before it is answered 503.
-const PENDING_DEADLINE: Duration = Duration::from_secs(3);
+/// Ticks drive the remote JWKS sync and retry requests waiting for keys.
+const TICK_PERIOD: Duration = Duration::from_millis(250);
 
 fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
@@ -43,6 +44,10 @@ struct VmState {
     pending: HashMap<u32, (RequestView, SystemTime)>,
     /// Headers to add to a stream's response (e.g. `RateLimit`), by context id.
     response_headers: HashMap<u32, Vec<(String, String)>>,
+    /// Remote JWKS: which VM fetches, and what it fetches next.
+    jwks_sync: Option<JwksSync>,
+    /// Outstanding JWKS callouts: token → provider.
+    callouts: HashMap<u32, String>,
 }
 
 #[derive(Default)]
@@ -50,8 +55,6 @@ struct PortcullisRoot {
     config: Option<Rc<Config>>,
     state: Rc<RefCell<VmState>>,
 }
-
-impl Context for PortcullisRoot {}
 
 impl RootContext for PortcullisRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -65,8 +68,17 @@ impl RootContext for PortcullisRoot {
         .unwrap_or_default();
         match Config::from_json(&bytes) {
             Ok(config) => {
+                {
+                    let mut state = self.state.borrow_mut();
+                    state.token_cache = config.authenticator.new_token_cache();
+                    let sync = config
+                        .authenticator
+                        .jwks_sync(&vm_owner_id(), random_seed());
+                    let has_remote = sync.providers().next().is_some();
+                    state.jwks_sync = has_remote.then_some(sync);
+                }
                 self.config = Some(Rc::new(config));
-                self.set_tick_period(Duration::from_millis(200));
+                self.set_tick_period(TICK_PERIOD);
                 log(LogLevel::Info, "portcullis: configuration loaded");
                 true
             }
@@ -79,6 +91,126 @@ impl RootContext for PortcullisRoot {
     }
 
     fn on_tick(&mut self) {
+        self.sync_jwks(now());
+        self.retry_pending();
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(PortcullisHttp {
+            context_id,
+            config: self.config.clone(),
+            state: self.state.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+impl Context for PortcullisRoot {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _: usize,
+    ) {
+        let Some(provider) = self.state.borrow_mut().callouts.remove(&token) else {
+            return;
+        };
+        // Envoy reports a failed callout (timeout, reset, no upstream) with no headers.
+        let status = (num_headers > 0)
+            .then(|| self.get_http_call_response_header(":status"))
+            .flatten()
+            .and_then(|s| s.parse::<u16>().ok());
+        let body = self.get_http_call_response_body(0, body_size);
+        let now = now();
+        self.report_fetch(&provider, status, body.as_deref(), now);
+        self.retry_pending();
+    }
+}
+
+impl PortcullisRoot {
+    /// Loads keys other VMs fetched, and dispatches the fetches this VM was elected for.
+    fn sync_jwks(&mut self, now: SystemTime) {
+        let requests = {
+            let mut state = self.state.borrow_mut();
+            let VmState {
+                jwks_sync,
+                remote_keys,
+                ..
+            } = &mut *state;
+            match jwks_sync {
+                Some(sync) => sync.poll(now, &abi::HostStore, remote_keys),
+                None => return,
+            }
+        };
+        self.dispatch(requests, now);
+    }
+
+    fn dispatch(&mut self, requests: Vec<FetchRequest>, now: SystemTime) {
+        for request in requests {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", request.path.as_str()),
+                (":authority", request.authority.as_str()),
+            ];
+            let timeout = Duration::from_millis(request.timeout_ms);
+            match self.dispatch_http_call(&request.cluster, headers, None, vec![], timeout) {
+                Ok(token) => {
+                    self.state
+                        .borrow_mut()
+                        .callouts
+                        .insert(token, request.provider);
+                }
+                Err(status) => {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "portcullis: cannot fetch JWKS of provider `{}` from cluster `{}`: {status:?}",
+                            request.provider, request.cluster
+                        ),
+                    );
+                    self.report_fetch(&request.provider, None, None, now);
+                }
+            }
+        }
+    }
+
+    fn report_fetch(
+        &mut self,
+        provider: &str,
+        status: Option<u16>,
+        body: Option<&[u8]>,
+        now: SystemTime,
+    ) {
+        let next = {
+            let mut state = self.state.borrow_mut();
+            let VmState {
+                jwks_sync,
+                remote_keys,
+                counters,
+                ..
+            } = &mut *state;
+            match jwks_sync {
+                Some(sync) => sync.on_response(
+                    provider,
+                    status,
+                    body,
+                    now,
+                    &abi::HostStore,
+                    remote_keys,
+                    counters,
+                ),
+                None => Vec::new(),
+            }
+        };
+        self.dispatch(next, now);
+    }
+
+    /// Re-decides the requests paused for keys; answers those past their deadline.
+    fn retry_pending(&mut self) {
         let Some(config) = self.config.clone() else {
             return;
         };
@@ -104,39 +236,36 @@ impl RootContext for PortcullisRoot {
                     }
                 }
                 Outcome::KeysPending { .. } if now >= deadline => {
-                    self.state.borrow_mut().pending.remove(&context_id);
-                    self.state
-                        .borrow_mut()
+                    let mut state = self.state.borrow_mut();
+                    state.pending.remove(&context_id);
+                    state
                         .counters
                         .increment("portcullis.jwt.pending_timeout", 1);
-                    send_deny(&config, &keys_unavailable());
+                    drop(state);
+                    send_deny(&config, &config.authenticator.keys_unavailable());
                 }
                 Outcome::KeysPending { .. } => {}
             }
         }
     }
-
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(PortcullisHttp {
-            context_id,
-            config: self.config.clone(),
-            state: self.state.clone(),
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
 }
 
-fn keys_unavailable() -> crate::decision::Deny {
-    crate::decision::Deny {
-        status: 503,
-        error: "keys_unavailable",
-        reason: "signing keys are not available yet".into(),
-        rule: None,
-        headers: vec![("retry-after".into(), "1".into())],
-    }
+/// A name for this VM in the JWKS fetch lease (unique per VM with overwhelming probability).
+fn vm_owner_id() -> String {
+    format!("vm{:016x}", random_seed())
+}
+
+/// Randomness from the host (WASI `random_get` seeds std's `RandomState`).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.finish()
 }
 
 struct PortcullisHttp {
@@ -181,7 +310,8 @@ impl HttpContext for PortcullisHttp {
                 }
             }
             Outcome::KeysPending { .. } => {
-                let deadline = now + PENDING_DEADLINE;
+                let deadline =
+                    now + Duration::from_millis(config.authenticator.pending_deadline_ms());
                 self.state
                     .borrow_mut()
                     .pending
