@@ -174,9 +174,52 @@ fn build_env() -> Result<Env, String> {
         .map_err(|e| e.to_string())?;
     env.add_extension(network::extension)
         .map_err(|e| e.to_string())?;
+    env.add_extension(encoders).map_err(|e| e.to_string())?;
     env.add_macro(cel::parser::Macro::receiver("bind", 3, bind_macro))
         .map_err(|e| e.to_string())?;
     Ok(env)
+}
+
+/// `base64.encode(bytes)` and `base64.decode(string)` (padding optional when decoding), as
+/// in cel-go's encoders extension: the `cel` crate's own is behind a feature this
+/// workspace leaves off.
+fn encoders(env: &mut Env) -> Result<(), cel::DeclarationError> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+    use base64::Engine;
+    use cel::common::types::{CelBytes, BYTES_TYPE};
+    fn encode<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+        let bytes = args
+            .first()
+            .and_then(|a| a.downcast_ref::<CelBytes>())
+            .ok_or_else(|| ExecutionError::function_error("base64.encode", "expected bytes"))?;
+        Ok(CowVal::owned(CelString::from(
+            STANDARD.encode(bytes.inner()),
+        )))
+    }
+    fn decode<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+        let text = args
+            .first()
+            .and_then(|a| a.downcast_ref::<CelString>())
+            .ok_or_else(|| ExecutionError::function_error("base64.decode", "expected a string"))?;
+        let text = text.inner().trim_end_matches('=');
+        let bytes = STANDARD_NO_PAD
+            .decode(text)
+            .map_err(|e| ExecutionError::function_error("base64.decode", e))?;
+        Ok(CowVal::owned(CelBytes::from(bytes)))
+    }
+    env.add_overload(
+        "base64.encode",
+        "base64_encode_bytes",
+        vec![BYTES_TYPE],
+        encode,
+    )?;
+    env.add_overload(
+        "base64.decode",
+        "base64_decode_string",
+        vec![STRING_TYPE],
+        decode,
+    )?;
+    Ok(())
 }
 
 /// `cel.bind(name, init, expr)`: `expr` with `name` bound to the value of `init` (evaluated
@@ -295,6 +338,9 @@ const KNOWN_FUNCTIONS: &[&str] = &[
     "distinct",
     "sort",
     "lists.range",
+    // encoders
+    "base64.encode",
+    "base64.decode",
     // network extension
     "ip",
     "cidr",
@@ -2014,5 +2060,41 @@ mod tests {
         assert_eq!(v, cel::Value::Int(3));
         assert!(matches!(eval_unchecked("(", &[]), Err(Err(_))));
         assert!(matches!(eval_unchecked("1/0", &[]), Err(Ok(_))));
+    }
+
+    /// Per-expression costs (run with `--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn expression_timing() {
+        let req = request();
+        let token = jwt();
+        for text in [
+            "true",
+            "'abc'.startsWith('a')",
+            "startsWith('abc', 'a')",
+            "request.method.startsWith('G')",
+            "request.method.size() == 3",
+            "size(request.method) == 3",
+            "request.url_path == '/admin/users'",
+            "request.method == 'GET'",
+            "request.url_path.startsWith('/public/')",
+            "request.headers['x-tenant'] == 'acme'",
+            "'x-tenant' in request.headers",
+            "jwt.claims.tenant == 'acme'",
+            "'admin' in jwt.claims.groups",
+            "'write' in jwt.claims.scope.split(' ')",
+            "request.method in ['POST', 'PUT', 'PATCH']",
+            "cidr('10.0.0.0/8').containsIP(ip(source.address))",
+            "connection.mtls",
+        ] {
+            let e = compile(text).unwrap();
+            let n = 20_000u32;
+            let start = std::time::Instant::now();
+            for _ in 0..n {
+                let act = Activation::new(&req).with_jwt(Some(&token));
+                let _ = e.eval_bool(&act);
+            }
+            println!("{:>10?}  {text}", start.elapsed() / n);
+        }
     }
 }
