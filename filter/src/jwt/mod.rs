@@ -836,6 +836,17 @@ fn compile_provider(pc: &ProviderConfig, field: &str, epoch: u64) -> Result<Prov
             };
             let set = KeySet::from_value(value, KeyPolicy::Inline)
                 .map_err(|e| ConfigError::new(f.clone(), e.0))?;
+            if let Some(hs) = algorithms.iter().find(|a| a.is_hmac()) {
+                if !set.keys.iter().any(|k| k.fits(*hs)) {
+                    return Err(ConfigError::new(
+                        format!("{field}.algorithms"),
+                        format!(
+                            "{} is listed but the key set has no oct key for it (at least the hash size)",
+                            hs.name()
+                        ),
+                    ));
+                }
+            }
             if !set
                 .keys
                 .iter()

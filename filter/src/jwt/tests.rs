@@ -382,6 +382,13 @@ fn hmac_only_when_listed_with_an_oct_key() {
     let a = auth(base_config());
     let d = deny(World::new().run(&a, &bearer(&t)));
     assert_eq!(d.reason, "algorithm not allowed");
+    // HS listed without an oct key.
+    let mut listed = base_config();
+    listed["providers"][0]["algorithms"] = json!(["EdDSA", "HS256"]);
+    assert_eq!(
+        compile(listed).err().map(|e| e.field).as_deref(),
+        Some("jwt.providers[0].algorithms")
+    );
     // A too-short secret.
     c["providers"][0]["jwks"] =
         json!({"inline": {"keys": [{"kty": "oct", "k": b64url_encode(&[9u8; 16])}]}});
