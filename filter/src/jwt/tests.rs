@@ -658,3 +658,17 @@ mod props {
         }
     }
 }
+
+#[test]
+fn requirement_rules_see_the_request() {
+    let mut c = base_config();
+    c["requirements"] = json!([
+        {"name": "public", "when": "request.path.startsWith('/public/')", "require": {"allow_missing": {}}}
+    ]);
+    let a = auth(c);
+    let mut w = World::new();
+    let (tok, _) = pass(w.run(&a, &RequestView::new("GET", "/public/x", &[])));
+    assert!(tok.is_none());
+    let d = deny(w.run(&a, &RequestView::new("GET", "/private", &[])));
+    assert_eq!((d.error, d.rule), ("missing_token", None));
+}
