@@ -1,0 +1,2104 @@
+//! One plugin VM (one Envoy worker thread's instance of the plugin) on wasmtime.
+
+use crate::abi::{buffer_type, map_type, status, Action, Headers, LogLevel, MetricKind};
+use crate::host::{self, lock, Host, Queue, Shared, WasmModule};
+use crate::types::{
+    Exchange, GrpcReply, GrpcRequest, HttpCallRequest, HttpReply, HttpRequest, LocalResponse,
+    LogEntry,
+};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use wasmtime::{Caller, Extern, Instance, Linker, Memory, Store, Val};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+/// How a VM is configured (Envoy's `vm_config` + plugin config).
+#[derive(Debug, Clone, Default)]
+pub struct VmOptions {
+    /// `vm_config.vm_id`: shared data and queues are namespaced by it.
+    pub vm_id: String,
+    /// The plugin's `root_id`.
+    pub root_id: String,
+    /// The plugin's `name`.
+    pub plugin_name: String,
+    /// `vm_config.configuration` (handed to `proxy_on_vm_start`).
+    pub vm_configuration: Vec<u8>,
+    /// The plugin `configuration` (handed to `proxy_on_configure`).
+    pub plugin_configuration: Vec<u8>,
+    /// Extra plugin-level properties (dotted path → bytes).
+    pub properties: Vec<(String, Vec<u8>)>,
+}
+
+impl VmOptions {
+    /// Options with this plugin configuration and defaults for the rest.
+    pub fn new(plugin_configuration: impl Into<Vec<u8>>) -> VmOptions {
+        VmOptions {
+            plugin_name: "portcullis".into(),
+            plugin_configuration: plugin_configuration.into(),
+            ..VmOptions::default()
+        }
+    }
+    pub fn vm_id(mut self, vm_id: &str) -> VmOptions {
+        self.vm_id = vm_id.to_owned();
+        self
+    }
+    pub fn vm_configuration(mut self, c: impl Into<Vec<u8>>) -> VmOptions {
+        self.vm_configuration = c.into();
+        self
+    }
+}
+
+/// Why loading, starting or calling into a VM failed.
+#[derive(Debug, Clone)]
+pub enum VmError {
+    /// The module could not be read, compiled or instantiated (e.g. an unknown import).
+    Load(String),
+    /// `proxy_on_vm_start` returned false.
+    StartFailed { logs: Vec<String> },
+    /// `proxy_on_configure` returned false; `logs` holds what the plugin logged (warn and up).
+    ConfigureFailed { logs: Vec<String> },
+    /// The VM trapped (e.g. a Rust panic). The VM is unusable until [`Vm::restart`].
+    Trap(TrapInfo),
+    /// An earlier trap killed this VM.
+    Poisoned,
+    /// No such stream context.
+    NoStream(u32),
+}
+
+/// A trap, with what the plugin said before dying.
+#[derive(Debug, Clone)]
+pub struct TrapInfo {
+    /// The export being called, e.g. `proxy_on_request_headers`.
+    pub function: String,
+    /// The panic message, if the plugin logged one (critical `proxy_log`) or wrote one to stderr.
+    pub panic_message: Option<String>,
+    /// The trap itself (e.g. `wasm trap: wasm 'unreachable' instruction executed`).
+    pub trap: String,
+    /// The wasm backtrace, one frame a line, names demangled.
+    pub backtrace: String,
+}
+
+impl fmt::Display for VmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VmError::Load(m) => write!(f, "load error: {m}"),
+            VmError::StartFailed { logs } => {
+                write!(f, "proxy_on_vm_start failed: {}", logs.join("; "))
+            }
+            VmError::ConfigureFailed { logs } => {
+                write!(f, "proxy_on_configure failed: {}", logs.join("; "))
+            }
+            VmError::Trap(t) => write!(
+                f,
+                "VM trapped in {}: {}{}\n{}",
+                t.function,
+                t.trap,
+                t.panic_message
+                    .as_deref()
+                    .map(|m| format!(" (panic: {m})"))
+                    .unwrap_or_default(),
+                t.backtrace
+            ),
+            VmError::Poisoned => write!(f, "VM is dead after a trap; restart it"),
+            VmError::NoStream(id) => write!(f, "no stream context {id}"),
+        }
+    }
+}
+
+impl std::error::Error for VmError {}
+
+impl VmError {
+    /// The configuration error's text, if configure failed.
+    pub fn configure_message(&self) -> Option<String> {
+        match self {
+            VmError::ConfigureFailed { logs } => Some(logs.join("\n")),
+            _ => None,
+        }
+    }
+}
+
+/// A stream (HTTP context) as the host sees it.
+#[derive(Debug, Clone, Default)]
+pub struct StreamState {
+    pub id: u32,
+    pub request_headers: Headers,
+    pub request_body: Vec<u8>,
+    pub request_trailers: Headers,
+    pub response_headers: Headers,
+    pub response_body: Vec<u8>,
+    pub response_trailers: Headers,
+    pub properties: HashMap<String, Vec<u8>>,
+    pub local_response: Option<LocalResponse>,
+    /// The filter called `continue_stream(HttpRequest)`.
+    pub request_resumed: bool,
+    pub response_resumed: bool,
+    /// `close_stream` was called.
+    pub closed: bool,
+}
+
+#[derive(Debug)]
+enum PendingKind {
+    Http {
+        reply: Option<(u16, Headers, Vec<u8>, Headers)>,
+    },
+    GrpcCall {
+        reply: Option<(u32, String, Vec<u8>)>,
+    },
+    GrpcStream {
+        events: VecDeque<GrpcEvent>,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum GrpcEvent {
+    InitialMetadata(Headers),
+    Message(Vec<u8>),
+    TrailingMetadata(Headers),
+    Close(u32, String),
+}
+
+#[derive(Debug)]
+struct Pending {
+    ctx: u32,
+    due_ns: u64,
+    kind: PendingKind,
+}
+
+#[derive(Default)]
+struct CallbackData {
+    http_headers: Headers,
+    http_body: Vec<u8>,
+    http_trailers: Headers,
+    grpc_metadata: Headers,
+    grpc_message: Vec<u8>,
+    status: (u32, String),
+}
+
+pub(crate) struct VmState {
+    wasi: WasiP1Ctx,
+    host: Host,
+    vm_index: usize,
+    vm_id: String,
+    root_ctx: u32,
+    current_ctx: u32,
+    next_ctx: u32,
+    plugin_config: Vec<u8>,
+    vm_config: Vec<u8>,
+    vm_properties: HashMap<String, Vec<u8>>,
+    streams: BTreeMap<u32, StreamState>,
+    tick_period_ns: u64,
+    next_tick_ns: Option<u64>,
+    pending: BTreeMap<u32, Pending>,
+    next_token: u32,
+    callback: CallbackData,
+    done_called: bool,
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    stdout_seen: usize,
+    stderr_seen: usize,
+}
+
+impl VmState {
+    fn log(&self, level: LogLevel, source: &'static str, message: String) {
+        let mut s = self.host.state();
+        let time_ns = s.now_ns;
+        s.log(LogEntry {
+            vm: self.vm_index,
+            context_id: self.current_ctx,
+            level,
+            source,
+            message,
+            time_ns,
+        });
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.host.state().now_ns
+    }
+
+    fn map_mut(&mut self, map: i32) -> Option<&mut Headers> {
+        match map {
+            map_type::HTTP_REQUEST_HEADERS
+            | map_type::HTTP_REQUEST_TRAILERS
+            | map_type::HTTP_RESPONSE_HEADERS
+            | map_type::HTTP_RESPONSE_TRAILERS => {
+                let s = self.streams.get_mut(&self.current_ctx)?;
+                Some(match map {
+                    map_type::HTTP_REQUEST_HEADERS => &mut s.request_headers,
+                    map_type::HTTP_REQUEST_TRAILERS => &mut s.request_trailers,
+                    map_type::HTTP_RESPONSE_HEADERS => &mut s.response_headers,
+                    _ => &mut s.response_trailers,
+                })
+            }
+            map_type::GRPC_RECEIVE_INITIAL_METADATA | map_type::GRPC_RECEIVE_TRAILING_METADATA => {
+                Some(&mut self.callback.grpc_metadata)
+            }
+            map_type::HTTP_CALL_RESPONSE_HEADERS => Some(&mut self.callback.http_headers),
+            map_type::HTTP_CALL_RESPONSE_TRAILERS => Some(&mut self.callback.http_trailers),
+            _ => None,
+        }
+    }
+
+    fn buffer_mut(&mut self, buffer: i32) -> Option<&mut Vec<u8>> {
+        match buffer {
+            buffer_type::HTTP_REQUEST_BODY => self
+                .streams
+                .get_mut(&self.current_ctx)
+                .map(|s| &mut s.request_body),
+            buffer_type::HTTP_RESPONSE_BODY => self
+                .streams
+                .get_mut(&self.current_ctx)
+                .map(|s| &mut s.response_body),
+            buffer_type::HTTP_CALL_RESPONSE_BODY => Some(&mut self.callback.http_body),
+            buffer_type::GRPC_RECEIVE_BUFFER => Some(&mut self.callback.grpc_message),
+            buffer_type::VM_CONFIGURATION => Some(&mut self.vm_config),
+            buffer_type::PLUGIN_CONFIGURATION => Some(&mut self.plugin_config),
+            _ => None,
+        }
+    }
+
+    fn property(&self, path: &str) -> Option<Vec<u8>> {
+        if let Some(s) = self.streams.get(&self.current_ctx) {
+            if let Some(v) = s.properties.get(path) {
+                return Some(v.clone());
+            }
+        }
+        self.vm_properties.get(path).cloned()
+    }
+
+    fn drain_stdio(&mut self) {
+        for (which, level) in [("stdout", LogLevel::Info), ("stderr", LogLevel::Error)] {
+            let (pipe, seen) = if which == "stdout" {
+                (&self.stdout, self.stdout_seen)
+            } else {
+                (&self.stderr, self.stderr_seen)
+            };
+            let contents = pipe.contents();
+            if contents.len() <= seen {
+                continue;
+            }
+            // Only whole lines; keep a partial line for later.
+            let fresh = contents.get(seen..).unwrap_or_default();
+            let upto = match fresh.iter().rposition(|&b| b == b'\n') {
+                Some(i) => i + 1,
+                None => continue,
+            };
+            let text = String::from_utf8_lossy(fresh.get(..upto).unwrap_or_default()).into_owned();
+            for line in text.lines() {
+                self.log(level, which, line.to_owned());
+            }
+            if which == "stdout" {
+                self.stdout_seen += upto;
+            } else {
+                self.stderr_seen += upto;
+            }
+        }
+    }
+}
+
+/// A virtual clock for WASI, reading the host's clock.
+struct VirtualClock(Arc<Shared>);
+
+impl wasmtime_wasi::HostWallClock for VirtualClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_nanos(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::from_nanos(lock(&self.0.state).now_ns)
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for VirtualClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        lock(&self.0.state).now_ns
+    }
+}
+
+/// One plugin VM: a wasmtime instance with its root context, as one Envoy worker runs it.
+///
+/// VMs created from one [`Host`] share its shared data, queues, metrics, clock and logs.
+pub struct Vm {
+    host: Host,
+    module: WasmModule,
+    options: VmOptions,
+    store: Store<VmState>,
+    instance: Instance,
+    index: usize,
+    dead: bool,
+}
+
+impl fmt::Debug for Vm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vm")
+            .field("index", &self.index)
+            .field("module", &self.module)
+            .finish_non_exhaustive()
+    }
+}
+
+const ROOT_CONTEXT_ID: u32 = 1;
+
+impl Vm {
+    /// Instantiates `module` and runs Envoy's start-up sequence: `_initialize`/`_start`,
+    /// `proxy_on_context_create(root, 0)`, `proxy_on_vm_start`, `proxy_on_configure`.
+    pub fn start(host: &Host, module: &WasmModule, options: VmOptions) -> Result<Vm, VmError> {
+        let index = {
+            let mut s = host.state();
+            s.next_vm += 1;
+            s.next_vm - 1
+        };
+        let (store, instance) = instantiate(host, module, &options, index)?;
+        let mut vm = Vm {
+            host: host.clone(),
+            module: module.clone(),
+            options,
+            store,
+            instance,
+            index,
+            dead: false,
+        };
+        vm.boot()?;
+        Ok(vm)
+    }
+
+    fn boot(&mut self) -> Result<(), VmError> {
+        // Reactor initialisation.
+        if self.has_export("_initialize") {
+            self.call("_initialize", 0, &[])?;
+        } else if self.has_export("_start") {
+            self.call("_start", 0, &[])?;
+        }
+        let root = ROOT_CONTEXT_ID as i32;
+        self.call("proxy_on_context_create", ROOT_CONTEXT_ID, &[root, 0])?;
+        let before = self.host.state().logs.len();
+        let vm_cfg = self.store.data().vm_config.len() as i32;
+        let ok = self.call("proxy_on_vm_start", ROOT_CONTEXT_ID, &[root, vm_cfg])?;
+        if ok == Some(0) {
+            return Err(VmError::StartFailed {
+                logs: self.logs_since(before, LogLevel::Warn),
+            });
+        }
+        self.configure()
+    }
+
+    fn configure(&mut self) -> Result<(), VmError> {
+        let before = self.host.state().logs.len();
+        let size = self.store.data().plugin_config.len() as i32;
+        let ok = self.call(
+            "proxy_on_configure",
+            ROOT_CONTEXT_ID,
+            &[ROOT_CONTEXT_ID as i32, size],
+        )?;
+        if ok == Some(0) {
+            return Err(VmError::ConfigureFailed {
+                logs: self.logs_since(before, LogLevel::Warn),
+            });
+        }
+        self.deliver_queue_ready()?;
+        Ok(())
+    }
+
+    /// Calls `proxy_on_configure` again with a new plugin configuration (like an xDS update).
+    pub fn reconfigure(&mut self, plugin_configuration: impl Into<Vec<u8>>) -> Result<(), VmError> {
+        let c = plugin_configuration.into();
+        self.options.plugin_configuration = c.clone();
+        self.store.data_mut().plugin_config = c;
+        self.configure()
+    }
+
+    /// Throws the instance away and starts a fresh one (same index, same host state),
+    /// as Envoy does after a VM crashed.
+    pub fn restart(&mut self) -> Result<(), VmError> {
+        let (store, instance) = instantiate(&self.host, &self.module, &self.options, self.index)?;
+        self.store = store;
+        self.instance = instance;
+        self.dead = false;
+        self.boot()
+    }
+
+    fn logs_since(&self, before: usize, min: LogLevel) -> Vec<String> {
+        let s = self.host.state();
+        s.logs
+            .get(before..)
+            .unwrap_or_default()
+            .iter()
+            .filter(|l| l.vm == self.index && l.level >= min)
+            .map(|l| l.message.clone())
+            .collect()
+    }
+
+    /// This VM's number within its host (0, 1, ...).
+    pub fn index(&self) -> usize {
+        self.index
+    }
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+    pub fn root_context_id(&self) -> u32 {
+        ROOT_CONTEXT_ID
+    }
+    /// Whether the VM trapped and needs [`Vm::restart`].
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+    /// Whether the plugin called `proxy_done`.
+    pub fn done_called(&self) -> bool {
+        self.store.data().done_called
+    }
+    /// The tick period the root context asked for.
+    pub fn tick_period(&self) -> Option<Duration> {
+        let p = self.store.data().tick_period_ns;
+        (p > 0).then(|| Duration::from_nanos(p))
+    }
+    /// Tokens of the callouts (HTTP and gRPC) still waiting for an answer.
+    pub fn pending_callouts(&self) -> Vec<u32> {
+        self.store.data().pending.keys().copied().collect()
+    }
+
+    fn has_export(&mut self, name: &str) -> bool {
+        self.instance.get_export(&mut self.store, name).is_some()
+    }
+
+    /// Calls an export with `ctx` as the current context. `Ok(None)` if the export is
+    /// missing or returns nothing.
+    pub fn call(&mut self, name: &str, ctx: u32, args: &[i32]) -> Result<Option<i32>, VmError> {
+        if self.dead {
+            return Err(VmError::Poisoned);
+        }
+        let func = match self.instance.get_func(&mut self.store, name) {
+            Some(f) => f,
+            None => return Ok(None),
+        };
+        let ty = func.ty(&self.store);
+        let params: Vec<Val> = ty
+            .params()
+            .zip(args.iter().chain(std::iter::repeat(&0)))
+            .map(|(t, &a)| match t {
+                wasmtime::ValType::I64 => Val::I64(i64::from(a as u32)),
+                _ => Val::I32(a),
+            })
+            .collect();
+        let mut results: Vec<Val> = ty.results().map(|_| Val::I32(0)).collect();
+        let previous = self.store.data().current_ctx;
+        self.store.data_mut().current_ctx = ctx;
+        let log_before = self.host.state().logs.len();
+        let r = func.call(&mut self.store, &params, &mut results);
+        self.store.data_mut().drain_stdio();
+        self.store.data_mut().current_ctx = previous;
+        match r {
+            Ok(()) => Ok(results.first().and_then(|v| match v {
+                Val::I32(i) => Some(*i),
+                Val::I64(i) => Some(*i as i32),
+                _ => None,
+            })),
+            Err(e) => {
+                self.dead = true;
+                let trap = e
+                    .downcast_ref::<wasmtime::Trap>()
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| format!("{e}"));
+                let backtrace = e
+                    .downcast_ref::<wasmtime::WasmBacktrace>()
+                    .map(|b| b.to_string())
+                    .unwrap_or_default();
+                let panic_message = {
+                    let s = self.host.state();
+                    let lines: Vec<&LogEntry> = s
+                        .logs
+                        .get(log_before..)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter(|l| {
+                            l.vm == self.index
+                                && (l.level == LogLevel::Critical || l.source == "stderr")
+                        })
+                        .collect();
+                    let msgs: Vec<String> = lines.iter().map(|l| l.message.clone()).collect();
+                    (!msgs.is_empty()).then(|| msgs.join("\n"))
+                };
+                let info = TrapInfo {
+                    function: name.to_owned(),
+                    panic_message,
+                    trap: format!("{trap}"),
+                    backtrace: if backtrace.is_empty() {
+                        format!("{e:?}")
+                    } else {
+                        backtrace
+                    },
+                };
+                self.store.data().log(
+                    LogLevel::Critical,
+                    "host",
+                    format!("VM trapped: {}", info.trap),
+                );
+                Err(VmError::Trap(info))
+            }
+        }
+    }
+
+    // ---- streams ----
+
+    /// Creates a stream context for `req` (`proxy_on_context_create(ctx, root)`), without
+    /// sending anything yet.
+    pub fn open_stream(&mut self, req: &HttpRequest) -> Result<u32, VmError> {
+        let now = self.store.data().now_ns();
+        let data = self.store.data_mut();
+        let ctx = data.next_ctx;
+        data.next_ctx += 1;
+        let mut st = StreamState {
+            id: ctx,
+            request_headers: req.headers.clone(),
+            ..StreamState::default()
+        };
+        for (k, v) in &req.properties {
+            st.properties.insert(k.clone(), v.clone());
+        }
+        // Properties derived from the headers, as Envoy computes them.
+        let h = |n: &str| crate::types::find_header(&req.headers, n).map(str::to_owned);
+        let path = h(":path").unwrap_or_default();
+        let derived = [
+            ("request.path", Some(path.clone())),
+            (
+                "request.url_path",
+                Some(path.split('?').next().unwrap_or("").to_owned()),
+            ),
+            ("request.host", h(":authority")),
+            ("request.scheme", h(":scheme")),
+            ("request.method", h(":method")),
+            ("request.id", h("x-request-id")),
+            ("request.referer", h("referer")),
+            ("request.useragent", h("user-agent")),
+        ];
+        for (k, v) in derived {
+            if let Some(v) = v {
+                st.properties
+                    .entry(k.to_owned())
+                    .or_insert_with(|| v.into_bytes());
+            }
+        }
+        st.properties
+            .entry("request.time".into())
+            .or_insert_with(|| (now as i64).to_le_bytes().to_vec());
+        data.streams.insert(ctx, st);
+        self.call(
+            "proxy_on_context_create",
+            ctx,
+            &[ctx as i32, ROOT_CONTEXT_ID as i32],
+        )?;
+        Ok(ctx)
+    }
+
+    /// The host's view of a stream.
+    pub fn stream(&self, ctx: u32) -> Option<&StreamState> {
+        self.store.data().streams.get(&ctx)
+    }
+
+    fn stream_mut(&mut self, ctx: u32) -> Result<&mut StreamState, VmError> {
+        self.store
+            .data_mut()
+            .streams
+            .get_mut(&ctx)
+            .ok_or(VmError::NoStream(ctx))
+    }
+
+    /// `proxy_on_request_headers`.
+    pub fn send_request_headers(
+        &mut self,
+        ctx: u32,
+        end_of_stream: bool,
+    ) -> Result<Action, VmError> {
+        let n = self.stream_mut(ctx)?.request_headers.len() as i32;
+        let r = self.call(
+            "proxy_on_request_headers",
+            ctx,
+            &[ctx as i32, n, i32::from(end_of_stream)],
+        )?;
+        self.after_callback()?;
+        Ok(Action::from_i32(r.unwrap_or(0)))
+    }
+
+    /// `proxy_on_request_body` with the whole body as one chunk.
+    pub fn send_request_body(
+        &mut self,
+        ctx: u32,
+        body: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Action, VmError> {
+        self.stream_mut(ctx)?.request_body = body.to_vec();
+        let r = self.call(
+            "proxy_on_request_body",
+            ctx,
+            &[ctx as i32, body.len() as i32, i32::from(end_of_stream)],
+        )?;
+        self.after_callback()?;
+        Ok(Action::from_i32(r.unwrap_or(0)))
+    }
+
+    /// `proxy_on_request_trailers`.
+    pub fn send_request_trailers(
+        &mut self,
+        ctx: u32,
+        trailers: &Headers,
+    ) -> Result<Action, VmError> {
+        self.stream_mut(ctx)?.request_trailers = trailers.clone();
+        let r = self.call(
+            "proxy_on_request_trailers",
+            ctx,
+            &[ctx as i32, trailers.len() as i32],
+        )?;
+        self.after_callback()?;
+        Ok(Action::from_i32(r.unwrap_or(0)))
+    }
+
+    /// `proxy_on_response_headers` (`:status` is added first).
+    pub fn send_response_headers(
+        &mut self,
+        ctx: u32,
+        status_code: u16,
+        headers: &Headers,
+        end_of_stream: bool,
+    ) -> Result<Action, VmError> {
+        let mut all = vec![(":status".to_owned(), status_code.to_string())];
+        all.extend(headers.iter().cloned());
+        let n = all.len() as i32;
+        self.stream_mut(ctx)?.response_headers = all;
+        let r = self.call(
+            "proxy_on_response_headers",
+            ctx,
+            &[ctx as i32, n, i32::from(end_of_stream)],
+        )?;
+        self.after_callback()?;
+        Ok(Action::from_i32(r.unwrap_or(0)))
+    }
+
+    /// `proxy_on_response_body` with the whole body as one chunk.
+    pub fn send_response_body(
+        &mut self,
+        ctx: u32,
+        body: &[u8],
+        end_of_stream: bool,
+    ) -> Result<Action, VmError> {
+        self.stream_mut(ctx)?.response_body = body.to_vec();
+        let r = self.call(
+            "proxy_on_response_body",
+            ctx,
+            &[ctx as i32, body.len() as i32, i32::from(end_of_stream)],
+        )?;
+        self.after_callback()?;
+        Ok(Action::from_i32(r.unwrap_or(0)))
+    }
+
+    /// `proxy_on_response_trailers`.
+    pub fn send_response_trailers(
+        &mut self,
+        ctx: u32,
+        trailers: &Headers,
+    ) -> Result<Action, VmError> {
+        self.stream_mut(ctx)?.response_trailers = trailers.clone();
+        let r = self.call(
+            "proxy_on_response_trailers",
+            ctx,
+            &[ctx as i32, trailers.len() as i32],
+        )?;
+        self.after_callback()?;
+        Ok(Action::from_i32(r.unwrap_or(0)))
+    }
+
+    /// Ends a stream: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`. Returns its final state.
+    pub fn finish_stream(&mut self, ctx: u32) -> Result<StreamState, VmError> {
+        self.stream_mut(ctx)?;
+        self.call("proxy_on_log", ctx, &[ctx as i32])?;
+        self.call("proxy_on_done", ctx, &[ctx as i32])?;
+        self.call("proxy_on_delete", ctx, &[ctx as i32])?;
+        let data = self.store.data_mut();
+        // Envoy cancels the callouts of a destroyed context.
+        data.pending.retain(|_, p| p.ctx != ctx);
+        let st = data.streams.remove(&ctx).ok_or(VmError::NoStream(ctx))?;
+        self.after_callback()?;
+        Ok(st)
+    }
+
+    fn after_callback(&mut self) -> Result<(), VmError> {
+        self.deliver_queue_ready()?;
+        // Callouts answered with no delay are delivered as soon as the callback returns,
+        // as Envoy's dispatcher would on its next loop iteration.
+        let now = self.store.data().now_ns();
+        self.run_until(now)
+    }
+
+    fn stream_blocked(&self, ctx: u32, response: bool) -> bool {
+        match self.stream(ctx) {
+            Some(s) => {
+                s.local_response.is_none()
+                    && !s.closed
+                    && !(if response {
+                        s.response_resumed
+                    } else {
+                        s.request_resumed
+                    })
+            }
+            None => false,
+        }
+    }
+
+    /// Drives a paused stream: fires pending callouts in virtual-time order until the
+    /// stream is resumed or answered. `true` if it is still blocked (nothing left to fire).
+    fn drive(&mut self, ctx: u32, response: bool) -> Result<bool, VmError> {
+        for _ in 0..10_000 {
+            if !self.stream_blocked(ctx, response) {
+                return Ok(false);
+            }
+            match self.next_event_time() {
+                Some(t) => self.run_until(t)?,
+                None => return Ok(true),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Sends one request through the filter the way Envoy would: headers, body, trailers;
+    /// if paused, pending callouts are answered (advancing the virtual clock) until the filter
+    /// resumes or answers; then the upstream's response; then log/done/delete.
+    pub fn request(&mut self, req: &HttpRequest) -> Result<Exchange, VmError> {
+        let log_before = self.host.state().logs.len();
+        let calls_before = self.host.state().http_calls.len();
+        let ctx = self.open_stream(req)?;
+        let has_body = req.body.is_some();
+        let has_trailers = !req.trailers.is_empty();
+        let mut stuck = false;
+        let mut action = self.send_request_headers(ctx, !has_body && !has_trailers)?;
+        if action == Action::Pause {
+            stuck = self.drive(ctx, false)?;
+        }
+        let go_on = |vm: &Vm| {
+            vm.stream(ctx)
+                .map(|s| s.local_response.is_none() && !s.closed)
+                .unwrap_or(false)
+        };
+        if !stuck && go_on(self) {
+            if let Some(body) = &req.body {
+                self.stream_mut(ctx)?.request_resumed = false;
+                action = self.send_request_body(ctx, body, !has_trailers)?;
+                if action == Action::Pause {
+                    stuck = self.drive(ctx, false)?;
+                }
+            }
+        }
+        if !stuck && go_on(self) && has_trailers {
+            self.stream_mut(ctx)?.request_resumed = false;
+            action = self.send_request_trailers(ctx, &req.trailers)?;
+            if action == Action::Pause {
+                stuck = self.drive(ctx, false)?;
+            }
+        }
+        let mut upstream_request_headers = None;
+        let mut upstream_request_body = None;
+        if !stuck && go_on(self) {
+            let st = self.stream_mut(ctx)?;
+            upstream_request_headers = Some(st.request_headers.clone());
+            upstream_request_body = req.body.as_ref().map(|_| st.request_body.clone());
+            let up = &req.upstream;
+            let a = self.send_response_headers(ctx, up.status, &up.headers, up.body.is_empty())?;
+            if a == Action::Pause {
+                stuck = self.drive(ctx, true)?;
+            }
+            if !stuck && go_on(self) && !up.body.is_empty() {
+                self.stream_mut(ctx)?.response_resumed = false;
+                let a = self.send_response_body(ctx, &up.body, true)?;
+                if a == Action::Pause {
+                    stuck = self.drive(ctx, true)?;
+                }
+            }
+        }
+        let st = self.finish_stream(ctx)?;
+        let (status, response_headers, response_body) = match &st.local_response {
+            Some(l) => (l.status as u16, l.headers.clone(), l.body.clone()),
+            None => {
+                let status = crate::types::find_header(&st.response_headers, ":status")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(req.upstream.status);
+                (
+                    status,
+                    st.response_headers
+                        .iter()
+                        .filter(|(k, _)| k != ":status")
+                        .cloned()
+                        .collect(),
+                    st.response_body.clone(),
+                )
+            }
+        };
+        let logs = {
+            let s = self.host.state();
+            s.logs
+                .get(log_before..)
+                .unwrap_or_default()
+                .iter()
+                .filter(|l| l.vm == self.index)
+                .cloned()
+                .collect()
+        };
+        let http_calls = {
+            let s = self.host.state();
+            s.http_calls
+                .get(calls_before..)
+                .unwrap_or_default()
+                .iter()
+                .filter(|c| c.vm == self.index)
+                .cloned()
+                .collect()
+        };
+        Ok(Exchange {
+            context_id: ctx,
+            status: if stuck && st.local_response.is_none() {
+                0
+            } else {
+                status
+            },
+            local_response: st.local_response.clone(),
+            upstream_request_headers: if stuck {
+                None
+            } else {
+                upstream_request_headers
+            },
+            upstream_request_body,
+            response_headers,
+            response_body,
+            stuck,
+            logs,
+            http_calls,
+        })
+    }
+
+    // ---- time, ticks, callouts, queues ----
+
+    fn next_event_time(&self) -> Option<u64> {
+        let d = self.store.data();
+        let callouts = d.pending.values().map(|p| p.due_ns).min();
+        match (callouts, d.next_tick_ns) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Advances the (shared) virtual clock by `d`, firing this VM's ticks, callout answers
+    /// and timeouts at their times, in order.
+    pub fn advance(&mut self, d: Duration) -> Result<(), VmError> {
+        let target = self
+            .store
+            .data()
+            .now_ns()
+            .saturating_add(d.as_nanos() as u64);
+        self.run_until(target)
+    }
+
+    /// Fires whatever is due at the current virtual time (after [`Host::advance_clock`]),
+    /// including `on_queue_ready` for queues this VM owns.
+    pub fn run_due(&mut self) -> Result<(), VmError> {
+        let now = self.store.data().now_ns();
+        self.run_until(now)
+    }
+
+    /// Calls `proxy_on_tick` now, whatever the period.
+    pub fn tick(&mut self) -> Result<(), VmError> {
+        self.call("proxy_on_tick", ROOT_CONTEXT_ID, &[ROOT_CONTEXT_ID as i32])?;
+        self.deliver_queue_ready()
+    }
+
+    fn run_until(&mut self, target: u64) -> Result<(), VmError> {
+        for _ in 0..1_000_000 {
+            self.deliver_queue_ready()?;
+            let next = match self.next_event_time() {
+                Some(t) if t <= target => t,
+                _ => break,
+            };
+            {
+                let mut s = self.host.state();
+                s.now_ns = s.now_ns.max(next);
+            }
+            let data = self.store.data();
+            if data.next_tick_ns == Some(next) {
+                let period = data.tick_period_ns;
+                self.store.data_mut().next_tick_ns = Some(next + period.max(1));
+                self.tick()?;
+                continue;
+            }
+            let token = data
+                .pending
+                .iter()
+                .find(|(_, p)| p.due_ns == next)
+                .map(|(t, _)| *t);
+            if let Some(token) = token {
+                self.fire_callout(token)?;
+            }
+        }
+        let mut s = self.host.state();
+        s.now_ns = s.now_ns.max(target);
+        Ok(())
+    }
+
+    fn fire_callout(&mut self, token: u32) -> Result<(), VmError> {
+        let data = self.store.data_mut();
+        let mut p = match data.pending.remove(&token) {
+            Some(p) => p,
+            None => return Ok(()),
+        };
+        let ctx = p.ctx;
+        if ctx != ROOT_CONTEXT_ID && !data.streams.contains_key(&ctx) {
+            return Ok(());
+        }
+        let t = token as i32;
+        let c = ctx as i32;
+        match &mut p.kind {
+            PendingKind::Http { reply } => {
+                let (nh, nb, nt) = match reply.take() {
+                    Some((status, mut headers, body, trailers)) => {
+                        headers.insert(0, (":status".into(), status.to_string()));
+                        let n = (headers.len(), body.len(), trailers.len());
+                        data.callback.http_headers = headers;
+                        data.callback.http_body = body;
+                        data.callback.http_trailers = trailers;
+                        n
+                    }
+                    None => {
+                        data.callback.http_headers.clear();
+                        data.callback.http_body.clear();
+                        data.callback.http_trailers.clear();
+                        (0, 0, 0)
+                    }
+                };
+                self.call(
+                    "proxy_on_http_call_response",
+                    ctx,
+                    &[c, t, nh as i32, nb as i32, nt as i32],
+                )?;
+                let d = self.store.data_mut();
+                d.callback.http_headers.clear();
+                d.callback.http_body.clear();
+                d.callback.http_trailers.clear();
+            }
+            PendingKind::GrpcCall { reply } => match reply.take() {
+                Some((0, _, message)) => {
+                    let n = message.len() as i32;
+                    data.callback.grpc_message = message;
+                    self.call("proxy_on_grpc_receive", ctx, &[c, t, n])?;
+                }
+                Some((code, msg, _)) => {
+                    data.callback.status = (code, msg);
+                    self.call("proxy_on_grpc_close", ctx, &[c, t, code as i32])?;
+                }
+                None => {
+                    data.callback.status = (4, "deadline exceeded".into());
+                    self.call("proxy_on_grpc_close", ctx, &[c, t, 4])?;
+                }
+            },
+            PendingKind::GrpcStream { events } => {
+                if let Some(ev) = events.pop_front() {
+                    let more = !events.is_empty();
+                    if more {
+                        self.store
+                            .data_mut()
+                            .pending
+                            .insert(token, p_clone_stream(&p));
+                    }
+                    let data = self.store.data_mut();
+                    match ev {
+                        GrpcEvent::InitialMetadata(h) => {
+                            let n = h.len() as i32;
+                            data.callback.grpc_metadata = h;
+                            self.call("proxy_on_grpc_receive_initial_metadata", ctx, &[c, t, n])?;
+                        }
+                        GrpcEvent::Message(m) => {
+                            let n = m.len() as i32;
+                            data.callback.grpc_message = m;
+                            self.call("proxy_on_grpc_receive", ctx, &[c, t, n])?;
+                        }
+                        GrpcEvent::TrailingMetadata(h) => {
+                            let n = h.len() as i32;
+                            data.callback.grpc_metadata = h;
+                            self.call("proxy_on_grpc_receive_trailing_metadata", ctx, &[c, t, n])?;
+                        }
+                        GrpcEvent::Close(code, msg) => {
+                            data.callback.status = (code, msg);
+                            self.call("proxy_on_grpc_close", ctx, &[c, t, code as i32])?;
+                        }
+                    }
+                }
+            }
+        }
+        self.deliver_queue_ready()
+    }
+
+    fn deliver_queue_ready(&mut self) -> Result<(), VmError> {
+        for _ in 0..10_000 {
+            let note = {
+                let mut s = self.host.state();
+                let i = s
+                    .queue_ready
+                    .iter()
+                    .position(|(vm, _, _)| *vm == self.index);
+                i.map(|i| s.queue_ready.remove(i))
+            };
+            match note {
+                Some((_, ctx, qid)) => {
+                    self.call("proxy_on_queue_ready", ctx, &[ctx as i32, qid as i32])?;
+                }
+                None => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn p_clone_stream(p: &Pending) -> Pending {
+    match &p.kind {
+        PendingKind::GrpcStream { events } => Pending {
+            ctx: p.ctx,
+            due_ns: p.due_ns,
+            kind: PendingKind::GrpcStream {
+                events: events.clone(),
+            },
+        },
+        _ => Pending {
+            ctx: p.ctx,
+            due_ns: p.due_ns,
+            kind: PendingKind::Http { reply: None },
+        },
+    }
+}
+
+fn instantiate(
+    host: &Host,
+    module: &WasmModule,
+    options: &VmOptions,
+    index: usize,
+) -> Result<(Store<VmState>, Instance), VmError> {
+    let unknown = module.unknown_imports();
+    if !unknown.is_empty() {
+        return Err(VmError::Load(format!(
+            "the module imports functions this host does not provide: {}",
+            unknown.join(", ")
+        )));
+    }
+    let stdout = MemoryOutputPipe::new(usize::MAX / 2);
+    let stderr = MemoryOutputPipe::new(usize::MAX / 2);
+    let clock = || VirtualClock(host.shared.clone());
+    let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .wall_clock(clock())
+        .monotonic_clock(clock())
+        .build_p1();
+    let mut vm_properties = HashMap::new();
+    vm_properties.insert(
+        "plugin_name".to_owned(),
+        options.plugin_name.as_bytes().to_vec(),
+    );
+    vm_properties.insert(
+        "plugin_root_id".to_owned(),
+        options.root_id.as_bytes().to_vec(),
+    );
+    vm_properties.insert("plugin_vm_id".to_owned(), options.vm_id.as_bytes().to_vec());
+    for (k, v) in &options.properties {
+        vm_properties.insert(k.clone(), v.clone());
+    }
+    let state = VmState {
+        wasi,
+        host: host.clone(),
+        vm_index: index,
+        vm_id: options.vm_id.clone(),
+        root_ctx: ROOT_CONTEXT_ID,
+        current_ctx: ROOT_CONTEXT_ID,
+        next_ctx: ROOT_CONTEXT_ID + 1,
+        plugin_config: options.plugin_configuration.clone(),
+        vm_config: options.vm_configuration.clone(),
+        vm_properties,
+        streams: BTreeMap::new(),
+        tick_period_ns: 0,
+        next_tick_ns: None,
+        pending: BTreeMap::new(),
+        next_token: 1,
+        callback: CallbackData::default(),
+        done_called: false,
+        stdout,
+        stderr,
+        stdout_seen: 0,
+        stderr_seen: 0,
+    };
+    let mut store = Store::new(host::engine(), state);
+    let instance = linker()?
+        .instantiate(&mut store, &module.module)
+        .map_err(|e| VmError::Load(format!("instantiation failed: {e:?}")))?;
+    Ok((store, instance))
+}
+
+fn linker() -> Result<&'static Linker<VmState>, VmError> {
+    static LINKER: OnceLock<Result<Linker<VmState>, String>> = OnceLock::new();
+    LINKER
+        .get_or_init(|| build_linker().map_err(|e| format!("{e:?}")))
+        .as_ref()
+        .map_err(|e| VmError::Load(e.clone()))
+}
+
+// ---- host functions ----
+
+type C<'a> = Caller<'a, VmState>;
+type R = wasmtime::Result<i32>;
+
+fn memory(c: &mut C<'_>) -> Option<Memory> {
+    match c.get_export("memory") {
+        Some(Extern::Memory(m)) => Some(m),
+        _ => None,
+    }
+}
+
+fn read(c: &mut C<'_>, ptr: i32, len: i32) -> Option<Vec<u8>> {
+    let m = memory(c)?;
+    let start = ptr as u32 as usize;
+    let end = start.checked_add(len as u32 as usize)?;
+    m.data(&*c).get(start..end).map(<[u8]>::to_vec)
+}
+
+fn read_string(c: &mut C<'_>, ptr: i32, len: i32) -> Option<String> {
+    read(c, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+fn write(c: &mut C<'_>, ptr: i32, bytes: &[u8]) -> bool {
+    match memory(c) {
+        Some(m) => m.write(&mut *c, ptr as u32 as usize, bytes).is_ok(),
+        None => false,
+    }
+}
+
+fn write_u32(c: &mut C<'_>, ptr: i32, v: u32) -> bool {
+    write(c, ptr, &v.to_le_bytes())
+}
+
+/// Copies `bytes` into guest memory allocated with `proxy_on_memory_allocate` (or `malloc`),
+/// and stores the pointer and size at `ptr_ptr` / `size_ptr`.
+fn give(c: &mut C<'_>, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> R {
+    let alloc = c
+        .get_export("proxy_on_memory_allocate")
+        .or_else(|| c.get_export("malloc"))
+        .and_then(Extern::into_func);
+    let alloc = match alloc {
+        Some(f) => f,
+        None => return Ok(status::INTERNAL_FAILURE),
+    };
+    let alloc = alloc.typed::<i32, i32>(&*c)?;
+    let ptr = alloc.call(&mut *c, bytes.len() as i32)?;
+    if ptr == 0 && !bytes.is_empty() {
+        return Ok(status::INTERNAL_FAILURE);
+    }
+    if !write(c, ptr, bytes)
+        || !write_u32(c, ptr_ptr, ptr as u32)
+        || !write_u32(c, size_ptr, bytes.len() as u32)
+    {
+        return Ok(status::INVALID_MEMORY_ACCESS);
+    }
+    Ok(status::OK)
+}
+
+macro_rules! get {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => return Ok(status::INVALID_MEMORY_ACCESS),
+        }
+    };
+}
+
+fn build_linker() -> wasmtime::Result<Linker<VmState>> {
+    let mut l: Linker<VmState> = Linker::new(host::engine());
+    wasmtime_wasi::p1::add_to_linker_sync(&mut l, |s: &mut VmState| &mut s.wasi)?;
+    let e = "env";
+
+    l.func_wrap(
+        e,
+        "proxy_log",
+        |mut c: C<'_>, level: i32, ptr: i32, len: i32| -> R {
+            let msg = get!(read_string(&mut c, ptr, len));
+            c.data().log(LogLevel::from_i32(level), "proxy_log", msg);
+            Ok(status::OK)
+        },
+    )?;
+    l.func_wrap(e, "proxy_get_log_level", |mut c: C<'_>, ret: i32| -> R {
+        let level = c.data().host.state().log_level as u32;
+        get!(write_u32(&mut c, ret, level).then_some(()));
+        Ok(status::OK)
+    })?;
+    l.func_wrap(
+        e,
+        "proxy_get_current_time_nanoseconds",
+        |mut c: C<'_>, ret: i32| -> R {
+            let now = c.data().now_ns();
+            get!(write(&mut c, ret, &now.to_le_bytes()).then_some(()));
+            Ok(status::OK)
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_set_tick_period_milliseconds",
+        |mut c: C<'_>, period: i32| -> R {
+            let now = c.data().now_ns();
+            let d = c.data_mut();
+            d.tick_period_ns = u64::from(period as u32) * 1_000_000;
+            d.next_tick_ns = (period != 0).then(|| now + d.tick_period_ns);
+            Ok(status::OK)
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_get_buffer_bytes",
+        |mut c: C<'_>, buffer: i32, start: i32, max: i32, ret_ptr: i32, ret_size: i32| -> R {
+            let bytes = match c.data_mut().buffer_mut(buffer) {
+                Some(b) => {
+                    let start = (start as u32 as usize).min(b.len());
+                    let end = start.saturating_add(max as u32 as usize).min(b.len());
+                    b.get(start..end).unwrap_or_default().to_vec()
+                }
+                None => return Ok(status::NOT_FOUND),
+            };
+            give(&mut c, &bytes, ret_ptr, ret_size)
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_set_buffer_bytes",
+        |mut c: C<'_>, buffer: i32, start: i32, size: i32, ptr: i32, len: i32| -> R {
+            let data = get!(read(&mut c, ptr, len));
+            match c.data_mut().buffer_mut(buffer) {
+                Some(b) => {
+                    let start = (start as u32 as usize).min(b.len());
+                    let end = start.saturating_add(size as u32 as usize).min(b.len());
+                    b.splice(start..end, data);
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_get_buffer_status",
+        |mut c: C<'_>, buffer: i32, len_ptr: i32, flags_ptr: i32| -> R {
+            let len = match c.data_mut().buffer_mut(buffer) {
+                Some(b) => b.len() as u32,
+                None => return Ok(status::NOT_FOUND),
+            };
+            get!(
+                (write_u32(&mut c, len_ptr, len) && write_u32(&mut c, flags_ptr, 0)).then_some(())
+            );
+            Ok(status::OK)
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_get_header_map_pairs",
+        |mut c: C<'_>, map: i32, ret_ptr: i32, ret_size: i32| -> R {
+            let bytes = match c.data_mut().map_mut(map) {
+                Some(m) => crate::abi::serialize_map(m),
+                None => return Ok(status::NOT_FOUND),
+            };
+            give(&mut c, &bytes, ret_ptr, ret_size)
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_set_header_map_pairs",
+        |mut c: C<'_>, map: i32, ptr: i32, len: i32| -> R {
+            let bytes = get!(read(&mut c, ptr, len));
+            let pairs = match crate::abi::deserialize_map(&bytes) {
+                Some(p) => p,
+                None => return Ok(status::SERIALIZATION_FAILURE),
+            };
+            match c.data_mut().map_mut(map) {
+                Some(m) => {
+                    *m = pairs
+                        .into_iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                        .collect();
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_get_header_map_size",
+        |mut c: C<'_>, map: i32, ret: i32| -> R {
+            let size = match c.data_mut().map_mut(map) {
+                Some(m) => crate::abi::serialize_map(m).len() as u32,
+                None => return Ok(status::NOT_FOUND),
+            };
+            get!(write_u32(&mut c, ret, size).then_some(()));
+            Ok(status::OK)
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_get_header_map_value",
+        |mut c: C<'_>, map: i32, kp: i32, kl: i32, ret_ptr: i32, ret_size: i32| -> R {
+            let key = get!(read_string(&mut c, kp, kl)).to_ascii_lowercase();
+            let value = match c.data_mut().map_mut(map) {
+                Some(m) => m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()),
+                None => return Ok(status::NOT_FOUND),
+            };
+            match value {
+                Some(v) => give(&mut c, v.as_bytes(), ret_ptr, ret_size),
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_remove_header_map_value",
+        |mut c: C<'_>, map: i32, kp: i32, kl: i32| -> R {
+            let key = get!(read_string(&mut c, kp, kl)).to_ascii_lowercase();
+            match c.data_mut().map_mut(map) {
+                Some(m) => {
+                    m.retain(|(k, _)| *k != key);
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_replace_header_map_value",
+        |mut c: C<'_>, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> R {
+            let key = get!(read_string(&mut c, kp, kl)).to_ascii_lowercase();
+            let value = get!(read_string(&mut c, vp, vl));
+            match c.data_mut().map_mut(map) {
+                Some(m) => {
+                    match m.iter().position(|(k, _)| *k == key) {
+                        Some(i) => {
+                            if let Some(slot) = m.get_mut(i) {
+                                slot.1 = value;
+                            }
+                            let mut n = 0;
+                            m.retain(|(k, _)| {
+                                if *k == key {
+                                    n += 1;
+                                    n == 1
+                                } else {
+                                    true
+                                }
+                            });
+                        }
+                        None => m.push((key, value)),
+                    }
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_add_header_map_value",
+        |mut c: C<'_>, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> R {
+            let key = get!(read_string(&mut c, kp, kl)).to_ascii_lowercase();
+            let value = get!(read_string(&mut c, vp, vl));
+            match c.data_mut().map_mut(map) {
+                Some(m) => {
+                    m.push((key, value));
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_get_property",
+        |mut c: C<'_>, pp: i32, pl: i32, ret_ptr: i32, ret_size: i32| -> R {
+            let raw = get!(read(&mut c, pp, pl));
+            let path = property_path(&raw);
+            match c.data().property(&path) {
+                Some(v) => give(&mut c, &v, ret_ptr, ret_size),
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_set_property",
+        |mut c: C<'_>, pp: i32, pl: i32, vp: i32, vl: i32| -> R {
+            let raw = get!(read(&mut c, pp, pl));
+            let value = get!(read(&mut c, vp, vl));
+            let path = property_path(&raw);
+            let d = c.data_mut();
+            let ctx = d.current_ctx;
+            match d.streams.get_mut(&ctx) {
+                Some(s) => {
+                    s.properties.insert(path, value);
+                }
+                None => {
+                    d.vm_properties.insert(path, value);
+                }
+            }
+            Ok(status::OK)
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_get_shared_data",
+        |mut c: C<'_>, kp: i32, kl: i32, ret_ptr: i32, ret_size: i32, ret_cas: i32| -> R {
+            let key = get!(read_string(&mut c, kp, kl));
+            let entry = {
+                let d = c.data();
+                d.host
+                    .state()
+                    .shared_data
+                    .get(&(d.vm_id.clone(), key))
+                    .cloned()
+            };
+            match entry {
+                Some((value, cas)) => {
+                    let r = give(&mut c, &value, ret_ptr, ret_size)?;
+                    if r != status::OK {
+                        return Ok(r);
+                    }
+                    get!(write_u32(&mut c, ret_cas, cas).then_some(()));
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_set_shared_data",
+        |mut c: C<'_>, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| -> R {
+            let key = get!(read_string(&mut c, kp, kl));
+            let value = get!(read(&mut c, vp, vl));
+            let d = c.data();
+            let mut s = d.host.state();
+            match host::set_shared(&mut s, &d.vm_id, &key, &value, cas as u32) {
+                Ok(()) => Ok(status::OK),
+                Err(code) => Ok(code),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_register_shared_queue",
+        |mut c: C<'_>, np: i32, nl: i32, ret: i32| -> R {
+            let name = get!(read_string(&mut c, np, nl));
+            let id = {
+                let d = c.data();
+                let mut s = d.host.state();
+                match s
+                    .queues
+                    .iter_mut()
+                    .position(|q| q.vm_id == d.vm_id && q.name == name)
+                {
+                    Some(i) => {
+                        if let Some(q) = s.queues.get_mut(i) {
+                            q.owner_vm = d.vm_index;
+                            q.owner_ctx = d.current_ctx;
+                        }
+                        i as u32 + 1
+                    }
+                    None => {
+                        s.queues.push(Queue {
+                            vm_id: d.vm_id.clone(),
+                            name,
+                            owner_vm: d.vm_index,
+                            owner_ctx: d.current_ctx,
+                            items: VecDeque::new(),
+                        });
+                        s.queues.len() as u32
+                    }
+                }
+            };
+            get!(write_u32(&mut c, ret, id).then_some(()));
+            Ok(status::OK)
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_resolve_shared_queue",
+        |mut c: C<'_>, vp: i32, vl: i32, np: i32, nl: i32, ret: i32| -> R {
+            let vm_id = get!(read_string(&mut c, vp, vl));
+            let name = get!(read_string(&mut c, np, nl));
+            let id = c
+                .data()
+                .host
+                .state()
+                .queues
+                .iter()
+                .position(|q| q.vm_id == vm_id && q.name == name);
+            match id {
+                Some(i) => {
+                    get!(write_u32(&mut c, ret, i as u32 + 1).then_some(()));
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_dequeue_shared_queue",
+        |mut c: C<'_>, id: i32, ret_ptr: i32, ret_size: i32| -> R {
+            let item = {
+                let mut s = c.data().host.state();
+                match (id as u32 as usize)
+                    .checked_sub(1)
+                    .and_then(|i| s.queues.get_mut(i))
+                {
+                    Some(q) => q.items.pop_front(),
+                    None => return Ok(status::NOT_FOUND),
+                }
+            };
+            match item {
+                Some(v) => give(&mut c, &v, ret_ptr, ret_size),
+                None => Ok(status::EMPTY),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_enqueue_shared_queue",
+        |mut c: C<'_>, id: i32, vp: i32, vl: i32| -> R {
+            let value = get!(read(&mut c, vp, vl));
+            let mut s = c.data().host.state();
+            match host::enqueue(&mut s, id as u32, &value) {
+                Ok(()) => Ok(status::OK),
+                Err(code) => Ok(code),
+            }
+        },
+    )?;
+    fn resume(c: &mut C<'_>, which: i32) -> i32 {
+        let d = c.data_mut();
+        let ctx = d.current_ctx;
+        match d.streams.get_mut(&ctx) {
+            Some(s) => {
+                match which {
+                    0 => s.request_resumed = true,
+                    1 => s.response_resumed = true,
+                    _ => return status::BAD_ARGUMENT,
+                }
+                status::OK
+            }
+            None => status::NOT_FOUND,
+        }
+    }
+    l.func_wrap(
+        e,
+        "proxy_continue_stream",
+        |mut c: C<'_>, which: i32| -> R { Ok(resume(&mut c, which)) },
+    )?;
+    l.func_wrap(e, "proxy_continue_request", |mut c: C<'_>| -> R {
+        Ok(resume(&mut c, 0))
+    })?;
+    l.func_wrap(e, "proxy_continue_response", |mut c: C<'_>| -> R {
+        Ok(resume(&mut c, 1))
+    })?;
+    l.func_wrap(e, "proxy_close_stream", |mut c: C<'_>, _which: i32| -> R {
+        let d = c.data_mut();
+        let ctx = d.current_ctx;
+        match d.streams.get_mut(&ctx) {
+            Some(s) => {
+                s.closed = true;
+                Ok(status::OK)
+            }
+            None => Ok(status::NOT_FOUND),
+        }
+    })?;
+    l.func_wrap(e, "proxy_clear_route_cache", |_c: C<'_>| -> R {
+        Ok(status::OK)
+    })?;
+    l.func_wrap(
+        e,
+        "proxy_send_local_response",
+        |mut c: C<'_>,
+         code: i32,
+         dp: i32,
+         dl: i32,
+         bp: i32,
+         bl: i32,
+         hp: i32,
+         hl: i32,
+         grpc: i32|
+         -> R {
+            let details = get!(read_string(&mut c, dp, dl));
+            let body = get!(read(&mut c, bp, bl));
+            let hbytes = get!(read(&mut c, hp, hl));
+            let headers = match crate::abi::deserialize_map(&hbytes) {
+                Some(h) => h
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect(),
+                None => return Ok(status::SERIALIZATION_FAILURE),
+            };
+            let d = c.data_mut();
+            let ctx = d.current_ctx;
+            match d.streams.get_mut(&ctx) {
+                Some(s) => {
+                    s.local_response = Some(LocalResponse {
+                        status: code as u32,
+                        details,
+                        headers,
+                        body,
+                        grpc_status: grpc,
+                    });
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_http_call",
+        |mut c: C<'_>,
+         up: i32,
+         ul: i32,
+         hp: i32,
+         hl: i32,
+         bp: i32,
+         bl: i32,
+         tp: i32,
+         tl: i32,
+         timeout: i32,
+         ret: i32|
+         -> R {
+            let upstream = get!(read_string(&mut c, up, ul));
+            let hbytes = get!(read(&mut c, hp, hl));
+            let body = get!(read(&mut c, bp, bl));
+            let tbytes = get!(read(&mut c, tp, tl));
+            let (headers, trailers) = match (
+                crate::abi::deserialize_map(&hbytes),
+                crate::abi::deserialize_map(&tbytes),
+            ) {
+                (Some(h), Some(t)) => (h, t),
+                _ => return Ok(status::SERIALIZATION_FAILURE),
+            };
+            // Envoy requires :method, :path and :authority.
+            for required in [":method", ":path", ":authority"] {
+                if !headers.iter().any(|(k, _)| k == required) {
+                    return Ok(status::BAD_ARGUMENT);
+                }
+            }
+            let host = c.data().host.clone();
+            let responder = match host.http_responder(&upstream) {
+                Some(r) => r,
+                None => {
+                    c.data().log(
+                        LogLevel::Warn,
+                        "host",
+                        format!("http_call to unknown cluster `{upstream}`"),
+                    );
+                    return Ok(status::BAD_ARGUMENT);
+                }
+            };
+            let d = c.data_mut();
+            let token = d.next_token;
+            d.next_token += 1;
+            let timeout = Duration::from_millis(u64::from(timeout as u32));
+            let req = HttpCallRequest {
+                vm: d.vm_index,
+                context_id: d.current_ctx,
+                token,
+                upstream,
+                headers,
+                body,
+                trailers,
+                timeout,
+            };
+            host.state().http_calls.push(req.clone());
+            let reply = responder(&req);
+            let now = host.state().now_ns;
+            let timeout_ns = timeout.as_nanos() as u64;
+            let (reply, delay) = match reply {
+                HttpReply::Respond {
+                    status,
+                    headers,
+                    body,
+                    trailers,
+                    delay,
+                } => {
+                    let delay = delay.as_nanos() as u64;
+                    if timeout_ns > 0 && delay >= timeout_ns {
+                        (None, timeout_ns)
+                    } else {
+                        (Some((status, headers, body, trailers)), delay)
+                    }
+                }
+                HttpReply::Never => (
+                    None,
+                    if timeout_ns > 0 {
+                        timeout_ns
+                    } else {
+                        u64::MAX / 4
+                    },
+                ),
+                HttpReply::Fail => (None, 0),
+                HttpReply::Forward(addr) => match crate::forward::forward(addr, &req) {
+                    Ok(r) => (Some(r), 0),
+                    Err(err) => {
+                        c.data().log(
+                            LogLevel::Warn,
+                            "host",
+                            format!("forward to {addr} failed: {err}"),
+                        );
+                        (None, 0)
+                    }
+                },
+            };
+            let d = c.data_mut();
+            d.pending.insert(
+                token,
+                Pending {
+                    ctx: d.current_ctx,
+                    due_ns: now.saturating_add(delay),
+                    kind: PendingKind::Http { reply },
+                },
+            );
+            get!(write_u32(&mut c, ret, token).then_some(()));
+            Ok(status::OK)
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_grpc_call",
+        |mut c: C<'_>,
+         up: i32,
+         ul: i32,
+         sp: i32,
+         sl: i32,
+         mp: i32,
+         ml: i32,
+         hp: i32,
+         hl: i32,
+         msgp: i32,
+         msgl: i32,
+         timeout: i32,
+         ret: i32|
+         -> R {
+            let upstream = get!(read_string(&mut c, up, ul));
+            let service = get!(read_string(&mut c, sp, sl));
+            let method = get!(read_string(&mut c, mp, ml));
+            let hbytes = get!(read(&mut c, hp, hl));
+            let message = get!(read(&mut c, msgp, msgl));
+            let metadata = match crate::abi::deserialize_map(&hbytes) {
+                Some(h) => h,
+                None => return Ok(status::SERIALIZATION_FAILURE),
+            };
+            let timeout = Duration::from_millis(u64::from(timeout as u32));
+            let r = start_grpc(
+                &mut c,
+                upstream,
+                service,
+                method,
+                metadata,
+                message,
+                Some(timeout),
+                false,
+            )?;
+            match r {
+                Ok(token) => {
+                    get!(write_u32(&mut c, ret, token).then_some(()));
+                    Ok(status::OK)
+                }
+                Err(code) => Ok(code),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_grpc_stream",
+        |mut c: C<'_>,
+         up: i32,
+         ul: i32,
+         sp: i32,
+         sl: i32,
+         mp: i32,
+         ml: i32,
+         hp: i32,
+         hl: i32,
+         ret: i32|
+         -> R {
+            let upstream = get!(read_string(&mut c, up, ul));
+            let service = get!(read_string(&mut c, sp, sl));
+            let method = get!(read_string(&mut c, mp, ml));
+            let hbytes = get!(read(&mut c, hp, hl));
+            let metadata = match crate::abi::deserialize_map(&hbytes) {
+                Some(h) => h,
+                None => return Ok(status::SERIALIZATION_FAILURE),
+            };
+            let r = start_grpc(
+                &mut c,
+                upstream,
+                service,
+                method,
+                metadata,
+                Vec::new(),
+                None,
+                true,
+            )?;
+            match r {
+                Ok(token) => {
+                    get!(write_u32(&mut c, ret, token).then_some(()));
+                    Ok(status::OK)
+                }
+                Err(code) => Ok(code),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_grpc_send",
+        |mut c: C<'_>, token: i32, mp: i32, ml: i32, end: i32| -> R {
+            let message = get!(read(&mut c, mp, ml));
+            let d = c.data();
+            let mut s = d.host.state();
+            let entry = s.grpc_sent.entry((d.vm_index, token as u32)).or_default();
+            entry.0.push(message);
+            entry.1 |= end != 0;
+            Ok(status::OK)
+        },
+    )?;
+    l.func_wrap(e, "proxy_grpc_cancel", |mut c: C<'_>, token: i32| -> R {
+        Ok(match c.data_mut().pending.remove(&(token as u32)) {
+            Some(_) => status::OK,
+            None => status::NOT_FOUND,
+        })
+    })?;
+    l.func_wrap(e, "proxy_grpc_close", |c: C<'_>, token: i32| -> R {
+        let d = c.data();
+        let mut s = d.host.state();
+        s.grpc_sent.entry((d.vm_index, token as u32)).or_default().1 = true;
+        Ok(status::OK)
+    })?;
+    l.func_wrap(
+        e,
+        "proxy_get_status",
+        |mut c: C<'_>, code_ptr: i32, ret_ptr: i32, ret_size: i32| -> R {
+            let (code, msg) = c.data().callback.status.clone();
+            get!(write_u32(&mut c, code_ptr, code).then_some(()));
+            give(&mut c, msg.as_bytes(), ret_ptr, ret_size)
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_set_effective_context",
+        |mut c: C<'_>, ctx: i32| -> R {
+            let d = c.data_mut();
+            let ctx = ctx as u32;
+            if ctx == d.root_ctx || d.streams.contains_key(&ctx) {
+                d.current_ctx = ctx;
+                Ok(status::OK)
+            } else {
+                Ok(status::BAD_ARGUMENT)
+            }
+        },
+    )?;
+    l.func_wrap(e, "proxy_done", |mut c: C<'_>| -> R {
+        c.data_mut().done_called = true;
+        Ok(status::OK)
+    })?;
+    l.func_wrap(
+        e,
+        "proxy_call_foreign_function",
+        |mut c: C<'_>, np: i32, nl: i32, ap: i32, al: i32, ret_ptr: i32, ret_size: i32| -> R {
+            let name = get!(read_string(&mut c, np, nl));
+            let args = get!(read(&mut c, ap, al));
+            let result = match c.data().host.foreign(&name) {
+                Some(f) => f(&args),
+                None if name == "verify_signature" => Ok(crate::foreign::verify_signature(&args)),
+                None => Err(status::NOT_FOUND),
+            };
+            match result {
+                Ok(bytes) => give(&mut c, &bytes, ret_ptr, ret_size),
+                Err(code) => Ok(code),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_define_metric",
+        |mut c: C<'_>, kind: i32, np: i32, nl: i32, ret: i32| -> R {
+            let name = get!(read_string(&mut c, np, nl));
+            let kind = match MetricKind::from_i32(kind) {
+                Some(k) => k,
+                None => return Ok(status::BAD_ARGUMENT),
+            };
+            let id = host::define_metric(&mut c.data().host.state(), kind, &name);
+            get!(write_u32(&mut c, ret, id).then_some(()));
+            Ok(status::OK)
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_get_metric",
+        |mut c: C<'_>, id: i32, ret: i32| -> R {
+            let value = {
+                let s = c.data().host.state();
+                match s.metrics.get((id as u32 >> 2) as usize) {
+                    Some(m) if m.metric.kind != MetricKind::Histogram => m.metric.value,
+                    Some(_) => return Ok(status::BAD_ARGUMENT),
+                    None => return Ok(status::NOT_FOUND),
+                }
+            };
+            get!(write(&mut c, ret, &(value as u64).to_le_bytes()).then_some(()));
+            Ok(status::OK)
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_record_metric",
+        |c: C<'_>, id: i32, value: i64| -> R {
+            let mut s = c.data().host.state();
+            match s.metrics.get_mut((id as u32 >> 2) as usize) {
+                Some(m) => {
+                    let m = &mut m.metric;
+                    match m.kind {
+                        MetricKind::Counter => m.value = m.value.saturating_add(value),
+                        MetricKind::Gauge => m.value = value,
+                        MetricKind::Histogram => {
+                            m.samples.push(value as u64);
+                            m.value = m.value.saturating_add(value);
+                        }
+                    }
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    l.func_wrap(
+        e,
+        "proxy_increment_metric",
+        |c: C<'_>, id: i32, offset: i64| -> R {
+            let mut s = c.data().host.state();
+            match s.metrics.get_mut((id as u32 >> 2) as usize) {
+                Some(m) => {
+                    let m = &mut m.metric;
+                    match m.kind {
+                        MetricKind::Counter if offset > 0 => {
+                            m.value = m.value.saturating_add(offset)
+                        }
+                        MetricKind::Counter => return Ok(status::BAD_ARGUMENT),
+                        MetricKind::Gauge => m.value = m.value.saturating_add(offset),
+                        MetricKind::Histogram => return Ok(status::BAD_ARGUMENT),
+                    }
+                    Ok(status::OK)
+                }
+                None => Ok(status::NOT_FOUND),
+            }
+        },
+    )?;
+    Ok(l)
+}
+
+fn property_path(raw: &[u8]) -> String {
+    raw.split(|&b| b == 0)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_grpc(
+    c: &mut C<'_>,
+    upstream: String,
+    service: String,
+    method: String,
+    initial_metadata: Headers,
+    message: Vec<u8>,
+    timeout: Option<Duration>,
+    streaming: bool,
+) -> wasmtime::Result<Result<u32, i32>> {
+    let host = c.data().host.clone();
+    let responder = match host.grpc_responder(&format!("{service}/{method}")) {
+        Some(r) => r,
+        None => return Ok(Err(status::BAD_ARGUMENT)),
+    };
+    let d = c.data_mut();
+    let token = d.next_token;
+    d.next_token += 1;
+    let req = GrpcRequest {
+        vm: d.vm_index,
+        context_id: d.current_ctx,
+        token,
+        upstream,
+        service,
+        method,
+        initial_metadata,
+        message,
+        timeout,
+        streaming,
+    };
+    host.state().grpc_calls.push(req.clone());
+    let reply = responder(&req);
+    let now = host.state().now_ns;
+    let timeout_ns = timeout.map(|t| t.as_nanos() as u64).filter(|&t| t > 0);
+    let (kind, delay) = match reply {
+        GrpcReply::Never => {
+            if streaming {
+                return Ok(Ok(token));
+            }
+            (
+                PendingKind::GrpcCall { reply: None },
+                timeout_ns.unwrap_or(u64::MAX / 4),
+            )
+        }
+        GrpcReply::Respond {
+            status: code,
+            status_message,
+            initial_metadata,
+            messages,
+            trailing_metadata,
+            close,
+            delay,
+        } => {
+            let delay = delay.as_nanos() as u64;
+            if streaming {
+                let mut events = VecDeque::new();
+                events.push_back(GrpcEvent::InitialMetadata(initial_metadata));
+                for m in messages {
+                    events.push_back(GrpcEvent::Message(m));
+                }
+                if close {
+                    events.push_back(GrpcEvent::TrailingMetadata(trailing_metadata));
+                    events.push_back(GrpcEvent::Close(code, status_message));
+                }
+                (PendingKind::GrpcStream { events }, delay)
+            } else if timeout_ns.is_some_and(|t| delay >= t) {
+                (
+                    PendingKind::GrpcCall { reply: None },
+                    timeout_ns.unwrap_or(0),
+                )
+            } else {
+                let msg = messages.into_iter().next().unwrap_or_default();
+                (
+                    PendingKind::GrpcCall {
+                        reply: Some((code, status_message, msg)),
+                    },
+                    delay,
+                )
+            }
+        }
+    };
+    let d = c.data_mut();
+    d.pending.insert(
+        token,
+        Pending {
+            ctx: d.current_ctx,
+            due_ns: now.saturating_add(delay),
+            kind,
+        },
+    );
+    Ok(Ok(token))
+}

@@ -1,0 +1,408 @@
+//! Host functions, exercised through the test filter `harness/test-filters/callout`.
+
+mod common;
+
+use portcullis_harness::foreign::{decode_result, VerifySignatureArguments};
+use portcullis_harness::{
+    GrpcReply, Host, HttpReply, HttpRequest, LogLevel, TlsInfo, Vm, VmError, VmOptions,
+};
+use std::time::Duration;
+
+fn vm(host: &Host, config: &str) -> Vm {
+    Vm::start(host, &common::callout(), VmOptions::new(config)).unwrap()
+}
+
+#[test]
+fn lifecycle_logs_and_plain_request() {
+    let host = Host::new();
+    let mut vm = vm(&host, "");
+    assert!(host.logged("vm started"));
+    let ex = vm.request(&HttpRequest::get("/plain")).unwrap();
+    assert_eq!(ex.status, 200);
+    assert!(ex.allowed());
+    assert_eq!(ex.response_header("x-callout"), Some("1"));
+    assert!(ex.logs.iter().any(
+        |l| l.message == format!("stream {} done", ex.context_id) && l.level == LogLevel::Debug
+    ));
+    assert_eq!(host.metric_value("callout.requests"), 1);
+}
+
+#[test]
+fn configure_failure_reports_the_plugin_message() {
+    let host = Host::new();
+    let err = Vm::start(&host, &common::callout(), VmOptions::new("fail")).unwrap_err();
+    match &err {
+        VmError::ConfigureFailed { logs } => {
+            assert!(logs.iter().any(|l| l.contains("bad config: fail")))
+        }
+        other => panic!("unexpected {other}"),
+    }
+    assert!(err.to_string().contains("bad config: fail"));
+}
+
+#[test]
+fn local_response_is_recorded() {
+    let host = Host::new();
+    let mut vm = vm(&host, "");
+    let ex = vm.request(&HttpRequest::get("/deny")).unwrap();
+    assert_eq!(ex.status, 401);
+    let local = ex.local_response.as_ref().unwrap();
+    assert_eq!(local.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(local.body, b"no");
+    assert!(!ex.allowed());
+}
+
+#[test]
+fn http_callout_answered_by_scripted_upstream() {
+    let host = Host::new();
+    host.on_http_call("auth", |req| {
+        assert_eq!(req.path(), "/check");
+        match req.header("x-user") {
+            Some("alice") => HttpReply::ok("alice-ok").after(Duration::from_millis(20)),
+            _ => HttpReply::status(401, "who?"),
+        }
+    });
+    let mut vm = vm(&host, "");
+    let t0 = host.now();
+    let ex = vm
+        .request(&HttpRequest::get("/callout").header("x-user", "alice"))
+        .unwrap();
+    assert_eq!(ex.status, 200, "{ex:?}");
+    assert_eq!(ex.upstream_header("x-auth"), Some("alice-ok"));
+    assert_eq!(ex.http_calls.len(), 1);
+    assert_eq!(ex.http_calls[0].timeout, Duration::from_secs(1));
+    // The virtual clock moved by the upstream's delay.
+    assert!(host.now().duration_since(t0).unwrap() >= Duration::from_millis(20));
+
+    let ex = vm
+        .request(&HttpRequest::get("/callout").header("x-user", "mallory"))
+        .unwrap();
+    assert_eq!(ex.status, 403);
+    assert_eq!(ex.response_header("x-callout-status"), Some("401"));
+}
+
+#[test]
+fn http_callout_times_out_like_envoy() {
+    let host = Host::new();
+    host.on_http_call("auth", |_| HttpReply::Never);
+    let mut vm = vm(&host, "");
+    let t0 = host.now();
+    let ex = vm.request(&HttpRequest::get("/callout-fast")).unwrap();
+    assert_eq!(ex.status, 504);
+    assert_eq!(
+        host.now().duration_since(t0).unwrap(),
+        Duration::from_millis(100)
+    );
+
+    // A reply slower than the timeout is a timeout too.
+    host.on_http_call("auth", |_| {
+        HttpReply::ok("late").after(Duration::from_secs(5))
+    });
+    let ex = vm.request(&HttpRequest::get("/callout-fast")).unwrap();
+    assert_eq!(ex.status, 504);
+}
+
+#[test]
+fn http_callout_to_unknown_cluster_fails_dispatch() {
+    let host = Host::new();
+    let mut vm = vm(&host, "");
+    let ex = vm.request(&HttpRequest::get("/callout")).unwrap();
+    assert_eq!(ex.status, 500);
+    assert!(String::from_utf8_lossy(&ex.response_body).contains("BadArgument"));
+}
+
+#[test]
+fn http_callout_forwarded_to_loopback_server() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        let req = String::from_utf8_lossy(&buf[..n]).to_string();
+        assert!(req.starts_with("GET /check HTTP/1.1"), "{req}");
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nreal!!")
+            .unwrap();
+    });
+    let host = Host::new();
+    host.on_http_call("auth", move |_| HttpReply::Forward(addr));
+    let mut vm = vm(&host, "");
+    let ex = vm.request(&HttpRequest::get("/callout")).unwrap();
+    server.join().unwrap();
+    assert_eq!(ex.upstream_header("x-auth"), Some("real!!"));
+}
+
+#[test]
+fn grpc_call_answered_and_failed() {
+    let host = Host::new();
+    host.on_grpc("svc.Auth/Check", |req| {
+        assert_eq!(req.message, b"request");
+        GrpcReply::ok("granted")
+    });
+    let mut vm = vm(&host, "");
+    let ex = vm.request(&HttpRequest::get("/grpc")).unwrap();
+    assert_eq!(ex.upstream_header("x-grpc"), Some("granted"));
+    assert_eq!(
+        host.grpc_calls()[0].initial_metadata,
+        vec![("x-md".to_owned(), "1".to_owned())]
+    );
+
+    host.on_grpc("*", |_| GrpcReply::error(7, "denied"));
+    let ex = vm.request(&HttpRequest::get("/grpc")).unwrap();
+    assert_eq!(ex.status, 503);
+    assert_eq!(ex.response_header("x-grpc-status"), Some("7"));
+    assert_eq!(ex.response_body, b"denied");
+
+    host.on_grpc("*", |_| GrpcReply::Never);
+    let ex = vm.request(&HttpRequest::get("/grpc")).unwrap();
+    assert_eq!(ex.response_header("x-grpc-status"), Some("4"));
+}
+
+#[test]
+fn shared_data_cas_across_vms() {
+    let host = Host::new();
+    let mut a = vm(&host, "");
+    let mut b = vm(&host, "");
+    for i in 1..=3 {
+        let ex = a.request(&HttpRequest::get("/counter")).unwrap();
+        assert_eq!(
+            ex.upstream_header("x-hits"),
+            Some((2 * i - 1).to_string().as_str())
+        );
+        let ex = b.request(&HttpRequest::get("/counter")).unwrap();
+        assert_eq!(
+            ex.upstream_header("x-hits"),
+            Some((2 * i).to_string().as_str())
+        );
+    }
+    let (v, cas) = host.shared_data("hits").unwrap();
+    assert_eq!(v, b"6");
+    // Envoy's CAS rules.
+    assert!(host.set_shared_data("hits", b"x", cas + 1).is_err());
+    assert!(host.set_shared_data("hits", b"7", cas).is_ok());
+    assert!(host.set_shared_data("hits", b"8", 0).is_ok());
+    assert!(host.set_shared_data("new", b"1", 12345).is_ok());
+    assert!(host.shared_data("missing").is_none());
+}
+
+#[test]
+fn shared_data_contention_from_threads() {
+    let host = Host::new();
+    let handles: Vec<_> = (0..2)
+        .map(|_| {
+            let host = host.clone();
+            std::thread::spawn(move || {
+                let mut vm = vm(&host, "");
+                for _ in 0..25 {
+                    vm.request(&HttpRequest::get("/counter")).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(host.shared_data("hits").unwrap().0, b"50");
+}
+
+#[test]
+fn properties_with_envoy_encodings() {
+    let host = Host::new();
+    let mut vm = vm(&host, "");
+    let req = HttpRequest::get("/property")
+        .source("10.1.2.3:5555")
+        .tls(&TlsInfo {
+            mtls: true,
+            ..TlsInfo::default()
+        });
+    let ex = vm.request(&req).unwrap();
+    assert_eq!(ex.upstream_header("x-source"), Some("10.1.2.3:5555"));
+    assert_eq!(ex.upstream_header("x-port"), Some("5555"));
+    assert_eq!(ex.upstream_header("x-mtls"), Some("true"));
+    assert_eq!(ex.upstream_header("x-missing"), Some("true"));
+}
+
+#[test]
+fn virtual_clock_drives_time_and_wasi() {
+    let host = Host::new();
+    host.set_unix_seconds(1_700_000_000);
+    let mut vm = vm(&host, "");
+    let ex = vm.request(&HttpRequest::get("/time")).unwrap();
+    assert_eq!(ex.upstream_header("x-now"), Some("1700000000000000000"));
+    assert_eq!(ex.upstream_header("x-wasi-now"), Some("1700000000"));
+    vm.advance(Duration::from_secs(10)).unwrap();
+    let ex = vm.request(&HttpRequest::get("/time")).unwrap();
+    assert_eq!(ex.upstream_header("x-wasi-now"), Some("1700000010"));
+}
+
+#[test]
+fn ticks_fire_as_the_clock_advances_and_queues_deliver() {
+    let host = Host::new();
+    host.set_unix_seconds(1_000);
+    let mut vm = vm(&host, "tick=1000");
+    assert_eq!(vm.tick_period(), Some(Duration::from_secs(1)));
+    vm.advance(Duration::from_millis(999)).unwrap();
+    assert_eq!(host.metric_value("callout.ticks"), 0);
+    vm.advance(Duration::from_millis(2001)).unwrap();
+    assert_eq!(host.metric_value("callout.ticks"), 3);
+    // Each tick enqueued onto the VM's own queue; on_queue_ready dequeued it at the tick's time.
+    assert!(host.logged("dequeued: tick@1001"));
+    assert!(host.logged("dequeued: tick@1003"));
+    assert_eq!(host.metric_value("callout.dequeued"), 3);
+}
+
+#[test]
+fn queue_enqueued_by_another_vm_and_by_the_test() {
+    let host = Host::new();
+    let mut owner = vm(&host, "");
+    let mut other = vm(&host, "");
+    // `other` registered the queue last, so it owns it now (like Envoy, latest registration wins).
+    other.request(&HttpRequest::get("/enqueue")).unwrap();
+    assert!(host.logged("dequeued: from-request"));
+    host.enqueue("", "events", b"from-test").unwrap();
+    owner.run_due().unwrap();
+    assert!(!host.logged("dequeued: from-test"));
+    other.run_due().unwrap();
+    assert!(host.logged("dequeued: from-test"));
+}
+
+#[test]
+fn metrics_define_increment_record_get() {
+    let host = Host::new();
+    let mut vm = vm(&host, "");
+    vm.request(&HttpRequest::get("/a")).unwrap();
+    let ex = vm.request(&HttpRequest::get("/metrics")).unwrap();
+    assert_eq!(ex.upstream_header("x-requests"), Some("2"));
+    let h = host.metric("callout.latency").unwrap();
+    assert_eq!(h.samples, vec![42]);
+    assert!(host.metrics().contains_key("callout.requests"));
+}
+
+#[test]
+fn request_body_is_rewritten() {
+    let host = Host::new();
+    let mut vm = vm(&host, "");
+    let ex = vm.request(&HttpRequest::post("/upload", "hello")).unwrap();
+    assert_eq!(ex.upstream_request_body.as_deref(), Some(&b"HELLO"[..]));
+}
+
+#[test]
+fn stdout_and_stderr_are_captured() {
+    let host = Host::new();
+    let mut vm = vm(&host, "");
+    let ex = vm.request(&HttpRequest::get("/stdout")).unwrap();
+    assert!(ex
+        .logs
+        .iter()
+        .any(|l| l.source == "stdout" && l.message == "hello from stdout"));
+    assert!(ex
+        .logs
+        .iter()
+        .any(|l| l.source == "stderr" && l.level == LogLevel::Error));
+}
+
+#[test]
+fn trap_reports_panic_and_backtrace_then_restarts() {
+    let host = Host::new();
+    let mut vm = vm(&host, "");
+    let err = vm.request(&HttpRequest::get("/panic")).unwrap_err();
+    let VmError::Trap(t) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(t.function, "proxy_on_request_headers");
+    assert!(
+        t.panic_message
+            .as_deref()
+            .unwrap_or("")
+            .contains("boom at /panic"),
+        "{t:?}"
+    );
+    assert!(t.trap.contains("unreachable"), "{t:?}");
+    assert!(!t.backtrace.is_empty());
+    assert!(vm.is_dead());
+    assert!(matches!(
+        vm.request(&HttpRequest::get("/a")),
+        Err(VmError::Poisoned)
+    ));
+    vm.restart().unwrap();
+    assert_eq!(vm.request(&HttpRequest::get("/a")).unwrap().status, 200);
+}
+
+#[test]
+fn missing_import_is_a_clear_load_error() {
+    // A module importing a function no proxy-wasm host has.
+    let wasm = wat_module();
+    let module = portcullis_harness::WasmModule::from_bytes(&wasm).unwrap();
+    let err = Vm::start(&Host::new(), &module, VmOptions::new("")).unwrap_err();
+    assert!(
+        err.to_string().contains("env::proxy_does_not_exist"),
+        "{err}"
+    );
+}
+
+/// (module (import "env" "proxy_does_not_exist" (func)) (memory (export "memory") 1))
+fn wat_module() -> Vec<u8> {
+    let mut m = b"\0asm\x01\0\0\0".to_vec();
+    // type section: 1 type, func () -> ()
+    m.extend_from_slice(&[0x01, 0x04, 0x01, 0x60, 0x00, 0x00]);
+    // import section
+    let name = b"proxy_does_not_exist";
+    let mut imp = vec![0x01, 0x03, b'e', b'n', b'v', name.len() as u8];
+    imp.extend_from_slice(name);
+    imp.extend_from_slice(&[0x00, 0x00]);
+    m.push(0x02);
+    m.push(imp.len() as u8);
+    m.extend_from_slice(&imp);
+    m
+}
+
+#[test]
+fn verify_signature_foreign_function() {
+    use rsa_fixture::*;
+    let host = Host::new();
+    let mut vm = vm(&host, "");
+    let (public_der, sig, text) = ec_fixture();
+    let args = VerifySignatureArguments {
+        hash_function: "sha256".into(),
+        public_key: public_der.clone(),
+        signature: sig.clone(),
+        text: text.clone(),
+        public_key_pem: String::new(),
+    };
+    let ex = vm
+        .request(&HttpRequest::get("/verify").header("x-args", &hex(&args.encode())))
+        .unwrap();
+    assert_eq!(ex.upstream_header("x-result"), Some("0801"));
+    assert_eq!(ex.upstream_header("x-unknown"), Some("NotFound"));
+
+    let mut bad = args.clone();
+    bad.text = b"tampered".to_vec();
+    let ex = vm
+        .request(&HttpRequest::get("/verify").header("x-args", &hex(&bad.encode())))
+        .unwrap();
+    let result = unhex(ex.upstream_header("x-result").unwrap());
+    assert_eq!(
+        decode_result(&result),
+        Some((false, "Failed to verify digest. Error code: 0".into()))
+    );
+}
+
+mod rsa_fixture {
+    pub fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+    pub fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len() / 2)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    }
+    /// An ES256 signature made with the demo EC key, via the JWT signer.
+    pub fn ec_fixture() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let keys = portcullis_harness::token::SigningKeys::load(
+            &super::common::workspace_root().join("policies/keys/private.jwks.json"),
+        )
+        .unwrap();
+        keys.ec_test_vector("demo-ec-1", b"hello world").unwrap()
+    }
+}

@@ -1,0 +1,65 @@
+//! Test helpers: building the test filters once per test binary.
+#![allow(dead_code)]
+
+use portcullis_harness::WasmModule;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default()
+}
+
+/// Builds (once per test binary) and loads a wasm32-wasip1 cdylib of the workspace.
+///
+/// If `PORTCULLIS_TEST_FILTERS_DIR` is set, the `.wasm` is taken from there and nothing is
+/// built (the test script built it). Otherwise `cargo build --release --target wasm32-wasip1
+/// -p <package>` runs once, into the workspace target dir.
+pub fn wasm(package: &str) -> WasmModule {
+    static BUILT: OnceLock<Vec<(String, Result<PathBuf, String>)>> = OnceLock::new();
+    let _ = &BUILT;
+    let file = format!("{}.wasm", package.replace('-', "_"));
+    let path = match std::env::var_os("PORTCULLIS_TEST_FILTERS_DIR") {
+        Some(dir) => PathBuf::from(dir).join(&file),
+        None => {
+            build_once(package);
+            workspace_root()
+                .join("target/wasm32-wasip1/release")
+                .join(&file)
+        }
+    };
+    WasmModule::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn build_once(package: &str) {
+    static LOCK: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut done = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if done.iter().any(|p| p == package) {
+        return;
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "-p",
+            package,
+        ])
+        .status()
+        .expect("run cargo");
+    assert!(
+        status.success(),
+        "building {package} for wasm32-wasip1 failed"
+    );
+    done.push(package.to_owned());
+}
+
+pub fn callout() -> WasmModule {
+    wasm("portcullis-test-callout")
+}
