@@ -16,6 +16,8 @@
 //! ```
 
 pub mod abi;
+pub mod bundle;
+pub mod cases;
 pub mod foreign;
 mod forward;
 mod host;
