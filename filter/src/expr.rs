@@ -441,6 +441,9 @@ pub struct Expr {
     env: Arc<Env>,
     host_attributes: Vec<HostAttribute>,
     uses_jwt: bool,
+    /// A native evaluator for the common shapes (see [`fast`]); `None` when the expression
+    /// has another shape. It answers only when sure, else the interpreter runs.
+    fast: Option<fast::Fast>,
 }
 
 impl fmt::Debug for Expr {
@@ -536,11 +539,13 @@ impl Expr {
         }
         let host_attributes = checker.host.into_iter().collect();
         let uses_jwt = checker.uses_jwt;
+        let fast = fast::compile(program.expression());
         Ok(Expr {
             program,
             env,
             host_attributes,
             uses_jwt,
+            fast,
         })
     }
 
@@ -566,6 +571,14 @@ impl Expr {
     }
 
     pub fn eval_bool(&self, activation: &Activation<'_>) -> Result<bool, EvalError> {
+        if let Some(fast::FVal::Bool(b)) = self.fast.as_ref().and_then(|f| f.eval(activation)) {
+            return Ok(b);
+        }
+        self.eval_bool_interpreted(activation)
+    }
+
+    /// [`Expr::eval_bool`] without the native fast path (for tests and benchmarks).
+    pub fn eval_bool_interpreted(&self, activation: &Activation<'_>) -> Result<bool, EvalError> {
         let ctx = self.context(activation);
         let value =
             cel::Value::resolve_val(self.program.expression(), &ctx).map_err(|e| sanitize(&e))?;
@@ -580,6 +593,12 @@ impl Expr {
 
     /// Evaluates to a string key (ints, uints, bools and strings are accepted and rendered).
     pub fn eval_string(&self, activation: &Activation<'_>) -> Result<String, EvalError> {
+        match self.fast.as_ref().and_then(|f| f.eval(activation)) {
+            Some(fast::FVal::Str(s)) => return Ok(s.into_owned()),
+            Some(fast::FVal::Int(i)) => return Ok(i.to_string()),
+            Some(fast::FVal::Bool(b)) => return Ok(b.to_string()),
+            None => {}
+        }
         match self.eval(activation)? {
             cel::Value::String(s) => Ok(s.to_string()),
             cel::Value::Int(i) => Ok(i.to_string()),
@@ -1344,6 +1363,418 @@ fn timestamp_val<'v>(t: std::time::SystemTime) -> Option<Box<dyn Val + 'v>> {
 }
 
 // ---------------------------------------------------------------------------------------
+// The fast path: a native evaluator for the shapes policies are mostly made of.
+// ---------------------------------------------------------------------------------------
+
+/// A native evaluator for the common expression shapes: attribute reads, literals, `==`,
+/// `!=`, `&&`, `||`, `!`, `in` (list literals, header presence, string-list claims,
+/// `claim.split(sep)`), `startsWith`, `endsWith`, `contains`, `has()` on headers and claims.
+///
+/// It returns `None` ("not sure") whenever a value is absent or of an unexpected type, and
+/// the caller then runs the interpreter, which gives CEL's exact answer (or error). So the
+/// fast path can only ever agree with the interpreter; a unit test checks that it does.
+mod fast {
+    use super::{Activation, Ast, IdedExpr};
+    use crate::request::{AttributeValue, HostAttribute};
+    use cel::common::ast::LiteralValue as L;
+    use std::borrow::Cow;
+
+    #[derive(Debug, Clone, PartialEq)]
+    pub enum FVal<'a> {
+        Bool(bool),
+        Str(Cow<'a, str>),
+        Int(i64),
+    }
+
+    #[derive(Debug)]
+    pub enum Fast {
+        Lit(FVal<'static>),
+        /// `request.<member>` for the header-derived string attributes.
+        Request(&'static str),
+        /// `request.headers["name"]` / `request.headers.name`.
+        Header(String),
+        /// `"name" in request.headers`, `has(request.headers.name)`.
+        HasHeader(String),
+        Host(HostAttribute),
+        JwtProvider,
+        /// `jwt.claims.name` (a string, int or bool claim).
+        Claim(String),
+        /// `has(jwt.claims.name)`.
+        HasClaim(String),
+        /// `x in jwt.claims.name` (a list claim).
+        InClaimList(Box<Fast>, String),
+        /// `x in jwt.claims.name.split(sep)`.
+        InClaimSplit(Box<Fast>, String, String),
+        InList(Box<Fast>, Vec<FVal<'static>>),
+        Eq(Box<Fast>, Box<Fast>),
+        Ne(Box<Fast>, Box<Fast>),
+        And(Box<Fast>, Box<Fast>),
+        Or(Box<Fast>, Box<Fast>),
+        Not(Box<Fast>),
+        StartsWith(Box<Fast>, Box<Fast>),
+        EndsWith(Box<Fast>, Box<Fast>),
+        Contains(Box<Fast>, Box<Fast>),
+        /// `cidr("lit").containsIP(ip(x))` / `.containsIP(x)` with `x` a string.
+        CidrContains(super::network::Cidr, Box<Fast>),
+        /// `ip(x).isLoopback()`.
+        IsLoopback(Box<Fast>),
+    }
+
+    fn lit(e: &IdedExpr) -> Option<FVal<'static>> {
+        match &e.expr {
+            Ast::Literal(L::Boolean(b)) => Some(FVal::Bool(*b.inner())),
+            Ast::Literal(L::Int(i)) => Some(FVal::Int(*i.inner())),
+            Ast::Literal(L::String(s)) => Some(FVal::Str(Cow::Owned(s.inner().to_owned()))),
+            _ => None,
+        }
+    }
+
+    /// `a.b.c` as segments, root first.
+    fn path(e: &IdedExpr) -> Option<Vec<&str>> {
+        super::segments(e)
+    }
+
+    fn string_lit(e: &IdedExpr) -> Option<String> {
+        match &e.expr {
+            Ast::Literal(L::String(s)) => Some(s.inner().to_owned()),
+            _ => None,
+        }
+    }
+
+    /// `request.headers["x"]`-style operand: (root path, key).
+    fn index_of(e: &IdedExpr) -> Option<(Vec<&str>, String)> {
+        let Ast::Call(c) = &e.expr else { return None };
+        if c.func_name != "_[_]" || c.target.is_some() {
+            return None;
+        }
+        let (Some(target), Some(key)) = (c.args.first(), c.args.get(1)) else {
+            return None;
+        };
+        Some((path(target)?, string_lit(key)?))
+    }
+
+    fn attribute(segs: &[&str]) -> Option<Fast> {
+        match segs {
+            ["request", m @ ("path" | "url_path" | "host" | "scheme" | "method" | "query" | "id"
+            | "useragent" | "referer")] => Some(Fast::Request(match *m {
+                "path" => "path",
+                "url_path" => "url_path",
+                "host" => "host",
+                "scheme" => "scheme",
+                "method" => "method",
+                "query" => "query",
+                "id" => "id",
+                "useragent" => "useragent",
+                _ => "referer",
+            })),
+            ["request", "headers", name] => Some(Fast::Header((*name).to_owned())),
+            ["jwt", "provider"] => Some(Fast::JwtProvider),
+            ["jwt", "claims", name] => Some(Fast::Claim((*name).to_owned())),
+            [root, member] => {
+                let a = HostAttribute::from_cel_name(&format!("{root}.{member}"))?;
+                // request.time is a timestamp: leave it to the interpreter.
+                (a != HostAttribute::RequestTime).then_some(Fast::Host(a))
+            }
+            _ => None,
+        }
+    }
+
+    pub fn compile(e: &IdedExpr) -> Option<Fast> {
+        if let Some(v) = lit(e) {
+            return Some(Fast::Lit(v));
+        }
+        match &e.expr {
+            Ast::Select(s) if s.test => {
+                let segs = path(&s.operand)?;
+                match segs.as_slice() {
+                    ["request", "headers"] => Some(Fast::HasHeader(s.field.clone())),
+                    ["jwt", "claims"] => Some(Fast::HasClaim(s.field.clone())),
+                    _ => None,
+                }
+            }
+            Ast::Select(_) => attribute(&path(e)?),
+            Ast::Call(c) => {
+                let arg = |i: usize| c.args.get(i);
+                let bx = |x: Option<&IdedExpr>| compile(x?).map(Box::new);
+                match (c.func_name.as_str(), c.target.as_deref(), c.args.len()) {
+                    ("_[_]", None, 2) => {
+                        let (segs, key) = index_of(e)?;
+                        match segs.as_slice() {
+                            ["request", "headers"] => Some(Fast::Header(key)),
+                            ["jwt", "claims"] => Some(Fast::Claim(key)),
+                            _ => None,
+                        }
+                    }
+                    ("_==_", None, 2) => Some(Fast::Eq(bx(arg(0))?, bx(arg(1))?)),
+                    ("_!=_", None, 2) => Some(Fast::Ne(bx(arg(0))?, bx(arg(1))?)),
+                    ("_&&_", None, 2) => Some(Fast::And(bx(arg(0))?, bx(arg(1))?)),
+                    ("_||_", None, 2) => Some(Fast::Or(bx(arg(0))?, bx(arg(1))?)),
+                    ("!_", None, 1) => Some(Fast::Not(bx(arg(0))?)),
+                    ("startsWith", Some(t), 1) => {
+                        Some(Fast::StartsWith(compile(t).map(Box::new)?, bx(arg(0))?))
+                    }
+                    ("endsWith", Some(t), 1) => {
+                        Some(Fast::EndsWith(compile(t).map(Box::new)?, bx(arg(0))?))
+                    }
+                    ("containsIP", Some(t), 1) => {
+                        let Ast::Call(ctor) = &t.expr else {
+                            return None;
+                        };
+                        if ctor.func_name != "cidr" || ctor.target.is_some() {
+                            return None;
+                        }
+                        let net =
+                            super::network::parse_cidr(&string_lit(ctor.args.first()?)?).ok()?;
+                        let a = arg(0)?;
+                        let addr = match &a.expr {
+                            Ast::Call(ip) if ip.func_name == "ip" && ip.target.is_none() => {
+                                compile(ip.args.first()?)?
+                            }
+                            _ => compile(a)?,
+                        };
+                        Some(Fast::CidrContains(net, Box::new(addr)))
+                    }
+                    ("isLoopback", Some(t), 0) => match &t.expr {
+                        Ast::Call(ip)
+                            if ip.func_name == "ip"
+                                && ip.target.is_none()
+                                && ip.args.len() == 1 =>
+                        {
+                            Some(Fast::IsLoopback(Box::new(compile(ip.args.first()?)?)))
+                        }
+                        _ => None,
+                    },
+                    ("contains", Some(t), 1) => {
+                        Some(Fast::Contains(compile(t).map(Box::new)?, bx(arg(0))?))
+                    }
+                    ("@in", None, 2) => {
+                        let (needle, hay) = (arg(0)?, arg(1)?);
+                        match &hay.expr {
+                            Ast::List(l) if l.optional_indices.is_empty() => {
+                                let items: Option<Vec<_>> = l.elements.iter().map(lit).collect();
+                                let items = items?;
+                                // one kind of literal only, so equality is plain equality
+                                let same = items.windows(2).all(|w| {
+                                    matches!(w, [a, b] if std::mem::discriminant(a) == std::mem::discriminant(b))
+                                });
+                                same.then_some(())?;
+                                Some(Fast::InList(Box::new(compile(needle)?), items))
+                            }
+                            Ast::Call(split)
+                                if split.func_name == "split" && split.args.len() == 1 =>
+                            {
+                                let target = path(split.target.as_deref()?)?;
+                                let sep = string_lit(split.args.first()?)?;
+                                match target.as_slice() {
+                                    ["jwt", "claims", name] => Some(Fast::InClaimSplit(
+                                        Box::new(compile(needle)?),
+                                        (*name).to_owned(),
+                                        sep,
+                                    )),
+                                    _ => None,
+                                }
+                            }
+                            _ => {
+                                let segs = path(hay)?;
+                                match segs.as_slice() {
+                                    ["request", "headers"] => {
+                                        Some(Fast::HasHeader(string_lit(needle)?))
+                                    }
+                                    ["jwt", "claims", name] => Some(Fast::InClaimList(
+                                        Box::new(compile(needle)?),
+                                        (*name).to_owned(),
+                                    )),
+                                    _ => None,
+                                }
+                            }
+                        }
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    fn claim<'x>(act: &'x Activation<'_>, name: &str) -> Option<&'x cel::Value> {
+        let cel::Value::Map(map) = &act.jwt?.claims else {
+            return None;
+        };
+        map.get(&cel::objects::KeyRef::String(name))
+    }
+
+    fn scalar(v: &cel::Value) -> Option<FVal<'_>> {
+        match v {
+            cel::Value::String(s) => Some(FVal::Str(Cow::Borrowed(s.as_str()))),
+            cel::Value::Int(i) => Some(FVal::Int(*i)),
+            cel::Value::Bool(b) => Some(FVal::Bool(*b)),
+            _ => None,
+        }
+    }
+
+    fn str_of<'x>(v: &'x FVal<'_>) -> Option<&'x str> {
+        match v {
+            FVal::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn same_kind(a: &FVal<'_>, b: &FVal<'_>) -> bool {
+        std::mem::discriminant(a) == std::mem::discriminant(b)
+    }
+
+    impl Fast {
+        /// The value, or `None` when the interpreter must decide.
+        pub fn eval<'x>(&'x self, act: &'x Activation<'_>) -> Option<FVal<'x>> {
+            let b = |x: bool| Some(FVal::Bool(x));
+            match self {
+                Fast::Lit(v) => Some(match v {
+                    FVal::Str(s) => FVal::Str(Cow::Borrowed(s.as_ref())),
+                    FVal::Int(i) => FVal::Int(*i),
+                    FVal::Bool(x) => FVal::Bool(*x),
+                }),
+                Fast::Request(member) => {
+                    let p = || act.request.header(":path");
+                    let v = match *member {
+                        "path" => p()?,
+                        "url_path" => {
+                            let p = p()?;
+                            p.split_once('?').map_or(p, |(a, _)| a)
+                        }
+                        "host" => act
+                            .request
+                            .header(":authority")
+                            .or_else(|| act.request.header("host"))?,
+                        "scheme" => act.request.header(":scheme")?,
+                        "method" => act.request.header(":method")?,
+                        "query" => super::query_of(p()?),
+                        "id" => act.request.header("x-request-id")?,
+                        "useragent" => act.request.header("user-agent")?,
+                        _ => act.request.header("referer")?,
+                    };
+                    Some(FVal::Str(Cow::Borrowed(v)))
+                }
+                Fast::Header(name) => {
+                    let mut values = act
+                        .request
+                        .headers
+                        .iter()
+                        .filter(|(k, _)| k == name)
+                        .map(|(_, v)| v.as_str());
+                    let first = values.next()?;
+                    match values.next() {
+                        None => Some(FVal::Str(Cow::Borrowed(first))),
+                        Some(second) => {
+                            let mut joined = format!("{first},{second}");
+                            for v in values {
+                                joined.push(',');
+                                joined.push_str(v);
+                            }
+                            Some(FVal::Str(Cow::Owned(joined)))
+                        }
+                    }
+                }
+                Fast::HasHeader(name) => b(act.request.headers.iter().any(|(k, _)| k == name)),
+                Fast::Host(a) => match act.request.attribute(*a)? {
+                    AttributeValue::String(s) => Some(FVal::Str(Cow::Borrowed(s))),
+                    AttributeValue::Int(i) => Some(FVal::Int(*i)),
+                    AttributeValue::Bool(x) => Some(FVal::Bool(*x)),
+                    AttributeValue::Timestamp(_) => None,
+                },
+                Fast::JwtProvider => Some(FVal::Str(Cow::Borrowed(
+                    act.jwt.map_or("", |j| j.provider.as_str()),
+                ))),
+                Fast::Claim(name) => scalar(claim(act, name)?),
+                Fast::HasClaim(name) => match act.jwt.map(|j| &j.claims) {
+                    None => b(false),
+                    Some(cel::Value::Map(map)) => {
+                        b(map.get(&cel::objects::KeyRef::String(name)).is_some())
+                    }
+                    Some(_) => None,
+                },
+                Fast::InClaimList(needle, name) => {
+                    let needle = needle.eval(act)?;
+                    let cel::Value::List(items) = claim(act, name)? else {
+                        return None;
+                    };
+                    let mut found = false;
+                    for item in items.iter() {
+                        let item = scalar(item)?;
+                        if !same_kind(&item, &needle) {
+                            return None;
+                        }
+                        found |= item == needle;
+                    }
+                    b(found)
+                }
+                Fast::InClaimSplit(needle, name, sep) => {
+                    let needle = needle.eval(act)?;
+                    let needle = str_of(&needle)?;
+                    let cel::Value::String(text) = claim(act, name)? else {
+                        return None;
+                    };
+                    b(text.split(sep.as_str()).any(|part| part == needle))
+                }
+                Fast::InList(needle, items) => {
+                    let needle = needle.eval(act)?;
+                    let first = items.first();
+                    if first.is_some_and(|f| !same_kind(f, &needle)) {
+                        return None;
+                    }
+                    b(items.contains(&needle))
+                }
+                Fast::Eq(x, y) | Fast::Ne(x, y) => {
+                    let (x, y) = (x.eval(act)?, y.eval(act)?);
+                    if !same_kind(&x, &y) {
+                        return None;
+                    }
+                    b((x == y) == matches!(self, Fast::Eq(..)))
+                }
+                Fast::And(x, y) => match x.eval(act)? {
+                    FVal::Bool(false) => b(false),
+                    FVal::Bool(true) => match y.eval(act)? {
+                        FVal::Bool(v) => b(v),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                Fast::Or(x, y) => match x.eval(act)? {
+                    FVal::Bool(true) => b(true),
+                    FVal::Bool(false) => match y.eval(act)? {
+                        FVal::Bool(v) => b(v),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                Fast::Not(x) => match x.eval(act)? {
+                    FVal::Bool(v) => b(!v),
+                    _ => None,
+                },
+                Fast::CidrContains(net, addr) => {
+                    let addr = addr.eval(act)?;
+                    let ip = super::network::parse_ip(str_of(&addr)?).ok()?;
+                    b(net.contains_ip(ip))
+                }
+                Fast::IsLoopback(addr) => {
+                    let addr = addr.eval(act)?;
+                    let ip = super::network::parse_ip(str_of(&addr)?).ok()?;
+                    b(ip.is_loopback())
+                }
+                Fast::StartsWith(x, y) | Fast::EndsWith(x, y) | Fast::Contains(x, y) => {
+                    let (x, y) = (x.eval(act)?, y.eval(act)?);
+                    let (x, y) = (str_of(&x)?, str_of(&y)?);
+                    b(match self {
+                        Fast::StartsWith(..) => x.starts_with(y),
+                        Fast::EndsWith(..) => x.ends_with(y),
+                        _ => x.contains(y),
+                    })
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The network extension: ip() and cidr(), after cel-go's `ext.Network()`.
 // ---------------------------------------------------------------------------------------
 
@@ -1955,6 +2386,108 @@ mod tests {
         ));
         assert!(truth("jwt.claims.groups.exists_one(g, g == 'dev')"));
         assert!(compile("jwt.claims.groups.all(g, h)").is_err());
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_interpreter() {
+        let exprs = [
+            "request.method == 'GET'",
+            "request.method != 'GET'",
+            "request.method == 1",
+            "request.url_path.startsWith('/admin')",
+            "request.path.endsWith('d') || request.query.contains('name')",
+            "request.host == 'localhost' && request.scheme == 'http'",
+            "request.headers['x-tenant'] == 'acme'",
+            "request.headers.accept == 'text/html,application/json'",
+            "request.headers['x-missing'] == 'a'",
+            "request.headers['X-Tenant'] == 'acme'",
+            "'x-tenant' in request.headers",
+            "'x-missing' in request.headers",
+            "has(request.headers.accept) && !has(request.headers.cookie)",
+            "request.referer == 'x'",
+            "request.id == 'rid-1' && request.useragent.startsWith('curl/')",
+            "request.method in ['GET', 'HEAD']",
+            "request.method in []",
+            "request.method in [1, 2]",
+            "source.address == '10.1.2.3:5555' && source.port == 5555",
+            "source.port == 5555u",
+            "destination.port == 80",
+            "connection.mtls",
+            "!connection.mtls || false",
+            "jwt.provider == 'local'",
+            "jwt.provider != ''",
+            "jwt.claims.sub == 'alice'",
+            "jwt.claims['tenant'] == request.headers['x-tenant']",
+            "jwt.claims.n == 3",
+            "jwt.claims.n == 3.0",
+            "jwt.claims.missing == 'x'",
+            "false && jwt.claims.missing == 'x'",
+            "jwt.claims.missing == 'x' && false",
+            "true || jwt.claims.missing == 'x'",
+            "jwt.claims.missing == 'x' || true",
+            "has(jwt.claims.tenant) && !has(jwt.claims.missing)",
+            "'admin' in jwt.claims.groups",
+            "'root' in jwt.claims.groups",
+            "1 in jwt.claims.groups",
+            "'write' in jwt.claims.scope.split(' ')",
+            "'delete' in jwt.claims.scope.split(' ')",
+            "'x' in jwt.claims.n.split(' ')",
+            "request.method",
+            "jwt.claims.nested.a.b",
+            "cidr('10.0.0.0/8').containsIP(ip(source.address))",
+            "cidr('10.0.0.0/8').containsIP(source.address)",
+            "cidr('192.168.0.0/16').containsIP(ip(source.address))",
+            "cidr('10.0.0.0/8').containsIP(ip(request.method))",
+            "ip(source.address).isLoopback() || ip('127.0.0.1').isLoopback()",
+            "cidr('2001:db8::/32').containsIP(source.address)",
+        ];
+        let req = request();
+        let token = jwt();
+        let bare = RequestView::new("POST", "/", &[]);
+        let contexts = [
+            Activation::new(&req).with_jwt(Some(&token)),
+            Activation::new(&req),
+            Activation::new(&bare),
+        ];
+        let mut fast_answers = 0;
+        for text in exprs {
+            let e = compile(text).unwrap();
+            for act in &contexts {
+                let interpreted = e.eval_bool_interpreted(act);
+                let fast = e.fast.as_ref().and_then(|f| f.eval(act));
+                if let Some(fast::FVal::Bool(b)) = fast {
+                    fast_answers += 1;
+                    assert_eq!(interpreted, Ok(b), "{text}");
+                }
+                assert_eq!(e.eval_bool(act), interpreted, "{text}");
+            }
+        }
+        assert!(fast_answers > 60, "{fast_answers}");
+        for text in [
+            "request.method == 'GET'",
+            "'x-tenant' in request.headers && request.headers['x-tenant'] != jwt.claims.tenant",
+            "'write' in jwt.claims.scope.split(' ')",
+            "request.method in ['GET', 'HEAD'] && request.url_path.startsWith('/api/')",
+            "cidr('10.0.0.0/8').containsIP(ip(source.address)) || ip(source.address).isLoopback()",
+        ] {
+            assert!(compile(text).unwrap().fast.is_some(), "{text}");
+        }
+        // eval_string: the fast path renders like the interpreter
+        for text in [
+            "jwt.claims.sub",
+            "jwt.claims.n",
+            "request.headers['x-tenant']",
+            "source.port",
+        ] {
+            let e = compile(text).unwrap();
+            let act = Activation::new(&req).with_jwt(Some(&token));
+            let interpreted = match e.eval(&act).unwrap() {
+                cel::Value::String(s) => s.to_string(),
+                cel::Value::Int(i) => i.to_string(),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(e.eval_string(&act), Ok(interpreted), "{text}");
+        }
     }
 
     #[test]
