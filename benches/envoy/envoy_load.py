@@ -10,6 +10,7 @@ Variants (same topology: main listener -> direct_response listener in the same E
                     re-keyed to the demo issuer so the same token works
   portcullis-cached the filter: JWT (RS256, cached token), a 10-rule policy, one rate limit keyed by a claim
   portcullis-new    the same, token cache disabled: every request verifies RS256 (host verify_signature)
+  empty-config      the filter with nothing to do (default allow): its floor
   policy-only       the filter with the 10-rule policy, no JWT, no rate limit
   ratelimit-only    the filter with one rate limit keyed by a header, nothing else
 CPU is Envoy's utime+stime from /proc over the run, divided by completed requests."""
@@ -80,7 +81,8 @@ def plugin_configs():
     ratelimit_only = {"rate_limits": {"limits": [
         {"name": "per-client", "key": "request.headers['x-client-id']", "requests": 1000000, "period_s": 1}]},
         "policy": {"default_action": "allow"}}
-    return {"portcullis-cached": full, "portcullis-new": new, "policy-only": policy_only, "ratelimit-only": ratelimit_only}
+    empty = {"policy": {"default_action": "allow"}}
+    return {"empty-config": empty, "portcullis-cached": full, "portcullis-new": new, "policy-only": policy_only, "ratelimit-only": ratelimit_only}
 
 
 def bench_yaml(plugin, port, admin_port, upstream_port, with_filter=True):

@@ -93,6 +93,7 @@ impl RootContext for PortcullisRoot {
     fn on_tick(&mut self) {
         self.sync_jwks(now());
         self.retry_pending();
+        self.state.borrow_mut().counters.flush();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -443,10 +444,14 @@ fn send_deny(config: &Config, deny: &crate::decision::Deny) {
     let _ = hostcalls::send_http_response(u32::from(status), headers, Some(body.as_bytes()));
 }
 
-/// Counters as proxy-wasm metrics, defined on first use.
+/// Counters as proxy-wasm metrics, defined on first use. Increments are summed in the VM and
+/// flushed on every tick: a host call per counter per request would cost more than the
+/// policy itself (~0.3 µs each in V8); stats lag by at most one tick period.
 #[derive(Default)]
 struct HostCounters {
     ids: HashMap<String, u32>,
+    /// Unflushed increments, by metric id.
+    pending: HashMap<u32, i64>,
 }
 
 impl HostCounters {
@@ -458,12 +463,20 @@ impl HostCounters {
         self.ids.insert(name.to_owned(), id);
         Some(id)
     }
+
+    fn flush(&mut self) {
+        for (id, by) in self.pending.drain() {
+            if by != 0 {
+                let _ = hostcalls::increment_metric(id, by);
+            }
+        }
+    }
 }
 
 impl Counters for HostCounters {
     fn increment(&mut self, name: &str, by: i64) {
         if let Some(id) = self.id(name, MetricType::Counter) {
-            let _ = hostcalls::increment_metric(id, by);
+            *self.pending.entry(id).or_insert(0) += by;
         }
     }
 

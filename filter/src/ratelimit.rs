@@ -95,9 +95,35 @@ pub enum RateVerdict {
     Limited(Deny),
 }
 
+/// Counter names, formatted once at configure time.
+#[derive(Debug)]
+struct LimitCounters {
+    admitted: String,
+    limited: String,
+    shadow_limited: String,
+    errors: String,
+    key_errors: String,
+}
+
+impl LimitCounters {
+    fn new(name: &str) -> LimitCounters {
+        let c = |what: &str| format!("portcullis.ratelimit.{name}.{what}");
+        LimitCounters {
+            admitted: c("admitted"),
+            limited: c("limited"),
+            shadow_limited: c("shadow_limited"),
+            errors: c("errors"),
+            key_errors: c("key_errors"),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Limit {
     name: String,
+    counters: LimitCounters,
+    /// `portcullis.rl.<name>.`: the prefix of this limit's shared-data keys.
+    store_prefix: String,
     when: Option<Expr>,
     key: Expr,
     requests: u32,
@@ -281,6 +307,8 @@ impl RateLimiter {
                 Expr::compile(&limit.key).map_err(|e| ConfigError::from_expr(field("key"), &e))?;
             limits.push(Limit {
                 name: limit.name.clone(),
+                counters: LimitCounters::new(&limit.name),
+                store_prefix: format!("portcullis.rl.{}.", limit.name),
                 when,
                 key,
                 requests: limit.requests,
@@ -356,18 +384,13 @@ impl RateLimiter {
             match when.eval_bool(activation) {
                 Ok(false) => return None,
                 Ok(true) => {}
-                Err(_) => {
-                    counters.increment(&format!("portcullis.ratelimit.{}.errors", limit.name), 1)
-                }
+                Err(_) => counters.increment(&limit.counters.errors, 1),
             }
         }
         let key = match limit.key.eval_string(activation) {
             Ok(key) => key,
             Err(_) => {
-                counters.increment(
-                    &format!("portcullis.ratelimit.{}.key_errors", limit.name),
-                    1,
-                );
+                counters.increment(&limit.counters.key_errors, 1);
                 match limit.on_key_error {
                     KeyErrorAction::Skip => return None,
                     KeyErrorAction::UnknownBucket => "<unknown>".to_owned(),
@@ -378,7 +401,7 @@ impl RateLimiter {
         let slot = key_hash % u64::from(self.max_buckets);
         Some(Slot {
             limit,
-            store_key: format!("portcullis.rl.{}.{slot}", limit.name),
+            store_key: format!("{}{slot}", limit.store_prefix),
             key_hash,
         })
     }
@@ -411,14 +434,10 @@ impl RateLimiter {
             .filter(|(_, r)| u128::from(r.bucket.tokens) < UNIT)
             .collect::<Vec<_>>();
         for (slot, _) in &refusing {
-            let name = &slot.limit.name;
+            let c = &slot.limit.counters;
             match slot.limit.mode {
-                Mode::Shadow => {
-                    counters.increment(&format!("portcullis.ratelimit.{name}.shadow_limited"), 1)
-                }
-                Mode::Enforce => {
-                    counters.increment(&format!("portcullis.ratelimit.{name}.limited"), 1)
-                }
+                Mode::Shadow => counters.increment(&c.shadow_limited, 1),
+                Mode::Enforce => counters.increment(&c.limited, 1),
             }
         }
         if let Some((slot, r)) = refusing
@@ -450,10 +469,7 @@ impl RateLimiter {
         }
         let mut response_headers = Vec::new();
         for (slot, tokens) in &taken {
-            counters.increment(
-                &format!("portcullis.ratelimit.{}.admitted", slot.limit.name),
-                1,
-            );
+            counters.increment(&slot.limit.counters.admitted, 1);
             if self.headers_on_allow {
                 response_headers.extend(rate_limit_headers(slot.limit, *tokens));
             }
