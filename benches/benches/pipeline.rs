@@ -24,7 +24,11 @@ fn now() -> SystemTime {
 
 fn request(token: Option<&str>) -> RequestView {
     let bearer = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("user-agent", "wrk"), ("x-tenant", "acme"), ("x-client-id", "load")];
+    let mut headers = vec![
+        ("user-agent", "wrk"),
+        ("x-tenant", "acme"),
+        ("x-client-id", "load"),
+    ];
     if let Some(b) = &bearer {
         headers.push(("authorization", b.as_str()));
     }
@@ -52,7 +56,13 @@ fn bench(c: &mut Criterion) {
         decide(config, req, &mut env)
     };
     let first = run(&full, &mut cache, &req);
-    assert!(matches!(first, Outcome::Decided(portcullis_filter::decision::Decision::Allow { .. })), "{first:?}");
+    assert!(
+        matches!(
+            first,
+            Outcome::Decided(portcullis_filter::decision::Decision::Allow { .. })
+        ),
+        "{first:?}"
+    );
     c.bench_function("decide: cached RS256 token + 10 rules + 1 limit", |b| {
         b.iter(|| black_box(run(&full, &mut cache, black_box(&req))))
     });
@@ -72,12 +82,15 @@ fn bench(c: &mut Criterion) {
     });
 
     let mut uncached = TokenCache::default();
-    c.bench_function("decide: new RS256 token each time (pure Rust verify) + 10 rules", |b| {
-        b.iter(|| {
-            uncached = full.authenticator.new_token_cache();
-            black_box(run(&full, &mut uncached, black_box(&req)))
-        })
-    });
+    c.bench_function(
+        "decide: new RS256 token each time (pure Rust verify) + 10 rules",
+        |b| {
+            b.iter(|| {
+                uncached = full.authenticator.new_token_cache();
+                black_box(run(&full, &mut uncached, black_box(&req)))
+            })
+        },
+    );
 }
 
 criterion_group! {
