@@ -559,6 +559,12 @@ impl Expr {
         self.uses_jwt
     }
 
+    /// Whether the expression has a native fast path (it still falls back to the
+    /// interpreter whenever a value is absent or of an unexpected type).
+    pub fn has_fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
     fn context<'x>(&self, activation: &'x Activation<'_>) -> cel::Context<'x, 'x> {
         let mut ctx = cel::Context::with_env(Arc::clone(&self.env));
         ctx.set_variable_resolver(activation);
@@ -1418,6 +1424,8 @@ mod fast {
         CidrContains(super::network::Cidr, Box<Fast>),
         /// `ip(x).isLoopback()`.
         IsLoopback(Box<Fast>),
+        /// `has(root.member)` for a string/int/bool attribute.
+        Has(Box<Fast>),
     }
 
     fn lit(e: &IdedExpr) -> Option<FVal<'static>> {
@@ -1489,6 +1497,13 @@ mod fast {
                 match segs.as_slice() {
                     ["request", "headers"] => Some(Fast::HasHeader(s.field.clone())),
                     ["jwt", "claims"] => Some(Fast::HasClaim(s.field.clone())),
+                    // has(request.useragent), has(connection.mtls), ...: present iff readable
+                    [root] => match attribute(&[root, s.field.as_str()])? {
+                        a @ (Fast::Request(_) | Fast::Host(_) | Fast::JwtProvider) => {
+                            Some(Fast::Has(Box::new(a)))
+                        }
+                        _ => None,
+                    },
                     _ => None,
                 }
             }
@@ -1750,6 +1765,7 @@ mod fast {
                     FVal::Bool(v) => b(!v),
                     _ => None,
                 },
+                Fast::Has(attribute) => b(attribute.eval(act).is_some()),
                 Fast::CidrContains(net, addr) => {
                     let addr = addr.eval(act)?;
                     let ip = super::network::parse_ip(str_of(&addr)?).ok()?;
@@ -2440,6 +2456,10 @@ mod tests {
             "cidr('10.0.0.0/8').containsIP(ip(request.method))",
             "ip(source.address).isLoopback() || ip('127.0.0.1').isLoopback()",
             "cidr('2001:db8::/32').containsIP(source.address)",
+            "has(connection.mtls) && connection.mtls",
+            "has(request.useragent) && request.useragent.startsWith('curl/')",
+            "has(request.referer) || has(destination.port) || has(jwt.provider)",
+            "has(request.path) && has(request.host) && has(source.port)",
         ];
         let req = request();
         let token = jwt();

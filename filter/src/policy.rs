@@ -664,4 +664,28 @@ mod tests {
         let per = start.elapsed() / n;
         println!("10-rule policy: {per:?} per request");
     }
+
+    /// The example policy files compile, and take the native fast path.
+    #[test]
+    fn example_policy_files() {
+        let files = [
+            ("admin.cel", include_str!("../../policies/admin.cel")),
+            ("tenant.cel", include_str!("../../policies/tenant.cel")),
+            ("public.cel", include_str!("../../policies/public.cel")),
+            ("internal.cel", include_str!("../../policies/internal.cel")),
+            (
+                "write-scope.cel",
+                include_str!("../../policies/write-scope.cel"),
+            ),
+            ("mtls.cel", include_str!("../../policies/mtls.cel")),
+        ];
+        for (file, source) in files {
+            let e = Expr::compile(&ExprSource::File {
+                file: file.into(),
+                source: source.into(),
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+            assert!(e.has_fast_path(), "{file}");
+        }
+    }
 }
