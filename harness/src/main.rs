@@ -269,6 +269,9 @@ fn cmd_eval(args: &[String]) -> Result<bool, String> {
     let before = host.metrics();
     let req = runner.request(&case.request, case.token.as_ref(), host.now_unix_seconds())?;
     let ex = vm.request(&req).map_err(|e| e.to_string())?;
+    // The filter flushes its counters on ticks: let a second of virtual time pass.
+    vm.advance(std::time::Duration::from_secs(1))
+        .map_err(|e| e.to_string())?;
     let verdict = Verdict::from_exchange(&ex);
     let counters: BTreeMap<String, i64> = host
         .metrics()

@@ -749,13 +749,15 @@ impl Vm {
     /// Drives a paused stream: fires pending callouts in virtual-time order until the
     /// stream is resumed or answered. `true` if it is still blocked (nothing left to fire).
     fn drive(&mut self, ctx: u32, response: bool) -> Result<bool, VmError> {
-        for _ in 0..10_000 {
+        // Give up after a minute of virtual time with nothing resolving the stream.
+        let give_up = self.store.data().now_ns().saturating_add(60_000_000_000);
+        for _ in 0..100_000 {
             if !self.stream_blocked(ctx, response) {
                 return Ok(false);
             }
             match self.next_event_time() {
-                Some(t) => self.run_until(t)?,
-                None => return Ok(true),
+                Some(t) if t <= give_up => self.run_until(t)?,
+                _ => return Ok(true),
             }
         }
         Ok(true)

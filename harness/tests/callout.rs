@@ -1,4 +1,10 @@
 //! Host functions, exercised through the test filter `harness/test-filters/callout`.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod common;
 

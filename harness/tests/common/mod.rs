@@ -63,3 +63,17 @@ fn build_once(package: &str) {
 pub fn callout() -> WasmModule {
     wasm("portcullis-test-callout")
 }
+
+/// The main filter: `$PORTCULLIS_WASM` if set, else built once into the workspace target dir.
+pub fn filter() -> WasmModule {
+    match std::env::var_os("PORTCULLIS_WASM") {
+        Some(p) => WasmModule::load(PathBuf::from(p)).unwrap_or_else(|e| panic!("{e}")),
+        None => {
+            build_once("portcullis-filter");
+            WasmModule::load(
+                workspace_root().join("target/wasm32-wasip1/release/portcullis_filter.wasm"),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        }
+    }
+}
