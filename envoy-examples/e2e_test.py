@@ -187,8 +187,9 @@ class BadConfigurationTest(unittest.TestCase):
 
 
 def with_limit(limit, **rate_limits):
+    """The example configuration with `limit` as its only rate limit."""
     config = copy.deepcopy(envoyproc.bundled_config())
-    config.setdefault("rate_limits", {}).setdefault("limits", []).insert(0, limit)
+    config.setdefault("rate_limits", {})["limits"] = [limit]
     config["rate_limits"].update(rate_limits)
     return config
 

@@ -76,7 +76,7 @@ def plugin_configs():
         "rate_limits": {"limits": [{"name": "per-user", "key": "jwt.claims.sub", "requests": 1000000, "period_s": 1}]},
     }
     new = copy.deepcopy(full)
-    new["jwt"]["token_cache"] = {"max_entries": 0}
+    new["jwt"]["cache"] = {"max_entries": 0}
     policy_only = {"policy": {"default_action": "deny", "rules": TEN_RULES_NO_JWT}}
     ratelimit_only = {"rate_limits": {"limits": [
         {"name": "per-client", "key": "request.headers['x-client-id']", "requests": 1000000, "period_s": 1}]},
