@@ -79,6 +79,7 @@ fn parse_response(raw: &[u8]) -> Result<Reply, String> {
     Ok((status, headers, body, Vec::new()))
 }
 
+#[allow(clippy::while_let_loop)]
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {

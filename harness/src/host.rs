@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::{Engine, Module};
 
+/// Messages sent on one gRPC stream, and whether the plugin ended its side.
+type GrpcSent = (Vec<Vec<u8>>, bool);
 type HttpResponder = Arc<dyn Fn(&HttpCallRequest) -> HttpReply + Send + Sync>;
 type GrpcResponder = Arc<dyn Fn(&GrpcRequest) -> GrpcReply + Send + Sync>;
 /// A foreign function: arguments → result bytes, or a proxy-wasm status code.
@@ -65,7 +67,7 @@ pub(crate) struct State {
     pub(crate) http_calls: Vec<HttpCallRequest>,
     pub(crate) grpc_calls: Vec<GrpcRequest>,
     /// Messages sent on gRPC streams: (vm, token) → messages, and whether end_stream was sent.
-    pub(crate) grpc_sent: BTreeMap<(usize, u32), (Vec<Vec<u8>>, bool)>,
+    pub(crate) grpc_sent: BTreeMap<(usize, u32), GrpcSent>,
 }
 
 impl State {
@@ -184,9 +186,9 @@ impl Host {
             .cloned()
     }
     /// Writes shared data with Envoy's CAS rules (0 = unconditional). Err(()) on CAS mismatch.
-    pub fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> Result<(), ()> {
+    pub fn set_shared_data(&self, key: &str, value: &[u8], cas: u32) -> Result<(), String> {
         let mut s = self.state();
-        set_shared(&mut s, "", key, value, cas).map_err(|_| ())
+        set_shared(&mut s, "", key, value, cas).map_err(|_| format!("CAS mismatch on `{key}`"))
     }
     pub fn shared_data_keys(&self) -> Vec<String> {
         let mut keys: Vec<String> = self
@@ -225,14 +227,15 @@ impl Host {
 
     /// Enqueues onto a queue a plugin registered (like another VM would); its owner gets
     /// `on_queue_ready` on its next [`crate::Vm::run_due`]. Err if no such queue.
-    pub fn enqueue(&self, vm_id: &str, name: &str, data: &[u8]) -> Result<(), ()> {
+    pub fn enqueue(&self, vm_id: &str, name: &str, data: &[u8]) -> Result<(), String> {
         let mut s = self.state();
         let id = s
             .queues
             .iter()
             .position(|q| q.vm_id == vm_id && q.name == name)
-            .ok_or(())?;
-        enqueue(&mut s, id as u32 + 1, data).map_err(|_| ())
+            .ok_or_else(|| format!("no queue `{name}` in vm_id `{vm_id}`"))?;
+        enqueue(&mut s, id as u32 + 1, data)
+            .map_err(|code| format!("enqueue failed: status {code}"))
     }
     /// Dequeues from a queue a plugin registered (`None` if absent or empty).
     pub fn dequeue(&self, vm_id: &str, name: &str) -> Option<Vec<u8>> {

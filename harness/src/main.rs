@@ -377,7 +377,7 @@ fn cmd_replay(args: &[String]) -> Result<bool, String> {
             }
         }
         n += 1;
-        if n % 1000 == 0 {
+        if n.is_multiple_of(1000) {
             eprintln!(
                 "… {n} requests ({:.0}/s)",
                 n as f64 / started.elapsed().as_secs_f64()

@@ -6,6 +6,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use std::path::Path;
 
+/// `(SPKI DER public key, signature, signed text)`.
+pub type TestVector = (Vec<u8>, Vec<u8>, Vec<u8>);
+
 enum KeyKind {
     Rsa(Box<rsa::PrivateKey>),
     Ec(Box<p256::ecdsa::SigningKey>),
@@ -164,11 +167,7 @@ impl SigningKeys {
     }
 
     /// `(SPKI DER public key, DER ECDSA-SHA256 signature, text)` for testing `verify_signature`.
-    pub fn ec_test_vector(
-        &self,
-        kid: &str,
-        text: &[u8],
-    ) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), String> {
+    pub fn ec_test_vector(&self, kid: &str, text: &[u8]) -> Result<TestVector, String> {
         use p256::ecdsa::signature::Signer;
         use p256::pkcs8::EncodePublicKey;
         let key = self
@@ -194,11 +193,7 @@ impl SigningKeys {
     }
 
     /// `(SPKI DER public key, PKCS#1 v1.5 SHA-256 signature, text)`.
-    pub fn rsa_test_vector(
-        &self,
-        kid: &str,
-        text: &[u8],
-    ) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), String> {
+    pub fn rsa_test_vector(&self, kid: &str, text: &[u8]) -> Result<TestVector, String> {
         use rsa::pkcs8::EncodePublicKey;
         let key = self
             .keys

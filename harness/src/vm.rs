@@ -524,7 +524,7 @@ impl Vm {
                 let info = TrapInfo {
                     function: name.to_owned(),
                     panic_message,
-                    trap: format!("{trap}"),
+                    trap,
                     backtrace: if backtrace.is_empty() {
                         format!("{e:?}")
                     } else {
