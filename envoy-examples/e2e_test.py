@@ -83,11 +83,15 @@ class TourTest(EnvoyTestCase):
         self.assertIn("Bearer", {k.lower(): v for k, v in hdrs.items()}["www-authenticate"])
         self.assertEqual({k.lower(): v for k, v in hdrs.items()}.get("x-portcullis-denied"), "true")
 
-        bob = mint.mint(KEYS, mint.SAMPLES["bob (reader, tenant globex)"])
-        hdrs, body = self.assertStatus(403, "/admin/users", bob)
+        alice = mint.mint(KEYS, mint.SAMPLES["alice (admin, tenant acme)"])
+        hdrs, body = self.assertStatus(403, "/api/orders", alice, headers={"x-tenant": "globex"})
         doc = json.loads(body)
         self.assertEqual(doc["error"], "forbidden")
-        self.assertEqual(doc.get("rule"), "admin-pages")
+        self.assertEqual(doc.get("rule"), "tenant-isolation")
+
+        bob = mint.mint(KEYS, mint.SAMPLES["bob (reader, tenant globex)"])
+        _, body = self.assertStatus(403, "/admin/users", bob)
+        self.assertEqual(json.loads(body)["error"], "forbidden", "no rule allows: the default action denies")
 
     def test_upstream_sees_claim_headers_and_not_the_token(self):
         alice = mint.mint(KEYS, mint.SAMPLES["alice (admin, tenant acme)"])
