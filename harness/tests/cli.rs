@@ -1,0 +1,265 @@
+//! The `portcullis` CLI, end to end through the real .wasm.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod common;
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    let keys = common::workspace_root().join("policies/keys");
+    for f in ["jwks.json", "private.jwks.json"] {
+        std::fs::copy(keys.join(f), dir.join("keys").join(f)).unwrap();
+    }
+    std::fs::write(dir.join("admin.cel"), "\"admin\" in jwt.claims.groups\n").unwrap();
+    std::fs::write(
+        dir.join("portcullis.yaml"),
+        r#"
+jwt:
+  providers:
+    - name: local
+      issuer: https://issuer.test
+      audiences: [api]
+      jwks: {file: keys/jwks.json}
+  requirements:
+    - name: public
+      when: request.path.startsWith("/public/")
+      require: {allow_missing: {}}
+  default_requirement: {provider: local}
+policy:
+  default_action: deny
+  rules:
+    - name: public
+      allow: request.path.startsWith("/public/")
+    - name: admin
+      when: request.path.startsWith("/admin")
+      allow: {file: admin.cel}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("ok.test.yaml"),
+        r#"
+config: portcullis.yaml
+cases:
+  - name: public page
+    request: {method: GET, path: /public/x}
+    expect: {status: 200, rule: public}
+  - name: admin with the group
+    request: {method: GET, path: /admin/users, source: "10.1.2.3:5555", tls: {mtls: true}}
+    token: {claims: {sub: alice, groups: [admin]}, kid: demo-ec-1}
+    expect: {status: 200, rule: admin}
+  - name: admin without the group
+    request: {method: GET, path: /admin/users}
+    token: {claims: {sub: bob, groups: [dev]}}
+    expect: {status: 403}
+  - name: expired token
+    time: 1700000000
+    request: {method: GET, path: /admin/users}
+    token: {claims: {sub: alice, groups: [admin], exp: 1600000000}}
+    expect: {status: 401}
+"#,
+    )
+    .unwrap();
+    dir
+}
+
+fn wasm() -> PathBuf {
+    common::filter().path().unwrap().to_path_buf()
+}
+
+fn run(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .current_dir(cwd)
+        .env("PORTCULLIS_WASM", wasm())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn bundle_inlines_cel_and_jwks_files() {
+    let dir = scratch("bundle");
+    let o = run(&["bundle", "portcullis.yaml"], &dir);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        v["policy"]["rules"][1]["allow"],
+        serde_json::json!({"file": "admin.cel", "source": "\"admin\" in jwt.claims.groups\n"})
+    );
+    assert!(v["jwt"]["providers"][0]["jwks"]["inline"]["keys"].is_array());
+
+    let o = run(
+        &[
+            "bundle",
+            "portcullis.yaml",
+            "--envoy-snippet",
+            "-o",
+            "out/snippet.yaml",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let snippet = std::fs::read_to_string(dir.join("out/snippet.yaml")).unwrap();
+    assert!(snippet.contains("envoy.filters.http.wasm"));
+    assert!(snippet.contains("type.googleapis.com/google.protobuf.StringValue"));
+}
+
+#[test]
+fn bundle_errors_name_file_line_and_column() {
+    let dir = scratch("errors");
+    std::fs::write(
+        dir.join("broken.yaml"),
+        "policy:\n  rules: [\n    {name: x\n",
+    )
+    .unwrap();
+    let o = run(&["bundle", "broken.yaml"], &dir);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("broken.yaml:"), "{t}");
+    assert!(
+        t.contains("line") || t.contains(":4:") || t.contains(":3:"),
+        "{t}"
+    );
+
+    std::fs::write(dir.join("admin.cel"), "jwt.claims.groups +\n").unwrap();
+    let o = run(&["bundle", "portcullis.yaml"], &dir);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("admin.cel"), "{t}");
+    assert!(t.contains("policy.rules[1].allow"), "{t}");
+
+    std::fs::remove_file(dir.join("admin.cel")).unwrap();
+    let o = run(&["bundle", "portcullis.yaml"], &dir);
+    assert!(text(&o).contains("cannot read"), "{}", text(&o));
+}
+
+#[test]
+fn test_command_reports_like_cargo_test() {
+    let dir = scratch("test");
+    let o = run(&["test", "."], &dir);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("test ./ok.test.yaml::admin with the group ... ok"),
+        "{t}"
+    );
+    assert_eq!(
+        t.trim_end().lines().last(),
+        Some("4 passed, 0 failed"),
+        "{t}"
+    );
+
+    std::fs::write(
+        dir.join("bad.test.yaml"),
+        "config: portcullis.yaml\ncases:\n  - name: wrong\n    request: {path: /public/x}\n    expect: {status: 403, rule: admin}\n",
+    )
+    .unwrap();
+    let o = run(&["test", "bad.test.yaml", "ok.test.yaml"], &dir);
+    let t = text(&o);
+    assert!(!o.status.success());
+    assert!(t.contains("test bad.test.yaml::wrong ... FAILED"), "{t}");
+    assert!(t.contains("status: expected 403, got 200"), "{t}");
+    assert!(t.contains("rule: expected admin, got public"), "{t}");
+    assert_eq!(
+        t.trim_end().lines().last(),
+        Some("4 passed, 1 failed"),
+        "{t}"
+    );
+
+    let o = run(&["test", "bad.test.yaml", "--format", "json"], &dir);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["failed"], 1);
+}
+
+#[test]
+fn eval_prints_decision_and_trace() {
+    let dir = scratch("eval");
+    let o = run(
+        &[
+            "eval",
+            "portcullis.yaml",
+            "--request",
+            r#"{"request": {"path": "/admin/x"}, "token": {"claims": {"sub": "a", "groups": ["admin"]}}}"#,
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(v["rule"], "admin");
+    assert_eq!(v["decision_header"], "allow; rule=admin");
+
+    let o = run(
+        &[
+            "eval",
+            "portcullis.yaml",
+            "--request",
+            r#"{"path": "/admin/x"}"#,
+        ],
+        &dir,
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["status"], 401);
+}
+
+#[test]
+fn replay_counts_and_diffs() {
+    let dir = scratch("replay");
+    let other = std::fs::read_to_string(dir.join("portcullis.yaml"))
+        .unwrap()
+        .replace("default_action: deny", "default_action: allow");
+    std::fs::write(dir.join("other.yaml"), other).unwrap();
+    std::fs::write(
+        dir.join("traffic.jsonl"),
+        concat!(
+            "{\"method\": \"GET\", \"path\": \"/public/a\"}\n",
+            "{\"path\": \"/api\", \"token\": {\"claims\": {\"sub\": \"x\"}}}\n",
+            "{\"request\": {\"path\": \"/admin\"}, \"token\": {\"claims\": {\"sub\": \"x\", \"groups\": [\"admin\"]}}}\n",
+        ),
+    )
+    .unwrap();
+    let o = run(
+        &[
+            "replay",
+            "portcullis.yaml",
+            "traffic.jsonl",
+            "--against",
+            "other.yaml",
+        ],
+        &dir,
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("3 requests"), "{t}");
+    assert!(t.contains("allow rule=public"), "{t}");
+    assert!(t.contains("deny 403 rule=-"), "{t}");
+    assert!(t.contains("line 2: GET /api"), "{t}");
+    assert!(t.contains("1 requests differ"), "{t}");
+}
+
+#[test]
+fn bench_runs() {
+    let dir = scratch("bench");
+    let o = run(&["bench", "portcullis.yaml", "--requests", "200"], &dir);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("requests/s"), "{t}");
+}
