@@ -421,9 +421,16 @@ impl WasmModule {
         }
         let bytes = std::fs::read(&canonical)
             .map_err(|e| crate::VmError::Load(format!("cannot read {}: {e}", path.display())))?;
-        let module = Module::new(engine(), &bytes).map_err(|e| {
-            crate::VmError::Load(format!("cannot compile {}: {e:?}", path.display()))
-        })?;
+        let module = match disk_cache::load(&bytes) {
+            Some(m) => m,
+            None => {
+                let m = Module::new(engine(), &bytes).map_err(|e| {
+                    crate::VmError::Load(format!("cannot compile {}: {e:?}", path.display()))
+                })?;
+                disk_cache::store(&bytes, &m);
+                m
+            }
+        };
         lock(cache).insert(canonical.clone(), (mtime, meta.len(), module.clone()));
         Ok(WasmModule {
             module,
@@ -453,5 +460,82 @@ impl WasmModule {
             })
             .map(|i| format!("{}::{}", i.module(), i.name()))
             .collect()
+    }
+}
+
+/// An on-disk cache of compiled modules, so each `portcullis` process doesn't recompile the
+/// filter with cranelift: `$PORTCULLIS_HARNESS_CACHE` (`off` disables), else
+/// `$XDG_CACHE_HOME/portcullis-harness`, else `~/.cache/portcullis-harness`. Entries are keyed by
+/// the SHA-256 of the wasm bytes and the engine's compatibility hash.
+mod disk_cache {
+    use sha2::{Digest, Sha256};
+    use std::hash::{Hash, Hasher};
+    use std::path::PathBuf;
+    use wasmtime::Module;
+
+    fn dir() -> Option<PathBuf> {
+        if let Some(d) = std::env::var_os("PORTCULLIS_HARNESS_CACHE") {
+            if d == "off" {
+                return None;
+            }
+            return Some(PathBuf::from(d));
+        }
+        if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+            return Some(PathBuf::from(d).join("portcullis-harness"));
+        }
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/portcullis-harness"))
+    }
+
+    fn entry(bytes: &[u8]) -> Option<PathBuf> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        super::engine().precompile_compatibility_hash().hash(&mut h);
+        let digest = Sha256::digest(bytes);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Some(dir()?.join(format!("{hex}-{:016x}.cwasm", h.finish())))
+    }
+
+    pub(super) fn load(bytes: &[u8]) -> Option<Module> {
+        let path = entry(bytes)?;
+        if !path.exists() {
+            return None;
+        }
+        // SAFETY: the file is one this cache wrote (`store`) in the user's own cache
+        // directory, named by the hash of the source wasm and of the engine's settings;
+        // wasmtime additionally checks its header for version and configuration compatibility.
+        #[allow(unsafe_code)]
+        let module = unsafe { Module::deserialize_file(super::engine(), &path) };
+        module.ok()
+    }
+
+    pub(super) fn store(bytes: &[u8], module: &Module) {
+        let (Some(path), Ok(serialized)) = (entry(bytes), module.serialize()) else {
+            return;
+        };
+        let Some(parent) = path.parent() else { return };
+        if std::fs::create_dir_all(parent).is_err() {
+            return;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, serialized).is_ok() && std::fs::rename(&tmp, &path).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        prune(parent);
+    }
+
+    /// Keeps the 8 most recently written entries.
+    fn prune(dir: &std::path::Path) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+            .collect();
+        files.sort_by(|a, b| b.0.cmp(&a.0));
+        for (_, p) in files.into_iter().skip(8) {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
