@@ -165,3 +165,38 @@ fn counters_are_flushed_to_metrics_on_ticks() {
         "{metrics:?}"
     );
 }
+
+#[test]
+fn remote_jwks_fetched_through_http_call_and_paused_request_resumed() {
+    let host = Host::new();
+    host.set_unix_seconds(1_700_000_000);
+    let jwks =
+        std::fs::read_to_string(common::workspace_root().join("policies/keys/jwks.json")).unwrap();
+    host.on_http_call("idp", move |req| {
+        assert_eq!(req.path(), "/jwks.json");
+        portcullis_harness::HttpReply::ok(jwks.clone())
+            .with_header("content-type", "application/json")
+            .after(Duration::from_millis(50))
+    });
+    let mut config = jwt_config();
+    config["jwt"]["providers"][0]["jwks"] =
+        json!({"remote": {"cluster": "idp", "path": "/jwks.json"}});
+    let mut a = start(&host, &config).unwrap();
+    let mut b = start(&host, &config).unwrap();
+    let keys = SigningKeys::load(&common::workspace_root().join("policies/keys/private.jwks.json"))
+        .unwrap();
+    let token = keys
+        .sign(
+            Some("demo-rsa-1"),
+            &json!({"sub": "alice", "iss": "https://issuer.test", "aud": "api",
+                    "iat": 1_700_000_000u64, "exp": 1_700_003_600u64}),
+            None,
+        )
+        .unwrap();
+    let ex = a.request(&HttpRequest::get("/api").bearer(&token)).unwrap();
+    assert_eq!(ex.status, 200, "{ex:?}");
+    assert!(!host.http_calls().is_empty());
+    // The second worker uses the keys the first one fetched (shared data), or fetches itself.
+    let ex = b.request(&HttpRequest::get("/api").bearer(&token)).unwrap();
+    assert_eq!(ex.status, 200, "{ex:?}");
+}
