@@ -403,6 +403,34 @@ impl Vm {
         Ok(())
     }
 
+    /// Shuts the VM down like Envoy: `proxy_on_done(root)`; if the plugin answers false it
+    /// must call `proxy_done` later, so ticks and callouts keep firing (for up to `grace` of
+    /// virtual time) until it does; then `proxy_on_delete(root)`. `Ok(true)` if it finished.
+    pub fn shutdown(&mut self, grace: Duration) -> Result<bool, VmError> {
+        let r = self.call("proxy_on_done", ROOT_CONTEXT_ID, &[ROOT_CONTEXT_ID as i32])?;
+        let mut finished = r != Some(0) || self.store.data().done_called;
+        if !finished {
+            let give_up = self
+                .store
+                .data()
+                .now_ns()
+                .saturating_add(grace.as_nanos() as u64);
+            while !self.store.data().done_called {
+                match self.next_event_time() {
+                    Some(t) if t <= give_up => self.run_until(t)?,
+                    _ => break,
+                }
+            }
+            finished = self.store.data().done_called;
+        }
+        self.call(
+            "proxy_on_delete",
+            ROOT_CONTEXT_ID,
+            &[ROOT_CONTEXT_ID as i32],
+        )?;
+        Ok(finished)
+    }
+
     /// Calls `proxy_on_configure` again with a new plugin configuration (like an xDS update).
     pub fn reconfigure(&mut self, plugin_configuration: impl Into<Vec<u8>>) -> Result<(), VmError> {
         let c = plugin_configuration.into();

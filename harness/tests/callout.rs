@@ -412,3 +412,71 @@ mod rsa_fixture {
         keys.ec_test_vector("demo-ec-1", b"hello world").unwrap()
     }
 }
+
+#[test]
+fn root_context_resumes_a_paused_stream_via_set_effective_context() {
+    let host = Host::new();
+    let mut vm = vm(&host, "tick=100");
+    let ex = vm.request(&HttpRequest::get("/wait")).unwrap();
+    assert_eq!(ex.status, 200, "{ex:?}");
+    assert_eq!(ex.upstream_header("x-resumed-by"), Some("tick"));
+}
+
+#[test]
+fn stream_paused_forever_is_reported_stuck() {
+    let host = Host::new();
+    let mut vm = vm(&host, "");
+    let ex = vm.request(&HttpRequest::get("/wait")).unwrap();
+    assert!(ex.stuck);
+    assert_eq!(ex.status, 0);
+    assert!(!ex.allowed());
+}
+
+#[test]
+fn grpc_stream_messages_in_order_and_sends_recorded() {
+    let host = Host::new();
+    host.on_grpc("svc.Watch/Events", |req| {
+        assert!(req.streaming);
+        GrpcReply::Respond {
+            status: 0,
+            status_message: String::new(),
+            initial_metadata: vec![("x-server".into(), "s1".into())],
+            messages: vec![b"one".to_vec(), b"two".to_vec()],
+            trailing_metadata: Vec::new(),
+            close: true,
+            delay: Duration::from_millis(5),
+        }
+    });
+    let mut vm = vm(&host, "");
+    let ex = vm.request(&HttpRequest::get("/stream")).unwrap();
+    assert_eq!(ex.status, 200, "{ex:?}");
+    let headers = ex.upstream_request_headers.clone().unwrap();
+    let msgs: Vec<&str> = headers
+        .iter()
+        .filter(|(k, _)| k == "x-stream-msg")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(msgs, ["one", "two"]);
+    assert_eq!(ex.upstream_header("x-stream-server"), Some("s1"));
+    assert_eq!(ex.upstream_header("x-stream-close"), Some("0"));
+    let token = host.grpc_calls()[0].token;
+    let (sent, closed) = host.grpc_sent(vm.index(), token);
+    assert_eq!(
+        sent,
+        vec![
+            b"subscribe".to_vec(),
+            b"ack one".to_vec(),
+            b"ack two".to_vec()
+        ]
+    );
+    assert!(closed);
+}
+
+#[test]
+fn shutdown_waits_for_proxy_done() {
+    let host = Host::new();
+    let mut vm = vm(&host, "");
+    assert!(vm.shutdown(Duration::from_secs(1)).unwrap());
+    assert!(vm.done_called());
+    assert!(host.logged("done after a tick"));
+}

@@ -4,6 +4,8 @@
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType, Status};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 proxy_wasm::main! {{
@@ -13,6 +15,9 @@ proxy_wasm::main! {{
 
 #[derive(Default)]
 struct Root {
+    /// Streams paused by `/wait`, resumed by the next tick.
+    waiting: Rc<RefCell<Vec<u32>>>,
+    shutting_down: bool,
     queue: u32,
     requests: u32,
     ticks_metric: u32,
@@ -20,7 +25,14 @@ struct Root {
     gauge: u32,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        // Finish asynchronously: proxy_done on the next tick.
+        self.shutting_down = true;
+        self.set_tick_period(Duration::from_millis(10));
+        false
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _size: usize) -> bool {
@@ -55,6 +67,23 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        if self.shutting_down {
+            proxy_wasm::hostcalls::log(LogLevel::Info, "done after a tick").ok();
+            self.done();
+            return;
+        }
+        for ctx in self.waiting.borrow_mut().drain(..) {
+            // Act on the paused stream from the root context.
+            if proxy_wasm::hostcalls::set_effective_context(ctx).is_ok() {
+                proxy_wasm::hostcalls::set_map_value(
+                    proxy_wasm::types::MapType::HttpRequestHeaders,
+                    "x-resumed-by",
+                    Some("tick"),
+                )
+                .ok();
+                proxy_wasm::hostcalls::resume_http_request().ok();
+            }
+        }
         proxy_wasm::hostcalls::increment_metric(self.ticks_metric, 1).ok();
         let now = self.get_current_time();
         let secs = now
@@ -81,6 +110,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
+            waiting: self.waiting.clone(),
             id: context_id,
             requests: self.requests,
             hist: self.hist,
@@ -93,6 +123,7 @@ impl RootContext for Root {
 }
 
 struct Stream {
+    waiting: Rc<RefCell<Vec<u32>>>,
     id: u32,
     requests: u32,
     hist: u32,
@@ -127,6 +158,29 @@ impl Context for Stream {
                 Some(body.as_bytes()),
             );
         }
+    }
+
+    fn on_grpc_stream_initial_metadata(&mut self, _token: u32, _n: u32) {
+        let v = self
+            .get_grpc_stream_initial_metadata_value("x-server")
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        self.add_http_request_header("x-stream-server", &v);
+    }
+
+    fn on_grpc_stream_message(&mut self, token: u32, size: usize) {
+        let m = self
+            .get_grpc_stream_message(0, size)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        self.add_http_request_header("x-stream-msg", &m);
+        self.send_grpc_stream_message(token, Some(format!("ack {m}").as_bytes()), false);
+    }
+
+    fn on_grpc_stream_close(&mut self, token: u32, status: u32) {
+        self.close_grpc_stream(token);
+        self.add_http_request_header("x-stream-close", &status.to_string());
+        self.resume_http_request();
     }
 
     fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
@@ -203,6 +257,25 @@ impl HttpContext for Stream {
                         500,
                         vec![],
                         Some(format!("grpc failed: {e:?}").as_bytes()),
+                    );
+                    Action::Pause
+                }
+            },
+            "/wait" => {
+                self.waiting.borrow_mut().push(self.id);
+                Action::Pause
+            }
+            "/stream" => match self.open_grpc_stream("grpc-cluster", "svc.Watch", "Events", vec![])
+            {
+                Ok(token) => {
+                    self.send_grpc_stream_message(token, Some(b"subscribe"), false);
+                    Action::Pause
+                }
+                Err(e) => {
+                    self.send_http_response(
+                        500,
+                        vec![],
+                        Some(format!("stream failed: {e:?}").as_bytes()),
                     );
                     Action::Pause
                 }
