@@ -7,7 +7,7 @@ use portcullis_filter::decision::Outcome;
 use portcullis_filter::jwt::{RemoteKeys, TokenCache};
 use portcullis_filter::pipeline::{decide, Env};
 use portcullis_filter::ports::memory::{MemoryCounters, MemoryStore};
-use portcullis_filter::ports::NoHostCrypto;
+use portcullis_filter::ports::{NoHostCrypto, NoLog};
 use portcullis_filter::request::RequestView;
 use serde_json::json;
 use std::hint::black_box;
@@ -52,6 +52,7 @@ fn bench(c: &mut Criterion) {
             remote_keys: &remote,
             token_cache: cache,
             counters: &mut counters,
+            log: &mut NoLog,
         };
         decide(config, req, &mut env)
     };

@@ -392,6 +392,7 @@ fn run_pipeline(
         remote_keys,
         token_cache,
         counters,
+        log: &mut HostLog,
     };
     pipeline::decide(config, view, &mut env)
 }
@@ -442,6 +443,20 @@ fn send_deny(config: &Config, deny: &crate::decision::Deny) {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let _ = hostcalls::send_http_response(u32::from(status), headers, Some(body.as_bytes()));
+}
+
+/// Decision log lines through `proxy_log`.
+struct HostLog;
+
+impl crate::ports::Log for HostLog {
+    fn log(&mut self, level: crate::ports::LogLevel, message: &str) {
+        let level = match level {
+            crate::ports::LogLevel::Debug => LogLevel::Debug,
+            crate::ports::LogLevel::Info => LogLevel::Info,
+            crate::ports::LogLevel::Warn => LogLevel::Warn,
+        };
+        log(level, message);
+    }
 }
 
 /// Counters as proxy-wasm metrics, defined on first use. Increments are summed in the VM and

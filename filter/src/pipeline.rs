@@ -8,7 +8,7 @@ use crate::decision::{Decision, Deny, HeaderEdit, Outcome};
 use crate::expr::Activation;
 use crate::jwt::{AuthnEnv, AuthnOutcome, RemoteKeys, TokenCache};
 use crate::policy::Verdict;
-use crate::ports::{Counters, HostCrypto, SharedStore};
+use crate::ports::{Counters, HostCrypto, Log, SharedStore};
 use crate::ratelimit::RateVerdict;
 use crate::request::RequestView;
 use std::time::SystemTime;
@@ -21,6 +21,7 @@ pub struct Env<'a> {
     pub remote_keys: &'a RemoteKeys,
     pub token_cache: &'a mut TokenCache,
     pub counters: &'a mut dyn Counters,
+    pub log: &'a mut dyn Log,
 }
 
 /// Decides one request.
@@ -47,7 +48,7 @@ pub fn decide(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Outc
     let activation = Activation::new(request).with_jwt(token.as_deref().map(|t| &t.attributes));
 
     // Authorize.
-    let rule = match config.policy.evaluate(&activation, env.counters) {
+    let rule = match config.policy.evaluate(&activation, env.counters, env.log) {
         Verdict::Allow { rule } => rule,
         Verdict::Deny { rule, reason } => {
             env.counters.increment("portcullis.denied", 1);

@@ -20,7 +20,7 @@
 
 use crate::config::ConfigError;
 use crate::expr::{Activation, Expr, ExprSource};
-use crate::ports::Counters;
+use crate::ports::{Counters, Log, LogLevel};
 use crate::request::HostAttribute;
 use serde::Deserialize;
 use std::collections::BTreeSet;
@@ -124,7 +124,12 @@ enum Outcome {
 }
 
 impl Rule {
-    fn outcome(&self, activation: &Activation<'_>, counters: &mut dyn Counters) -> Outcome {
+    fn outcome(
+        &self,
+        activation: &Activation<'_>,
+        counters: &mut dyn Counters,
+        log: &mut dyn Log,
+    ) -> Outcome {
         let mut errored = false;
         if let Some(when) = &self.when {
             match when.eval_bool(activation) {
@@ -142,6 +147,18 @@ impl Rule {
         };
         if errored || outcome == Outcome::Error {
             counters.increment(&self.counters.errors, 1);
+            // The error's text may quote values (claims, headers): log the rule, not the text.
+            log.log(
+                LogLevel::Info,
+                &format!(
+                    "portcullis: rule `{}`: evaluation error ({})",
+                    self.name,
+                    match self.action {
+                        Action::Deny => "deny rule applies: fail closed",
+                        Action::Allow => "allow rule does not allow",
+                    }
+                ),
+            );
         }
         outcome
     }
@@ -252,31 +269,54 @@ impl Policy {
         self.uses_jwt
     }
 
-    pub fn evaluate(&self, activation: &Activation<'_>, counters: &mut dyn Counters) -> Verdict {
-        let verdict = self.decide(activation, counters);
+    pub fn evaluate(
+        &self,
+        activation: &Activation<'_>,
+        counters: &mut dyn Counters,
+        log: &mut dyn Log,
+    ) -> Verdict {
+        let verdict = self.decide(activation, counters, log);
         match (self.mode, verdict) {
             (Mode::Enforce, verdict) => verdict,
-            (Mode::Shadow, Verdict::Deny { .. }) => {
+            (Mode::Shadow, Verdict::Deny { rule, .. }) => {
                 counters.increment("portcullis.policy.shadow_denied", 1);
+                log.log(
+                    LogLevel::Info,
+                    &format!(
+                        "portcullis: shadow policy would deny (rule {})",
+                        rule.as_deref().unwrap_or("default")
+                    ),
+                );
                 Verdict::Allow { rule: None }
             }
             (Mode::Shadow, allow) => allow,
         }
     }
 
-    fn decide(&self, activation: &Activation<'_>, counters: &mut dyn Counters) -> Verdict {
+    fn decide(
+        &self,
+        activation: &Activation<'_>,
+        counters: &mut dyn Counters,
+        log: &mut dyn Log,
+    ) -> Verdict {
         let mut denied: Option<Verdict> = None;
         // (1) deny rules. Once an enforced deny decided, only shadow rules are still run.
         for rule in self.rules.iter().filter(|r| r.action == Action::Deny) {
             if denied.is_some() && rule.mode == Mode::Enforce {
                 continue;
             }
-            let outcome = rule.outcome(activation, counters);
+            let outcome = rule.outcome(activation, counters, log);
             if outcome == Outcome::NoMatch {
                 continue;
             }
             match rule.mode {
-                Mode::Shadow => counters.increment(&rule.counters.shadow_denied, 1),
+                Mode::Shadow => {
+                    counters.increment(&rule.counters.shadow_denied, 1);
+                    log.log(
+                        LogLevel::Info,
+                        &format!("portcullis: shadow rule `{}` would deny", rule.name),
+                    );
+                }
                 Mode::Enforce => {
                     counters.increment(&rule.counters.denied, 1);
                     let reason = if outcome == Outcome::Error {
@@ -301,7 +341,7 @@ impl Policy {
             if allowed.is_some() && rule.mode == Mode::Enforce {
                 continue;
             }
-            match (rule.outcome(activation, counters), rule.mode) {
+            match (rule.outcome(activation, counters, log), rule.mode) {
                 (Outcome::Match, Mode::Shadow) => {
                     counters.increment(&rule.counters.shadow_allowed, 1)
                 }
@@ -341,6 +381,7 @@ mod tests {
     use super::*;
     use crate::expr::JwtAttributes;
     use crate::ports::memory::MemoryCounters;
+    use crate::ports::NoLog;
     use crate::request::{AttributeValue, RequestView};
     use serde_json::json;
 
@@ -364,7 +405,7 @@ mod tests {
     ) -> (Verdict, MemoryCounters) {
         let mut counters = MemoryCounters::default();
         let act = Activation::new(req).with_jwt(jwt);
-        (p.evaluate(&act, &mut counters), counters)
+        (p.evaluate(&act, &mut counters, &mut NoLog), counters)
     }
 
     fn sample() -> Policy {
@@ -653,7 +694,7 @@ mod tests {
         for _ in 0..n {
             let mut counters = crate::ports::NoCounters;
             let act = Activation::new(&req).with_jwt(Some(&t));
-            let v = p.evaluate(&act, &mut counters);
+            let v = p.evaluate(&act, &mut counters, &mut NoLog);
             assert_eq!(
                 v,
                 Verdict::Allow {

@@ -53,6 +53,27 @@ pub trait Counters {
     }
 }
 
+/// Log lines about decisions (shadow verdicts, evaluation errors). Never passed a token,
+/// a secret or a header value: only rule names and causes.
+pub trait Log {
+    fn log(&mut self, level: LogLevel, message: &str);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+}
+
+/// Discards every line.
+#[derive(Debug, Default)]
+pub struct NoLog;
+
+impl Log for NoLog {
+    fn log(&mut self, _: LogLevel, _: &str) {}
+}
+
 /// Discards every count.
 #[derive(Debug, Default)]
 pub struct NoCounters;
@@ -63,7 +84,7 @@ impl Counters for NoCounters {
 
 /// In-memory implementations for tests and native tools.
 pub mod memory {
-    use super::{Counters, SharedStore, StoreError};
+    use super::{Counters, Log, LogLevel, SharedStore, StoreError};
     use std::cell::RefCell;
     use std::collections::{BTreeMap, HashMap};
 
@@ -88,6 +109,18 @@ pub mod memory {
             let next = current.unwrap_or(0).wrapping_add(1).max(1);
             entries.insert(key.to_owned(), (value.to_vec(), next));
             Ok(())
+        }
+    }
+
+    /// Keeps every line, for assertions.
+    #[derive(Debug, Default)]
+    pub struct MemoryLog {
+        pub lines: Vec<(LogLevel, String)>,
+    }
+
+    impl Log for MemoryLog {
+        fn log(&mut self, level: LogLevel, message: &str) {
+            self.lines.push((level, message.to_owned()));
         }
     }
 
