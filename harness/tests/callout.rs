@@ -480,3 +480,18 @@ fn shutdown_waits_for_proxy_done() {
     assert!(vm.done_called());
     assert!(host.logged("done after a tick"));
 }
+
+#[test]
+fn trap_display_is_readable() {
+    let host = Host::new();
+    let mut vm = vm(&host, "");
+    let err = vm.request(&HttpRequest::get("/panic")).unwrap_err();
+    let text = err.to_string();
+    eprintln!("{text}");
+    assert!(text.contains("proxy_on_request_headers"), "{text}");
+    assert!(text.contains("boom at /panic"), "{text}");
+    if std::env::var_os("PORTCULLIS_TEST_FILTERS_DIR").is_none() {
+        // Built with its name section: frames are named (demangled).
+        assert!(text.contains("on_http_request_headers"), "{text}");
+    }
+}

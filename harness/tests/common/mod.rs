@@ -41,16 +41,23 @@ fn build_once(package: &str) {
         return;
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Keep the test filters' name section (the workspace release profile strips it) so trap
+    // backtraces show function names.
+    let keep_names = format!("profile.release.package.{package}.strip=false");
+    let mut args = vec![
+        "build",
+        "--release",
+        "--target",
+        "wasm32-wasip1",
+        "-p",
+        package,
+    ];
+    if package != "portcullis-filter" {
+        args.extend(["--config", keep_names.as_str()]);
+    }
     let status = Command::new(cargo)
         .current_dir(workspace_root())
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip1",
-            "-p",
-            package,
-        ])
+        .args(&args)
         .status()
         .expect("run cargo");
     assert!(
