@@ -216,3 +216,25 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "proxy_record_metric",
     "proxy_increment_metric",
 ];
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_map_round_trip_and_layout() {
+        let pairs = vec![
+            (":path".to_owned(), "/a".to_owned()),
+            ("x".to_owned(), String::new()),
+        ];
+        let bytes = serialize_map(&pairs);
+        assert_eq!(&bytes[..4], &2u32.to_le_bytes());
+        assert_eq!(&bytes[4..8], &5u32.to_le_bytes());
+        assert_eq!(&bytes[8..12], &2u32.to_le_bytes());
+        assert_eq!(&bytes[20..], b":path\0/a\0x\0\0");
+        assert_eq!(deserialize_map(&bytes), Some(pairs));
+        assert_eq!(deserialize_map(&bytes[..10]), None);
+        assert_eq!(deserialize_map(&[]), Some(Vec::new()));
+    }
+}

@@ -2132,3 +2132,33 @@ fn start_grpc(
     );
     Ok(Ok(token))
 }
+
+impl Host {
+    /// Advances the shared virtual clock by `d`, firing the ticks, callout answers and
+    /// timeouts of all `vms` interleaved in time order (each at its own time), as the
+    /// workers of one Envoy would see them.
+    pub fn advance(&self, vms: &mut [&mut Vm], d: Duration) -> Result<(), VmError> {
+        let target = self.state().now_ns.saturating_add(d.as_nanos() as u64);
+        for _ in 0..1_000_000 {
+            for vm in vms.iter_mut() {
+                vm.deliver_queue_ready()?;
+            }
+            let next = vms
+                .iter()
+                .enumerate()
+                .filter_map(|(i, vm)| vm.next_event_time().map(|t| (t, i)))
+                .filter(|(t, _)| *t <= target)
+                .min();
+            match next {
+                Some((t, i)) => match vms.get_mut(i) {
+                    Some(vm) => vm.run_until(t)?,
+                    None => break,
+                },
+                None => break,
+            }
+        }
+        let mut s = self.state();
+        s.now_ns = s.now_ns.max(target);
+        Ok(())
+    }
+}

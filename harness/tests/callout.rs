@@ -495,3 +495,34 @@ fn trap_display_is_readable() {
         assert!(text.contains("on_http_request_headers"), "{text}");
     }
 }
+
+#[test]
+fn host_advance_interleaves_the_ticks_of_several_vms() {
+    let host = Host::new();
+    host.set_unix_seconds(2_000);
+    let mut a = vm(&host, "tick=1000");
+    host.advance_clock(Duration::from_millis(500));
+    let mut b = vm(&host, "tick=1000");
+    host.advance(&mut [&mut a, &mut b], Duration::from_millis(2_600))
+        .unwrap();
+    // a ticks at 2001, 2002, 2003; b at 2001.5, 2002.5: 5 ticks, each at its own time.
+    assert_eq!(host.metric_value("callout.ticks"), 5);
+    let ticks: Vec<u64> = host
+        .logs()
+        .iter()
+        .filter(|l| l.message.starts_with("dequeued: tick@"))
+        .map(|l| l.time_ns / 1_000_000)
+        .collect();
+    assert_eq!(
+        ticks,
+        vec![2_001_000, 2_001_500, 2_002_000, 2_002_500, 2_003_000]
+    );
+}
+
+#[test]
+fn vms_and_hosts_are_send() {
+    fn send<T: Send>() {}
+    fn sync<T: Send + Sync>() {}
+    send::<Vm>();
+    sync::<Host>();
+}
