@@ -374,6 +374,9 @@ pub(crate) fn define_metric(s: &mut State, kind: MetricKind, name: &str) -> u32 
 
 // ---- compiled-module cache ----
 
+/// How often the engine's epoch advances (the granularity of callback timeouts).
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(100);
+
 /// The process-wide engine (cranelift, wasm backtraces with names).
 pub fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -381,7 +384,17 @@ pub fn engine() -> &'static Engine {
         let mut config = wasmtime::Config::new();
         config.wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64));
         config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
-        Engine::new(&config).unwrap_or_else(|_| Engine::default())
+        // A plugin stuck in a loop is interrupted (see `VmOptions::callback_timeout`).
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).unwrap_or_else(|_| Engine::default());
+        let ticker = engine.clone();
+        let _ = std::thread::Builder::new()
+            .name("portcullis-harness-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                ticker.increment_epoch();
+            });
+        engine
     })
 }
 

@@ -29,6 +29,8 @@ pub struct VmOptions {
     pub plugin_configuration: Vec<u8>,
     /// Extra plugin-level properties (dotted path → bytes).
     pub properties: Vec<(String, Vec<u8>)>,
+    /// Wall-clock limit for one callback into the plugin (a trap past it); default 30 s.
+    pub callback_timeout: Option<Duration>,
 }
 
 impl VmOptions {
@@ -515,6 +517,12 @@ impl Vm {
         let previous = self.store.data().current_ctx;
         self.store.data_mut().current_ctx = ctx;
         let log_before = self.host.state().logs.len();
+        let timeout = self
+            .options
+            .callback_timeout
+            .unwrap_or(Duration::from_secs(30));
+        let ticks = (timeout.as_millis() / host::EPOCH_TICK.as_millis()).max(1) as u64 + 1;
+        self.store.set_epoch_deadline(ticks);
         let r = func.call(&mut self.store, &params, &mut results);
         self.store.data_mut().drain_stdio();
         self.store.data_mut().current_ctx = previous;
@@ -1161,6 +1169,8 @@ fn instantiate(
         stderr_seen: 0,
     };
     let mut store = Store::new(host::engine(), state);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(u64::MAX / 2);
     let instance = linker()?
         .instantiate(&mut store, &module.module)
         .map_err(|e| VmError::Load(format!("instantiation failed: {e:?}")))?;

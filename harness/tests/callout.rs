@@ -526,3 +526,18 @@ fn vms_and_hosts_are_send() {
     send::<Vm>();
     sync::<Host>();
 }
+
+#[test]
+fn a_plugin_stuck_in_a_loop_is_interrupted() {
+    let host = Host::new();
+    let options = VmOptions {
+        callback_timeout: Some(Duration::from_millis(300)),
+        ..VmOptions::new("")
+    };
+    let mut vm = Vm::start(&host, &common::callout(), options).unwrap();
+    let started = std::time::Instant::now();
+    let err = vm.request(&HttpRequest::get("/spin")).unwrap_err();
+    assert!(matches!(err, VmError::Trap(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(err.to_string().contains("interrupt"), "{err}");
+}

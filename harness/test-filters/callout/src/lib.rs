@@ -261,6 +261,12 @@ impl HttpContext for Stream {
                     Action::Pause
                 }
             },
+            "/spin" => {
+                let mut x = 0u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            }
             "/wait" => {
                 self.waiting.borrow_mut().push(self.id);
                 Action::Pause
