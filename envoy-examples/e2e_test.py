@@ -93,6 +93,19 @@ class TourTest(EnvoyTestCase):
         _, body = self.assertStatus(403, "/admin/users", bob)
         self.assertEqual(json.loads(body)["error"], "forbidden", "no rule allows: the default action denies")
 
+    def test_decisions_reach_the_access_log_through_filter_state(self):
+        alice = mint.mint(KEYS, mint.SAMPLES["alice (admin, tenant acme)"])
+        self.assertStatus(200, "/api/access-log-allowed", alice)
+        self.assertStatus(403, "/api/access-log-denied", alice, headers={"x-tenant": "globex"})
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            access = [line for line in self.envoy.log_text().splitlines() if line.startswith("access: ")]
+            if any("access-log-denied" in line for line in access):
+                break
+            time.sleep(0.2)
+        self.assertIn("access: GET /api/access-log-allowed 200 decision=allow rule=api-reads sub=alice", access)
+        self.assertIn("access: GET /api/access-log-denied 403 decision=deny rule=tenant-isolation sub=-", access)
+
     def test_upstream_sees_claim_headers_and_not_the_token(self):
         alice = mint.mint(KEYS, mint.SAMPLES["alice (admin, tenant acme)"])
         _, body = self.assertStatus(200, "/api/orders", alice)

@@ -89,7 +89,8 @@ class Envoy:
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(concurrency),
-             "--use-dynamic-base-id", "-l", "info", "--component-log-level", "wasm:debug"],
+             "--use-dynamic-base-id", "-l", "info", "--component-log-level", "wasm:debug",
+             "--file-flush-interval-msec", "200"],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.base = f"http://127.0.0.1:{self.port}"
         if wait_ready:

@@ -28,7 +28,7 @@ trap 'exit 130' INT TERM
 
 "$py" envoy-examples/upstream.py --port "$UPSTREAM_PORT" --jwks policies/keys/jwks.json &
 pids+=($!)
-"$envoy" -c out/envoy-local.yaml --concurrency 2 --use-dynamic-base-id -l warning --component-log-level wasm:info \
+"$envoy" -c out/envoy-local.yaml --concurrency 2 --use-dynamic-base-id -l warning --component-log-level wasm:info --file-flush-interval-msec 500 \
   >out/envoy.log 2>&1 &
 pids+=($!)
 

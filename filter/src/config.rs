@@ -37,6 +37,10 @@ pub struct ResponseConfig {
     pub deny_header: Option<(String, String)>,
     /// `realm` in `WWW-Authenticate`.
     pub realm: String,
+    /// Publish the decision to Envoy's filter state for access logs: `wasm.portcullis.decision`,
+    /// `.rule`, `.error` and, for a verified token, `.jwt_provider` and `.jwt_sub`
+    /// (`%FILTER_STATE(wasm.portcullis.rule:PLAIN)%`). One host call each: off by default.
+    pub filter_state: bool,
 }
 
 impl Default for ResponseConfig {
@@ -46,6 +50,7 @@ impl Default for ResponseConfig {
             decision_header: None,
             deny_header: None,
             realm: "portcullis".into(),
+            filter_state: false,
         }
     }
 }

@@ -12,6 +12,8 @@ pub enum Decision {
         request_headers: Vec<HeaderEdit>,
         /// Headers to add to the response (e.g. RateLimit headers on admitted requests).
         response_headers: Vec<(String, String)>,
+        /// Facts for Envoy's access logs (filter state `wasm.<name>`), if configured.
+        filter_state: Vec<(&'static str, String)>,
     },
     /// Answer locally; the request never reaches the upstream.
     Deny(Deny),

@@ -409,8 +409,12 @@ fn apply(
         Decision::Allow {
             request_headers,
             response_headers,
+            filter_state,
             ..
         } => {
+            for (name, value) in filter_state {
+                let _ = abi::set_property(name, value);
+            }
             for edit in request_headers {
                 let _ = match edit {
                     HeaderEdit::Set(name, value) => {
@@ -430,6 +434,16 @@ fn apply(
             true
         }
         Decision::Deny(deny) => {
+            if config.responses.filter_state {
+                let rule = deny.rule.as_deref().unwrap_or("");
+                for (name, value) in [
+                    ("portcullis.decision", "deny"),
+                    ("portcullis.rule", rule),
+                    ("portcullis.error", deny.error),
+                ] {
+                    let _ = abi::set_property(name, value);
+                }
+            }
             send_deny(config, deny);
             false
         }

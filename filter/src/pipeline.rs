@@ -80,11 +80,39 @@ pub fn decide(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Outc
         };
         request_headers.push(HeaderEdit::Set(header.clone(), value));
     }
+    let mut filter_state = Vec::new();
+    if config.responses.filter_state {
+        filter_state.push(("portcullis.decision", "allow".to_owned()));
+        filter_state.push((
+            "portcullis.rule",
+            rule.clone().unwrap_or_else(|| "default".into()),
+        ));
+        if let Some(token) = &token {
+            filter_state.push(("portcullis.jwt_provider", token.provider.clone()));
+            if let Some(sub) = string_claim(&token.attributes.claims, "sub") {
+                filter_state.push(("portcullis.jwt_sub", sub));
+            }
+        }
+    }
     Outcome::Decided(Decision::Allow {
         rule,
         request_headers,
         response_headers,
+        filter_state,
     })
+}
+
+fn string_claim(claims: &cel::Value, name: &str) -> Option<String> {
+    let cel::Value::Map(map) = claims else {
+        return None;
+    };
+    match map
+        .map
+        .get(&cel::objects::Key::String(name.to_owned().into()))
+    {
+        Some(cel::Value::String(s)) => Some(s.to_string()),
+        _ => None,
+    }
 }
 
 /// Adds the configured deny header and serialises a deny for the shell.

@@ -30,7 +30,7 @@ fn config(extra: serde_json::Value) -> Config {
             {"name": "reads", "allow": "request.method == 'GET' && jwt.provider == 'local'"}
         ]},
         "rate_limits": {"limits": [{"name": "per-user", "key": "jwt.claims.sub", "requests": 1, "period_s": 60, "burst": 2, "on_key_error": "skip"}]},
-        "responses": {"decision_header": "x-portcullis-decision", "deny_header": ["x-denied", "1"]}
+        "responses": {"decision_header": "x-portcullis-decision", "deny_header": ["x-denied", "1"], "filter_state": true}
     });
     if let (Some(base), Some(extra)) = (base.as_object_mut(), extra.as_object()) {
         for (k, v) in extra {
@@ -101,12 +101,16 @@ fn a_valid_token_is_allowed_with_claim_headers_and_the_token_stripped() {
     let Outcome::Decided(Decision::Allow {
         rule,
         request_headers,
+        filter_state,
         ..
     }) = out
     else {
         panic!("{out:?}")
     };
     assert_eq!(rule.as_deref(), Some("reads"));
+    assert!(filter_state.contains(&("portcullis.rule", "reads".into())));
+    assert!(filter_state.contains(&("portcullis.jwt_sub", "alice".into())));
+    assert!(filter_state.contains(&("portcullis.jwt_provider", "local".into())));
     assert!(request_headers.contains(&HeaderEdit::Set("x-user".into(), "alice".into())));
     assert!(request_headers.contains(&HeaderEdit::Remove("authorization".into())));
     assert!(request_headers.contains(&HeaderEdit::Set(

@@ -26,6 +26,12 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_call_foreign_function(
         function_name: *const u8,
         function_name_size: usize,
@@ -44,6 +50,15 @@ fn take_host_buffer(data: *mut u8, size: usize) -> Vec<u8> {
     }
     // SAFETY: the host wrote `size` bytes into memory it obtained from our allocator.
     unsafe { Vec::from_raw_parts(data, size, size) }
+}
+
+/// Sets a one-segment property (Envoy: filter state `wasm.<name>`). The SDK's wrapper
+/// panics on any status but Ok; a failure here only loses an access-log field.
+pub fn set_property(name: &str, value: &str) -> bool {
+    // SAFETY: pointers are valid for the duration of the call.
+    let status =
+        unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) };
+    status == STATUS_OK
 }
 
 /// Proxy-wide shared data.
