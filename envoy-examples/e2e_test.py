@@ -181,8 +181,9 @@ class BadConfigurationTest(unittest.TestCase):
 
     def test_envoy_refuses_a_config_with_a_cel_error(self):
         config = copy.deepcopy(envoyproc.bundled_config())
-        config["policy"]["rules"][0]["allow"] = "request.path.startsWith("
-        self.assert_refused(config, "policy.rules[0].allow")
+        i = next(i for i, r in enumerate(config["policy"]["rules"]) if "allow" in r)
+        config["policy"]["rules"][i]["allow"] = "request.path.startsWith("
+        self.assert_refused(config, f"policy.rules[{i}].allow")
 
     def test_envoy_refuses_an_unknown_field(self):
         config = copy.deepcopy(envoyproc.bundled_config())

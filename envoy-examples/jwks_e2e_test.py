@@ -88,7 +88,7 @@ class RemoteJwksRunning(unittest.TestCase):
         self.upstream.set_jwks_mode(f"rotate:{f.name}")
         import jwt as pyjwt
         now = int(time.time())
-        token = pyjwt.encode({"iss": mint.ISSUER, "aud": mint.AUDIENCE, "sub": "rotated", "iat": now, "exp": now + 600},
+        token = pyjwt.encode({"iss": mint.ISSUER, "aud": mint.AUDIENCE, "sub": "rotated", "scope": "read", "iat": now, "exp": now + 600},
                              key, algorithm="RS256", headers={"kid": "rotated-1"})
         # Unknown kid: a (throttled) refetch is triggered; the new key is served shortly after.
         self.assertTrue(eventually(lambda: self.status(token) == 200), "the rotated key is picked up")

@@ -23,7 +23,8 @@ def private_keys(path):
 def mint(keys, claims, kid="demo-rsa-1", lifetime=86400, headers=None, now=None):
     key, alg = keys[kid]
     now = int(now if now is not None else time.time())
-    body = {"iss": ISSUER, "aud": AUDIENCE, "iat": now, "nbf": now, "exp": now + lifetime}
+    # `scope: read` lets the example policy's `api-reads` rule allow GETs under /api/.
+    body = {"iss": ISSUER, "aud": AUDIENCE, "iat": now, "nbf": now, "exp": now + lifetime, "scope": "read"}
     body.update(claims)
     h = {"kid": kid}
     h.update(headers or {})
