@@ -169,6 +169,19 @@ class TokenAttackTest(EnvoyTestCase):
                     self.assertIn(doc["error"], ("invalid_token", "missing_token"))
                     self.assertNotIn(token[:40] if len(token) > 40 else "\0", body.decode(errors="replace"),
                                      "the answer must not echo the token")
+        # Header values that are not UTF-8 (obs-text, which Envoy accepts) must not trap the VM.
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", self.envoy.port, timeout=5)
+        for _ in range(4):  # reach every worker
+            conn.putrequest("GET", "/api/orders")
+            conn.putheader("authorization", f"Bearer {mint.mint(KEYS, {'sub': 'alice', 'tenant': 'acme'})}")
+            conn.putheader("x-tenant", "\xffacme")
+            conn.putheader("x-bin", "\xfe\xff")
+            conn.endheaders()
+            resp = conn.getresponse()
+            resp.read()
+            self.assertEqual(resp.status, 403, "a tenant header that is not 'acme' is denied, not a crash")
+        conn.close()
         self.assertTrue(self.envoy.alive())
         self.assertStatus(200, "/api/orders", mint.mint(KEYS, {"sub": "alice"}))
         log = self.envoy.log_text()

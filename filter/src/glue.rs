@@ -12,7 +12,7 @@ use crate::ports::Counters;
 use crate::request::{AttributeValue, RequestView};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -27,11 +27,11 @@ proxy_wasm::main! {{
 const TICK_PERIOD: Duration = Duration::from_millis(250);
 
 fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
+    abi::log(level as u32, message);
 }
 
 fn now() -> SystemTime {
-    hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH)
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(abi::now_nanos().unwrap_or(0))
 }
 
 /// Per-VM state shared by the root context and its HTTP contexts (one thread per VM).
@@ -122,10 +122,10 @@ impl Context for PortcullisRoot {
         };
         // Envoy reports a failed callout (timeout, reset, no upstream) with no headers.
         let status = (num_headers > 0)
-            .then(|| self.get_http_call_response_header(":status"))
+            .then(|| abi::header_value(abi::HTTP_CALL_RESPONSE_HEADERS, ":status"))
             .flatten()
             .and_then(|s| s.parse::<u16>().ok());
-        let body = self.get_http_call_response_body(0, body_size);
+        let body = abi::http_call_response_body(body_size);
         let now = now();
         self.report_fetch(&provider, status, body.as_deref(), now);
         self.retry_pending();
@@ -158,6 +158,8 @@ impl PortcullisRoot {
                 (":authority", request.authority.as_str()),
             ];
             let timeout = Duration::from_millis(request.timeout_ms);
+            // Through the SDK: its dispatcher must register the callout's token to route the
+            // response back (it traps on a token it does not know).
             match self.dispatch_http_call(&request.cluster, headers, None, vec![], timeout) {
                 Ok(token) => {
                     self.state
@@ -225,7 +227,7 @@ impl PortcullisRoot {
                 .collect()
         };
         for (context_id, view, deadline) in pending {
-            if hostcalls::set_effective_context(context_id).is_err() {
+            if !abi::set_effective_context(context_id) {
                 self.state.borrow_mut().pending.remove(&context_id);
                 continue;
             }
@@ -233,7 +235,7 @@ impl PortcullisRoot {
                 Outcome::Decided(decision) => {
                     self.state.borrow_mut().pending.remove(&context_id);
                     if apply(&config, &self.state, context_id, &decision) {
-                        let _ = hostcalls::resume_http_request();
+                        abi::continue_request();
                     }
                 }
                 Outcome::KeysPending { .. } if now >= deadline => {
@@ -293,11 +295,8 @@ impl HttpContext for PortcullisHttp {
             // but never let a request through unchecked.
             let deny = not_configured();
             let body = deny.body(false);
-            let _ = hostcalls::send_http_response(
-                u32::from(deny.status),
-                vec![("content-type", "application/json")],
-                Some(body.as_bytes()),
-            );
+            let headers = [("content-type".to_owned(), "application/json".to_owned())];
+            abi::send_local_response(u32::from(deny.status), &headers, &body);
             return Action::Pause;
         };
         let view = request_view(&config);
@@ -330,7 +329,7 @@ impl HttpContext for PortcullisHttp {
             .remove(&self.context_id)
             .unwrap_or_default();
         for (name, value) in headers {
-            let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, &name, &value);
+            abi::add_header(abi::RESPONSE_HEADERS, &name, &value);
         }
         Action::Continue
     }
@@ -348,8 +347,7 @@ fn not_configured() -> crate::decision::Deny {
 
 /// Reads the request's headers and exactly the host attributes the configuration needs.
 fn request_view(config: &Config) -> RequestView {
-    let headers = hostcalls::get_map(MapType::HttpRequestHeaders)
-        .unwrap_or_default()
+    let headers = abi::header_pairs(abi::REQUEST_HEADERS)
         .into_iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v))
         .collect();
@@ -357,9 +355,7 @@ fn request_view(config: &Config) -> RequestView {
         .host_attributes
         .iter()
         .filter_map(|attribute| {
-            let bytes = hostcalls::get_property(attribute.property_path().to_vec())
-                .ok()
-                .flatten()?;
+            let bytes = abi::get_property(&attribute.property_path())?;
             Some((
                 *attribute,
                 AttributeValue::decode(attribute.kind(), &bytes)?,
@@ -418,11 +414,9 @@ fn apply(
             for edit in request_headers {
                 let _ = match edit {
                     HeaderEdit::Set(name, value) => {
-                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+                        abi::replace_header(abi::REQUEST_HEADERS, name, value)
                     }
-                    HeaderEdit::Remove(name) => {
-                        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None)
-                    }
+                    HeaderEdit::Remove(name) => abi::remove_header(abi::REQUEST_HEADERS, name),
                 };
             }
             if !response_headers.is_empty() {
@@ -452,11 +446,7 @@ fn apply(
 
 fn send_deny(config: &Config, deny: &crate::decision::Deny) {
     let (status, headers, body) = pipeline::render_deny(config, deny);
-    let headers: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let _ = hostcalls::send_http_response(u32::from(status), headers, Some(body.as_bytes()));
+    abi::send_local_response(u32::from(status), &headers, &body);
 }
 
 /// Decision log lines through `proxy_log`.
@@ -488,7 +478,7 @@ impl HostCounters {
         if let Some(id) = self.ids.get(name) {
             return Some(*id);
         }
-        let id = hostcalls::define_metric(kind, name).ok()?;
+        let id = abi::define_metric(kind as u32, name)?;
         self.ids.insert(name.to_owned(), id);
         Some(id)
     }
@@ -496,7 +486,7 @@ impl HostCounters {
     fn flush(&mut self) {
         for (id, by) in self.pending.drain() {
             if by != 0 {
-                let _ = hostcalls::increment_metric(id, by);
+                abi::increment_metric(id, by);
             }
         }
     }
@@ -511,7 +501,7 @@ impl Counters for HostCounters {
 
     fn set_gauge(&mut self, name: &str, value: u64) {
         if let Some(id) = self.id(name, MetricType::Gauge) {
-            let _ = hostcalls::record_metric(id, value);
+            abi::record_metric(id, value);
         }
     }
 }

@@ -41,6 +41,7 @@ pub mod policy;
 pub mod ports;
 pub mod ratelimit;
 pub mod request;
+pub mod wire;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;
