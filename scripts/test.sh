@@ -28,6 +28,7 @@ echo "-- cargo test summary:"
 grep -E '^test result:' out/cargo-test.log
 
 step "policy tests through the .wasm (portcullis test policies/)"
+cargo build -q -p portcullis-harness --bin portcullis
 target/debug/portcullis test policies/
 
 step "bundle the example configuration"
