@@ -35,8 +35,6 @@ pub struct ResponseConfig {
     pub decision_header: Option<String>,
     /// A header added to every local deny response (e.g. `x-portcullis-denied: true`).
     pub deny_header: Option<(String, String)>,
-    /// `realm` in `WWW-Authenticate`.
-    pub realm: String,
     /// Publish the decision to Envoy's filter state for access logs: `wasm.portcullis.decision`,
     /// `.rule`, `.error` and, for a verified token, `.jwt_provider` and `.jwt_sub`
     /// (`%FILTER_STATE(wasm.portcullis.rule:PLAIN)%`). One host call each: off by default.
@@ -49,7 +47,6 @@ impl Default for ResponseConfig {
             hide_rule_name: false,
             decision_header: None,
             deny_header: None,
-            realm: "portcullis".into(),
             filter_state: false,
         }
     }
