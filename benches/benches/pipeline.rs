@@ -2,7 +2,7 @@
 //! (Through-the-wasm numbers: `portcullis bench`, see docs/harness.md.)
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use portcullis_benches::{compile, full_config, ten_rules};
+use portcullis_benches::{compile, full_config, ten_rules_without_jwt};
 use portcullis_filter::decision::Outcome;
 use portcullis_filter::jwt::{RemoteKeys, TokenCache};
 use portcullis_filter::pipeline::{decide, Env};
@@ -68,7 +68,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(run(&full, &mut cache, black_box(&req))))
     });
 
-    let policy_only = compile(&json!({"policy": {"default_action": "deny", "rules": ten_rules()}}));
+    let policy_only =
+        compile(&json!({"policy": {"default_action": "deny", "rules": ten_rules_without_jwt()}}));
     let anon = request(None);
     c.bench_function("decide: 10 rules, no token", |b| {
         b.iter(|| black_box(run(&policy_only, &mut cache, black_box(&anon))))

@@ -37,34 +37,9 @@ import render  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
-TEN_RULES = [
-    {"name": "deny-blocked-ua", "deny": "'user-agent' in request.headers && request.headers['user-agent'].contains('evil-bot')"},
-    {"name": "deny-tenant-mismatch", "when": "'x-tenant' in request.headers",
-     "deny": "request.headers['x-tenant'] != jwt.claims.tenant"},
-    {"name": "deny-admin", "when": "request.url_path.startsWith('/admin')", "deny": "!('admin' in jwt.claims.groups)"},
-    {"name": "deny-delete", "deny": "request.method == 'DELETE' && !('admin' in jwt.claims.groups)"},
-    {"name": "deny-internal", "when": "request.url_path.startsWith('/internal')", "deny": "true"},
-    {"name": "allow-health", "allow": "request.url_path == '/healthz'"},
-    {"name": "allow-public", "allow": "request.url_path.startsWith('/public/')"},
-    {"name": "allow-writes", "allow": "request.method in ['POST', 'PUT'] && 'write' in jwt.claims.scope.split(' ')"},
-    {"name": "allow-groups", "allow": "request.method == 'GET' && jwt.claims.groups.exists(g, g == 'dev')"},
-    {"name": "allow-reads", "allow": "request.method in ['GET', 'HEAD'] && jwt.provider == 'local'"},
-]
-
-# The same shapes over request attributes only (no token).
-TEN_RULES_NO_JWT = [
-    {"name": "deny-blocked-ua", "deny": "'user-agent' in request.headers && request.headers['user-agent'].contains('evil-bot')"},
-    {"name": "deny-tenant-mismatch", "when": "'x-tenant' in request.headers",
-     "deny": "request.headers['x-tenant'] != 'acme'"},
-    {"name": "deny-admin", "when": "request.url_path.startsWith('/admin')", "deny": "request.method != 'GET'"},
-    {"name": "deny-delete", "deny": "request.method == 'DELETE'"},
-    {"name": "deny-internal", "when": "request.url_path.startsWith('/internal')", "deny": "true"},
-    {"name": "allow-health", "allow": "request.url_path == '/healthz'"},
-    {"name": "allow-public", "allow": "request.url_path.startsWith('/public/')"},
-    {"name": "allow-writes", "allow": "request.method in ['POST', 'PUT'] && 'write' in ['read', 'write']"},
-    {"name": "allow-groups", "allow": "request.method == 'GET' && ['dev'].exists(g, g == 'dev')"},
-    {"name": "allow-reads", "allow": "request.method in ['GET', 'HEAD']"},
-]
+# The ten rules the criterion benches use too (benches/src/lib.rs): with and without JWT.
+_RULES = json.loads((ROOT / "benches" / "fixtures" / "ten-rules.json").read_text())
+TEN_RULES, TEN_RULES_NO_JWT = _RULES["with_jwt"], _RULES["without_jwt"]
 
 
 def plugin_configs():

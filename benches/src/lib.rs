@@ -3,20 +3,21 @@
 use portcullis_filter::config::Config;
 use serde_json::json;
 
-/// The ten rules of `benches/envoy/envoy_load.py` (`TEN_RULES`), JWT-dependent.
+/// The ten rules of `benches/fixtures/ten-rules.json` (shared with the Envoy load script),
+/// JWT-dependent.
 pub fn ten_rules() -> serde_json::Value {
-    json!([
-        {"name": "deny-blocked-ua", "deny": "'user-agent' in request.headers && request.headers['user-agent'].contains('evil-bot')"},
-        {"name": "deny-tenant-mismatch", "when": "'x-tenant' in request.headers", "deny": "request.headers['x-tenant'] != jwt.claims.tenant"},
-        {"name": "deny-admin", "when": "request.url_path.startsWith('/admin')", "deny": "!('admin' in jwt.claims.groups)"},
-        {"name": "deny-delete", "deny": "request.method == 'DELETE' && !('admin' in jwt.claims.groups)"},
-        {"name": "deny-internal", "when": "request.url_path.startsWith('/internal')", "deny": "true"},
-        {"name": "allow-health", "allow": "request.url_path == '/healthz'"},
-        {"name": "allow-public", "allow": "request.url_path.startsWith('/public/')"},
-        {"name": "allow-writes", "allow": "request.method in ['POST', 'PUT'] && 'write' in jwt.claims.scope.split(' ')"},
-        {"name": "allow-groups", "allow": "request.method == 'GET' && jwt.claims.groups.exists(g, g == 'dev')"},
-        {"name": "allow-reads", "allow": "request.method in ['GET', 'HEAD'] && jwt.provider == 'local'"}
-    ])
+    rules("with_jwt")
+}
+
+/// The same shapes over request attributes only.
+pub fn ten_rules_without_jwt() -> serde_json::Value {
+    rules("without_jwt")
+}
+
+fn rules(which: &str) -> serde_json::Value {
+    let all: serde_json::Value =
+        serde_json::from_str(include_str!("../fixtures/ten-rules.json")).unwrap_or_default();
+    all.get(which).cloned().unwrap_or_default()
 }
 
 pub const ISSUER: &str = "https://issuer.portcullis.local";
