@@ -25,7 +25,7 @@ pub struct PluginConfig {
 }
 
 /// How answers look.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ResponseConfig {
     /// Leave the deciding rule's name out of deny bodies.
@@ -39,17 +39,6 @@ pub struct ResponseConfig {
     /// `.rule`, `.error` and, for a verified token, `.jwt_provider` and `.jwt_sub`
     /// (`%FILTER_STATE(wasm.portcullis.rule:PLAIN)%`). One host call each: off by default.
     pub filter_state: bool,
-}
-
-impl Default for ResponseConfig {
-    fn default() -> Self {
-        ResponseConfig {
-            hide_rule_name: false,
-            decision_header: None,
-            deny_header: None,
-            filter_state: false,
-        }
-    }
 }
 
 /// A rejected configuration.

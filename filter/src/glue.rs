@@ -91,8 +91,17 @@ impl RootContext for PortcullisRoot {
     }
 
     fn on_tick(&mut self) {
-        self.sync_jwks(now());
+        let now = now();
+        self.sync_jwks(now);
         self.retry_pending();
+        if let Some(config) = &self.config {
+            if config.rate_limiter.sweep_due(&abi::HostStore, now) {
+                let mut state = self.state.borrow_mut();
+                config
+                    .rate_limiter
+                    .sweep(&abi::HostStore, now, &mut state.counters);
+            }
+        }
         self.state.borrow_mut().counters.flush();
     }
 

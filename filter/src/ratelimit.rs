@@ -22,6 +22,11 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Shared "next sweep due" time, so one VM per interval counts live buckets.
+const SWEEP_KEY: &str = "portcullis.rl.sweep";
+/// How often the live-bucket gauge is refreshed.
+pub const SWEEP_INTERVAL_S: u64 = 10;
+
 /// How often a CAS update is retried before the request is refused (fail closed).
 pub const MAX_CAS_ATTEMPTS: usize = 16;
 
@@ -103,6 +108,7 @@ struct LimitCounters {
     shadow_limited: String,
     errors: String,
     key_errors: String,
+    live_buckets: String,
 }
 
 impl LimitCounters {
@@ -114,6 +120,7 @@ impl LimitCounters {
             shadow_limited: c("shadow_limited"),
             errors: c("errors"),
             key_errors: c("key_errors"),
+            live_buckets: c("live_buckets"),
         }
     }
 }
@@ -330,6 +337,59 @@ impl RateLimiter {
             .iter()
             .flat_map(|l| l.when.iter().chain(std::iter::once(&l.key)))
             .flat_map(Expr::host_attributes)
+            .collect()
+    }
+
+    /// Whether this VM should run [`RateLimiter::sweep`] now: at most once per
+    /// [`SWEEP_INTERVAL_S`] across the whole proxy (a CAS on a shared "next sweep" time).
+    pub fn sweep_due(&self, store: &dyn SharedStore, now: SystemTime) -> bool {
+        if self.limits.is_empty() {
+            return false;
+        }
+        let now = now_nanos(now);
+        let stored = store.get(SWEEP_KEY);
+        let due = stored
+            .as_ref()
+            .and_then(|(bytes, _)| bytes.as_slice().try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(0);
+        if now < due {
+            return false;
+        }
+        let next = now.saturating_add(SWEEP_INTERVAL_S * 1_000_000_000);
+        store
+            .set(SWEEP_KEY, &next.to_le_bytes(), stored.map(|(_, cas)| cas))
+            .is_ok()
+    }
+
+    /// Counts the live buckets of every limit (those not yet refilled to full: a full bucket
+    /// is as good as absent) and publishes `portcullis.ratelimit.<name>.live_buckets`.
+    /// Reads `max_buckets` shared-data entries per limit; run it via [`RateLimiter::sweep_due`].
+    pub fn sweep(
+        &self,
+        store: &dyn SharedStore,
+        now: SystemTime,
+        counters: &mut dyn Counters,
+    ) -> Vec<u64> {
+        let now = now_nanos(now);
+        self.limits
+            .iter()
+            .map(|limit| {
+                let live = (0..self.max_buckets)
+                    .filter(|slot| {
+                        let Some((bytes, _)) = store.get(&format!("{}{slot}", limit.store_prefix))
+                        else {
+                            return false;
+                        };
+                        let Some(bucket) = Bucket::decode(&bytes) else {
+                            return false;
+                        };
+                        u128::from(refill(limit, Some(bucket), bucket.key_hash, now).tokens)
+                            < capacity(limit)
+                    })
+                    .count() as u64;
+                counters.set_gauge(&limit.counters.live_buckets, live);
+                live
+            })
             .collect()
     }
 
@@ -767,6 +827,25 @@ mod tests {
             &mut counters
         )));
         assert_eq!(counters.get("portcullis.ratelimit.contention_exhausted"), 1);
+    }
+
+    #[test]
+    fn live_buckets_are_counted_by_one_sweeper_per_interval() {
+        let limiter = limiter(ONE);
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        for key in ["a", "b", "c"] {
+            run(&limiter, &store, &mut counters, key, 0.0);
+        }
+        // Two VMs tick at the same moment: only one sweeps.
+        assert!(limiter.sweep_due(&store, at(1.0)));
+        assert!(!limiter.sweep_due(&store, at(1.0)));
+        assert_eq!(limiter.sweep(&store, at(0.1), &mut counters), vec![3]);
+        assert_eq!(counters.get("portcullis.ratelimit.per-key.live_buckets"), 3);
+        // Half a token back per 0.25 s: full again (idle, expired) after 0.5 s.
+        assert_eq!(limiter.sweep(&store, at(0.6), &mut counters), vec![0]);
+        assert!(!limiter.sweep_due(&store, at(10.9)));
+        assert!(limiter.sweep_due(&store, at(11.0)));
     }
 
     #[test]
