@@ -10,9 +10,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use wasmtime::{Caller, Extern, Instance, Linker, Memory, Store, Val};
+use wasmtime::{Caller, Extern, Instance, Linker, Memory, Store, TypedFunc, Val};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::p2::OutputStream;
+
+/// The capacity of the captured stdout/stderr pipes (in effect unlimited).
+const STDIO_CAPACITY: usize = usize::MAX / 2;
 
 /// How a VM is configured (Envoy's `vm_config` + plugin config).
 #[derive(Debug, Clone, Default)]
@@ -200,6 +204,11 @@ pub(crate) struct VmState {
     stderr: MemoryOutputPipe,
     stdout_seen: usize,
     stderr_seen: usize,
+    /// The plugin's `memory` export, looked up once after instantiation.
+    memory: Option<Memory>,
+    /// `proxy_on_memory_allocate` (or `malloc`) with the usual `(i32) -> i32` type.
+    /// (An `Arc`: cloning a `TypedFunc` costs a type-registry round trip.)
+    allocator: Option<Arc<TypedFunc<i32, i32>>>,
 }
 
 impl VmState {
@@ -277,6 +286,15 @@ impl VmState {
             } else {
                 (&self.stderr, self.stderr_seen)
             };
+            // `contents()` copies the whole pipe: look at its length first (what
+            // `check_write` leaves of the capacity), which costs a lock and no copy.
+            let written = match OutputStream::check_write(&mut pipe.clone()) {
+                Ok(room) => STDIO_CAPACITY.saturating_sub(room),
+                Err(_) => STDIO_CAPACITY,
+            };
+            if written <= seen {
+                continue;
+            }
             let contents = pipe.contents();
             if contents.len() <= seen {
                 continue;
@@ -332,6 +350,108 @@ pub struct Vm {
     instance: Instance,
     index: usize,
     dead: bool,
+    /// Exports looked up so far (`None`: no such function), so a callback doesn't look the
+    /// export up and check its type every time. A handful: a list is fastest.
+    exports: Vec<(String, Option<Export>)>,
+    /// Argument and result buffers of dynamic calls, reused.
+    vals: (Vec<Val>, Vec<Val>),
+}
+
+/// A callback export: typed when its signature is one of proxy-wasm's all-`i32` ones (a call
+/// then checks no types and boxes no values), else called through `Val`s.
+#[derive(Clone)]
+enum Export {
+    P0(TypedFunc<(), ()>),
+    P0R(TypedFunc<(), i32>),
+    P1(TypedFunc<i32, ()>),
+    P1R(TypedFunc<i32, i32>),
+    P2(TypedFunc<(i32, i32), ()>),
+    P2R(TypedFunc<(i32, i32), i32>),
+    P3(TypedFunc<(i32, i32, i32), ()>),
+    P3R(TypedFunc<(i32, i32, i32), i32>),
+    P5(TypedFunc<(i32, i32, i32, i32, i32), ()>),
+    P5R(TypedFunc<(i32, i32, i32, i32, i32), i32>),
+    Dynamic {
+        func: wasmtime::Func,
+        /// Which parameters are i64 (the others get i32s).
+        i64_params: Vec<bool>,
+        results: usize,
+    },
+}
+
+impl Export {
+    fn new(func: wasmtime::Func, store: &Store<VmState>) -> Export {
+        macro_rules! typed {
+            ($($variant:ident: $p:ty => $r:ty),*) => {
+                $(if let Ok(f) = func.typed::<$p, $r>(store) {
+                    return Export::$variant(f);
+                })*
+            };
+        }
+        typed!(
+            P0: () => (), P0R: () => i32,
+            P1: i32 => (), P1R: i32 => i32,
+            P2: (i32, i32) => (), P2R: (i32, i32) => i32,
+            P3: (i32, i32, i32) => (), P3R: (i32, i32, i32) => i32,
+            P5: (i32, i32, i32, i32, i32) => (), P5R: (i32, i32, i32, i32, i32) => i32
+        );
+        let ty = func.ty(store);
+        let results = ty.results().len();
+        let i64_params = ty
+            .params()
+            .map(|t| matches!(t, wasmtime::ValType::I64))
+            .collect();
+        Export::Dynamic {
+            func,
+            i64_params,
+            results,
+        }
+    }
+
+    /// Calls it with `args` (missing ones are 0); the first result as an i32.
+    fn call(
+        &self,
+        store: &mut Store<VmState>,
+        args: &[i32],
+        vals: &mut (Vec<Val>, Vec<Val>),
+    ) -> wasmtime::Result<Option<i32>> {
+        let a = |i: usize| args.get(i).copied().unwrap_or(0);
+        match self {
+            Export::P0(f) => f.call(store, ()).map(|()| None),
+            Export::P0R(f) => f.call(store, ()).map(Some),
+            Export::P1(f) => f.call(store, a(0)).map(|()| None),
+            Export::P1R(f) => f.call(store, a(0)).map(Some),
+            Export::P2(f) => f.call(store, (a(0), a(1))).map(|()| None),
+            Export::P2R(f) => f.call(store, (a(0), a(1))).map(Some),
+            Export::P3(f) => f.call(store, (a(0), a(1), a(2))).map(|()| None),
+            Export::P3R(f) => f.call(store, (a(0), a(1), a(2))).map(Some),
+            Export::P5(f) => f.call(store, (a(0), a(1), a(2), a(3), a(4))).map(|()| None),
+            Export::P5R(f) => f.call(store, (a(0), a(1), a(2), a(3), a(4))).map(Some),
+            Export::Dynamic {
+                func,
+                i64_params,
+                results,
+            } => {
+                let (params, out) = vals;
+                params.clear();
+                params.extend(i64_params.iter().enumerate().map(|(i, &is_i64)| {
+                    if is_i64 {
+                        Val::I64(i64::from(a(i) as u32))
+                    } else {
+                        Val::I32(a(i))
+                    }
+                }));
+                out.clear();
+                out.resize(*results, Val::I32(0));
+                func.call(store, params, out)?;
+                Ok(out.first().and_then(|v| match v {
+                    Val::I32(i) => Some(*i),
+                    Val::I64(i) => Some(*i as i32),
+                    _ => None,
+                }))
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Vm {
@@ -363,6 +483,8 @@ impl Vm {
             instance,
             index,
             dead: false,
+            exports: Vec::new(),
+            vals: (Vec::new(), Vec::new()),
         };
         vm.boot()?;
         Ok(vm)
@@ -448,6 +570,7 @@ impl Vm {
         self.store = store;
         self.instance = instance;
         self.dead = false;
+        self.exports.clear();
         self.boot()
     }
 
@@ -500,20 +623,21 @@ impl Vm {
         if self.dead {
             return Err(VmError::Poisoned);
         }
-        let func = match self.instance.get_func(&mut self.store, name) {
-            Some(f) => f,
-            None => return Ok(None),
+        let idx = match self.exports.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None => {
+                let e = self
+                    .instance
+                    .get_func(&mut self.store, name)
+                    .map(|func| Export::new(func, &self.store));
+                self.exports.push((name.to_owned(), e));
+                self.exports.len() - 1
+            }
         };
-        let ty = func.ty(&self.store);
-        let params: Vec<Val> = ty
-            .params()
-            .zip(args.iter().chain(std::iter::repeat(&0)))
-            .map(|(t, &a)| match t {
-                wasmtime::ValType::I64 => Val::I64(i64::from(a as u32)),
-                _ => Val::I32(a),
-            })
-            .collect();
-        let mut results: Vec<Val> = ty.results().map(|_| Val::I32(0)).collect();
+        // Borrowed, not cloned: a `TypedFunc` clone registers its type again.
+        let Some((_, Some(export))) = self.exports.get(idx) else {
+            return Ok(None);
+        };
         let previous = self.store.data().current_ctx;
         self.store.data_mut().current_ctx = ctx;
         let log_before = self.host.state().logs.len();
@@ -523,15 +647,11 @@ impl Vm {
             .unwrap_or(Duration::from_secs(30));
         let ticks = (timeout.as_millis() / host::EPOCH_TICK.as_millis()).max(1) as u64 + 1;
         self.store.set_epoch_deadline(ticks);
-        let r = func.call(&mut self.store, &params, &mut results);
+        let r = export.call(&mut self.store, args, &mut self.vals);
         self.store.data_mut().drain_stdio();
         self.store.data_mut().current_ctx = previous;
         match r {
-            Ok(()) => Ok(results.first().and_then(|v| match v {
-                Val::I32(i) => Some(*i),
-                Val::I64(i) => Some(*i as i32),
-                _ => None,
-            })),
+            Ok(first) => Ok(first),
             Err(e) => {
                 self.dead = true;
                 let trap = e
@@ -589,6 +709,8 @@ impl Vm {
         let mut st = StreamState {
             id: ctx,
             request_headers: req.headers.clone(),
+            // The request's own properties + the 9 derived below, without rehashing.
+            properties: HashMap::with_capacity(req.properties.len() + 9),
             ..StreamState::default()
         };
         for (k, v) in &req.properties {
@@ -612,14 +734,15 @@ impl Vm {
         ];
         for (k, v) in derived {
             if let Some(v) = v {
-                st.properties
-                    .entry(k.to_owned())
-                    .or_insert_with(|| v.into_bytes());
+                if !st.properties.contains_key(k) {
+                    st.properties.insert(k.to_owned(), v.into_bytes());
+                }
             }
         }
-        st.properties
-            .entry("request.time".into())
-            .or_insert_with(|| (now as i64).to_le_bytes().to_vec());
+        if !st.properties.contains_key("request.time") {
+            st.properties
+                .insert("request.time".into(), (now as i64).to_le_bytes().to_vec());
+        }
         data.streams.insert(ctx, st);
         self.call(
             "proxy_on_context_create",
@@ -1123,8 +1246,8 @@ fn instantiate(
             unknown.join(", ")
         )));
     }
-    let stdout = MemoryOutputPipe::new(usize::MAX / 2);
-    let stderr = MemoryOutputPipe::new(usize::MAX / 2);
+    let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
+    let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
     let clock = || VirtualClock(host.shared.clone());
     let wasi = wasmtime_wasi::WasiCtxBuilder::new()
         .stdout(stdout.clone())
@@ -1167,6 +1290,8 @@ fn instantiate(
         stderr,
         stdout_seen: 0,
         stderr_seen: 0,
+        memory: None,
+        allocator: None,
     };
     let mut store = Store::new(host::engine(), state);
     store.epoch_deadline_trap();
@@ -1174,6 +1299,15 @@ fn instantiate(
     let instance = linker()?
         .instantiate(&mut store, &module.module)
         .map_err(|e| VmError::Load(format!("instantiation failed: {e:?}")))?;
+    // Looked up once: host functions need them on every call.
+    let memory = instance.get_memory(&mut store, "memory");
+    let allocator = ["proxy_on_memory_allocate", "malloc"]
+        .into_iter()
+        .find_map(|name| instance.get_func(&mut store, name))
+        .and_then(|f| f.typed::<i32, i32>(&store).ok())
+        .map(Arc::new);
+    store.data_mut().memory = memory;
+    store.data_mut().allocator = allocator;
     Ok((store, instance))
 }
 
@@ -1191,6 +1325,9 @@ type C<'a> = Caller<'a, VmState>;
 type R = wasmtime::Result<i32>;
 
 fn memory(c: &mut C<'_>) -> Option<Memory> {
+    if let Some(m) = c.data().memory {
+        return Some(m);
+    }
     match c.get_export("memory") {
         Some(Extern::Memory(m)) => Some(m),
         _ => None,
@@ -1205,7 +1342,9 @@ fn read(c: &mut C<'_>, ptr: i32, len: i32) -> Option<Vec<u8>> {
 }
 
 fn read_string(c: &mut C<'_>, ptr: i32, len: i32) -> Option<String> {
-    read(c, ptr, len).map(|b| String::from_utf8_lossy(&b).into_owned())
+    read(c, ptr, len).map(|b| {
+        String::from_utf8(b).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    })
 }
 
 fn write(c: &mut C<'_>, ptr: i32, bytes: &[u8]) -> bool {
@@ -1222,15 +1361,19 @@ fn write_u32(c: &mut C<'_>, ptr: i32, v: u32) -> bool {
 /// Copies `bytes` into guest memory allocated with `proxy_on_memory_allocate` (or `malloc`),
 /// and stores the pointer and size at `ptr_ptr` / `size_ptr`.
 fn give(c: &mut C<'_>, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> R {
-    let alloc = c
-        .get_export("proxy_on_memory_allocate")
-        .or_else(|| c.get_export("malloc"))
-        .and_then(Extern::into_func);
-    let alloc = match alloc {
+    let alloc = match c.data().allocator.clone() {
         Some(f) => f,
-        None => return Ok(status::INTERNAL_FAILURE),
+        None => {
+            let alloc = c
+                .get_export("proxy_on_memory_allocate")
+                .or_else(|| c.get_export("malloc"))
+                .and_then(Extern::into_func);
+            match alloc {
+                Some(f) => Arc::new(f.typed::<i32, i32>(&*c)?),
+                None => return Ok(status::INTERNAL_FAILURE),
+            }
+        }
     };
-    let alloc = alloc.typed::<i32, i32>(&*c)?;
     let ptr = alloc.call(&mut *c, bytes.len() as i32)?;
     if ptr == 0 && !bytes.is_empty() {
         return Ok(status::INTERNAL_FAILURE);
