@@ -2185,11 +2185,11 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
     Ok(l)
 }
 
+/// The path's NUL-separated segments joined by `.` (NUL is ASCII, so mapping it in place is
+/// the same as splitting, decoding each segment and joining).
 fn property_path(raw: &[u8]) -> String {
-    raw.split(|&b| b == 0)
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .collect::<Vec<_>>()
-        .join(".")
+    let dotted: Vec<u8> = raw.iter().map(|&b| if b == 0 { b'.' } else { b }).collect();
+    String::from_utf8(dotted).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 #[allow(clippy::too_many_arguments)]
