@@ -772,11 +772,16 @@ impl Vm {
         end_of_stream: bool,
     ) -> Result<Action, VmError> {
         let n = self.stream_mut(ctx)?.request_headers.len() as i32;
-        let r = self.call(
+        self.stream_callback(
             "proxy_on_request_headers",
             ctx,
             &[ctx as i32, n, i32::from(end_of_stream)],
-        )?;
+        )
+    }
+
+    /// Calls a stream callback that answers an `Action`, then lets the host settle.
+    fn stream_callback(&mut self, name: &str, ctx: u32, args: &[i32]) -> Result<Action, VmError> {
+        let r = self.call(name, ctx, args)?;
         self.after_callback()?;
         Ok(Action::from_i32(r.unwrap_or(0)))
     }
@@ -789,13 +794,11 @@ impl Vm {
         end_of_stream: bool,
     ) -> Result<Action, VmError> {
         self.stream_mut(ctx)?.request_body = body.to_vec();
-        let r = self.call(
+        self.stream_callback(
             "proxy_on_request_body",
             ctx,
             &[ctx as i32, body.len() as i32, i32::from(end_of_stream)],
-        )?;
-        self.after_callback()?;
-        Ok(Action::from_i32(r.unwrap_or(0)))
+        )
     }
 
     /// `proxy_on_request_trailers`.
@@ -805,13 +808,11 @@ impl Vm {
         trailers: &Headers,
     ) -> Result<Action, VmError> {
         self.stream_mut(ctx)?.request_trailers = trailers.clone();
-        let r = self.call(
+        self.stream_callback(
             "proxy_on_request_trailers",
             ctx,
             &[ctx as i32, trailers.len() as i32],
-        )?;
-        self.after_callback()?;
-        Ok(Action::from_i32(r.unwrap_or(0)))
+        )
     }
 
     /// `proxy_on_response_headers` (`:status` is added first).
@@ -826,13 +827,11 @@ impl Vm {
         all.extend(headers.iter().cloned());
         let n = all.len() as i32;
         self.stream_mut(ctx)?.response_headers = all;
-        let r = self.call(
+        self.stream_callback(
             "proxy_on_response_headers",
             ctx,
             &[ctx as i32, n, i32::from(end_of_stream)],
-        )?;
-        self.after_callback()?;
-        Ok(Action::from_i32(r.unwrap_or(0)))
+        )
     }
 
     /// `proxy_on_response_body` with the whole body as one chunk.
@@ -843,13 +842,11 @@ impl Vm {
         end_of_stream: bool,
     ) -> Result<Action, VmError> {
         self.stream_mut(ctx)?.response_body = body.to_vec();
-        let r = self.call(
+        self.stream_callback(
             "proxy_on_response_body",
             ctx,
             &[ctx as i32, body.len() as i32, i32::from(end_of_stream)],
-        )?;
-        self.after_callback()?;
-        Ok(Action::from_i32(r.unwrap_or(0)))
+        )
     }
 
     /// `proxy_on_response_trailers`.
@@ -859,13 +856,11 @@ impl Vm {
         trailers: &Headers,
     ) -> Result<Action, VmError> {
         self.stream_mut(ctx)?.response_trailers = trailers.clone();
-        let r = self.call(
+        self.stream_callback(
             "proxy_on_response_trailers",
             ctx,
             &[ctx as i32, trailers.len() as i32],
-        )?;
-        self.after_callback()?;
-        Ok(Action::from_i32(r.unwrap_or(0)))
+        )
     }
 
     /// Ends a stream: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`. Returns its final state.
