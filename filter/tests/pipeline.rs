@@ -215,3 +215,50 @@ fn shadow_policy_logs_and_counts_what_it_would_deny_but_allows() {
         .iter()
         .all(|(_, m)| !m.contains("alice") && !m.contains(TOKEN.trim())));
 }
+
+#[test]
+fn tokens_from_query_parameters_and_cookies_are_stripped_too() {
+    let jwks: serde_json::Value =
+        serde_json::from_str(include_str!("../../policies/keys/jwks.json")).unwrap();
+    let config = Config::from_json(
+        json!({
+            "jwt": {"providers": [{"name": "local", "issuer": "https://issuer.portcullis.local",
+                "audiences": ["portcullis-demo"], "jwks": {"inline": jwks},
+                "from_headers": [], "from_params": ["access_token"], "from_cookies": ["session"]}]},
+            "policy": {"default_action": "allow"}
+        })
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut world = World::new();
+    let mut cache = config.authenticator.new_token_cache();
+    let token = TOKEN.trim();
+
+    let path = format!("/api/x?a=1&access_token={token}&b=2");
+    let out = world.decide(&config, &mut cache, &RequestView::new("GET", &path, &[]));
+    let Outcome::Decided(Decision::Allow {
+        request_headers, ..
+    }) = out
+    else {
+        panic!("{out:?}")
+    };
+    assert!(request_headers.contains(&HeaderEdit::Set(":path".into(), "/api/x?a=1&b=2".into())));
+
+    let cookie = format!("theme=dark; session={token}; lang=en");
+    let out = world.decide(
+        &config,
+        &mut cache,
+        &RequestView::new("GET", "/api/x", &[("cookie", &cookie)]),
+    );
+    let Outcome::Decided(Decision::Allow {
+        request_headers, ..
+    }) = out
+    else {
+        panic!("{out:?}")
+    };
+    assert!(request_headers.contains(&HeaderEdit::Set(
+        "cookie".into(),
+        "theme=dark; lang=en".into()
+    )));
+}

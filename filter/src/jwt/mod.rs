@@ -143,11 +143,60 @@ static EPOCH: AtomicU64 = AtomicU64::new(1);
 
 const REALM: &str = "portcullis";
 
+/// Where a token was found: what `forward: false` removes before the request goes upstream.
+#[derive(Debug, Clone, PartialEq)]
+enum TokenLocation {
+    Header(String),
+    Param(String),
+    Cookie(String),
+}
+
+impl TokenLocation {
+    /// The request edit that removes the token from where it was found.
+    fn strip(&self, request: &RequestView) -> Option<HeaderEdit> {
+        match self {
+            TokenLocation::Header(name) => Some(HeaderEdit::Remove(name.clone())),
+            TokenLocation::Param(param) => {
+                let (path, query) = request.path().split_once('?')?;
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|pair| {
+                        let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
+                        percent_decode(key).as_deref() != Some(param.as_str())
+                    })
+                    .collect();
+                let path = if kept.is_empty() {
+                    path.to_owned()
+                } else {
+                    format!("{path}?{}", kept.join("&"))
+                };
+                Some(HeaderEdit::Set(":path".to_owned(), path))
+            }
+            TokenLocation::Cookie(cookie) => {
+                let kept: Vec<&str> = request
+                    .headers
+                    .iter()
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+                    .flat_map(|(_, v)| v.split(';'))
+                    .map(str::trim)
+                    .filter(|pair| pair.split_once('=').is_none_or(|(n, _)| n.trim() != cookie))
+                    .filter(|pair| !pair.is_empty())
+                    .collect();
+                Some(if kept.is_empty() {
+                    HeaderEdit::Remove("cookie".to_owned())
+                } else {
+                    HeaderEdit::Set("cookie".to_owned(), kept.join("; "))
+                })
+            }
+        }
+    }
+}
+
 /// The result of one provider for one request (memoised per request).
 #[derive(Debug, Clone)]
 enum ProviderResult {
     Missing,
-    Verified(Arc<VerifiedToken>, Option<String>),
+    Verified(Arc<VerifiedToken>, TokenLocation),
     Invalid(Invalid),
     Pending,
     Unavailable,
@@ -343,9 +392,7 @@ impl Authenticator {
                         continue;
                     };
                     if !p.forward {
-                        if let Some(header) = source {
-                            request_headers.push(HeaderEdit::Remove(header.clone()));
-                        }
+                        request_headers.extend(source.strip(activation.request));
                     }
                     request_headers.extend(t.header_edits.iter().cloned());
                     if token.is_none() {
@@ -642,11 +689,11 @@ fn verify_token(
 }
 
 /// Finds the provider's token: headers first (in configured order), then query
-/// parameters, then cookies. Returns the token and, if it came from a header, its name.
+/// parameters, then cookies. Returns the token and where it was found.
 fn extract<'r>(
     sources: &[TokenSource],
     request: &'r RequestView,
-) -> Option<(Cow<'r, str>, Option<String>)> {
+) -> Option<(Cow<'r, str>, TokenLocation)> {
     for source in sources {
         match source {
             TokenSource::Header { name, prefix } => {
@@ -662,7 +709,7 @@ fn extract<'r>(
                             .and_then(|_| v.get(prefix.len()..)),
                     };
                     if let Some(token) = rest.map(str::trim).filter(|t| !t.is_empty()) {
-                        return Some((Cow::Borrowed(token), Some(name.clone())));
+                        return Some((Cow::Borrowed(token), TokenLocation::Header(name.clone())));
                     }
                 }
             }
@@ -676,7 +723,7 @@ fn extract<'r>(
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
                     if percent_decode(k).as_deref() == Some(param.as_str()) {
                         if let Some(token) = percent_decode(v).filter(|t| !t.is_empty()) {
-                            return Some((Cow::Owned(token), None));
+                            return Some((Cow::Owned(token), TokenLocation::Param(param.clone())));
                         }
                     }
                 }
@@ -690,7 +737,10 @@ fn extract<'r>(
                         if let Some((name, value)) = pair.trim().split_once('=') {
                             let value = value.trim().trim_matches('"');
                             if name.trim() == cookie && !value.is_empty() {
-                                return Some((Cow::Borrowed(value), None));
+                                return Some((
+                                    Cow::Borrowed(value),
+                                    TokenLocation::Cookie(cookie.clone()),
+                                ));
                             }
                         }
                     }
