@@ -77,6 +77,9 @@ class RemoteJwksRunning(unittest.TestCase):
         # Four VMs (main + 2 workers, and the main thread's second configure): one fetch,
         # or two if two VMs raced on the very first lease (documented in docs/jwt.md).
         self.assertIn(self.upstream.jwks_fetches(), (1, 2))
+        age = "wasmcustom.portcullis.jwks.local.keys_age_s"
+        self.assertTrue(eventually(lambda: age in self.envoy.stats(age), timeout=5), "the key-age gauge is published")
+        self.assertLess(self.envoy.stats(age)[age], 60)
 
     def test_rotated_keys_are_fetched_when_a_token_names_an_unknown_kid(self):
         self.start()

@@ -149,12 +149,25 @@ impl PortcullisRoot {
             let VmState {
                 jwks_sync,
                 remote_keys,
+                counters,
                 ..
             } = &mut *state;
-            match jwks_sync {
-                Some(sync) => sync.poll(now, &abi::HostStore, remote_keys),
-                None => return,
+            let Some(sync) = jwks_sync else {
+                return;
+            };
+            let requests = sync.poll(now, &abi::HostStore, remote_keys);
+            // Key age per provider: how long ago the keys in use were fetched (by any VM).
+            let now_s = now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            for spec in sync.providers() {
+                if let Some(set) = remote_keys.get(&spec.provider) {
+                    let fetched = u64::try_from(set.fetched_at).unwrap_or(0);
+                    let gauge = format!("portcullis.jwks.{}.keys_age_s", spec.provider);
+                    counters.set_gauge(&gauge, now_s.saturating_sub(fetched));
+                }
             }
+            requests
         };
         self.dispatch(requests, now);
     }
