@@ -332,8 +332,11 @@ impl HttpContext for PortcullisHttp {
                 }
             }
             Outcome::KeysPending { .. } => {
-                let deadline =
-                    now + Duration::from_millis(config.authenticator.pending_deadline_ms());
+                let deadline = now
+                    .checked_add(Duration::from_millis(
+                        config.authenticator.pending_deadline_ms(),
+                    ))
+                    .unwrap_or(now);
                 self.state
                     .borrow_mut()
                     .pending
