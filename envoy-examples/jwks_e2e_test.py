@@ -81,6 +81,16 @@ class RemoteJwksRunning(unittest.TestCase):
         self.assertTrue(eventually(lambda: age in self.envoy.stats(age), timeout=5), "the key-age gauge is published")
         self.assertLess(self.envoy.stats(age)[age], 60)
 
+    def test_oidc_discovery_finds_the_jwks(self):
+        config = remote_config()
+        for provider in config["jwt"]["providers"]:
+            provider["jwks"] = {"oidc": {"cluster": "jwks", "authority": "issuer.portcullis.local", "timeout_ms": 1000}}
+        self.envoy = envoyproc.Envoy(config, self.upstream.port, concurrency=2)
+        self.assertEqual(self.status(mint.mint(KEYS, {"sub": "alice"})), 200)
+        self.assertGreaterEqual(self.upstream.jwks_fetches(), 1)
+        ok = "wasmcustom.portcullis.jwks.local.discovery_ok"
+        self.assertTrue(eventually(lambda: sum(v or 0 for v in self.envoy.stats(ok).values()) >= 1, timeout=5))
+
     def test_rotated_keys_are_fetched_when_a_token_names_an_unknown_kid(self):
         self.start()
         self.assertEqual(self.status(mint.mint(KEYS, {"sub": "alice"})), 200)

@@ -2,6 +2,7 @@
 """The demo upstream and JWKS server (loopback only).
 
 GET /.well-known/jwks.json  -> the JWKS (policies/keys/jwks.json, or --jwks FILE)
+GET /.well-known/openid-configuration -> an OIDC discovery document pointing at that JWKS
 POST /__jwks_mode?mode=M    -> fault injection for tests: ok | 500 | garbage | hang | rotate:FILE
 anything else               -> 200, JSON echo of method, path and headers
 """
@@ -49,6 +50,10 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path == "/__jwks_fetches":
             return self._send(200, json.dumps({"fetches": STATE["fetches"]}).encode())
+        if url.path == "/.well-known/openid-configuration":
+            issuer = "https://issuer.portcullis.local"
+            doc = {"issuer": issuer, "jwks_uri": f"{issuer}/.well-known/jwks.json"}
+            return self._send(200, json.dumps(doc).encode())
         if url.path == "/.well-known/jwks.json":
             with LOCK:
                 STATE["fetches"] += 1
