@@ -820,6 +820,31 @@ fn compile_requirement(
     })
 }
 
+/// What every fetched key source needs: no HS* (remote sets never carry secrets), a cluster.
+fn remote_source_check(
+    field: &str,
+    source_field: &str,
+    algorithms: &[Alg],
+    cluster: &str,
+) -> Result<(), ConfigError> {
+    if let Some(a) = algorithms.iter().find(|a| a.is_hmac()) {
+        return Err(ConfigError::new(
+            format!("{field}.algorithms"),
+            format!(
+                "{} needs an inline oct key; remote key sets never provide secrets",
+                a.name()
+            ),
+        ));
+    }
+    if cluster.is_empty() {
+        return Err(ConfigError::new(
+            format!("{source_field}.cluster"),
+            "must not be empty",
+        ));
+    }
+    Ok(())
+}
+
 fn compile_provider(pc: &ProviderConfig, field: &str, epoch: u64) -> Result<Provider, ConfigError> {
     let name = pc.name.clone();
     if !valid_name(&name) {
@@ -911,21 +936,7 @@ fn compile_provider(pc: &ProviderConfig, field: &str, epoch: u64) -> Result<Prov
         }
         JwksSource::Remote(r) => {
             let f = format!("{field}.jwks.remote");
-            if let Some(a) = algorithms.iter().find(|a| a.is_hmac()) {
-                return Err(ConfigError::new(
-                    format!("{field}.algorithms"),
-                    format!(
-                        "{} needs an inline oct key; remote key sets never provide secrets",
-                        a.name()
-                    ),
-                ));
-            }
-            if r.cluster.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{f}.cluster"),
-                    "must not be empty",
-                ));
-            }
+            remote_source_check(field, &f, &algorithms, &r.cluster)?;
             if !r.path.starts_with('/') {
                 return Err(ConfigError::new(format!("{f}.path"), "must start with `/`"));
             }
@@ -953,21 +964,7 @@ fn compile_provider(pc: &ProviderConfig, field: &str, epoch: u64) -> Result<Prov
         }
         JwksSource::Oidc(o) => {
             let f = format!("{field}.jwks.oidc");
-            if let Some(a) = algorithms.iter().find(|a| a.is_hmac()) {
-                return Err(ConfigError::new(
-                    format!("{field}.algorithms"),
-                    format!(
-                        "{} needs an inline oct key; remote key sets never provide secrets",
-                        a.name()
-                    ),
-                ));
-            }
-            if o.cluster.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{f}.cluster"),
-                    "must not be empty",
-                ));
-            }
+            remote_source_check(field, &f, &algorithms, &o.cluster)?;
             timing_check(&o.timing(), &f)?;
             let (issuer_authority, issuer_path) =
                 remote::split_url(&pc.issuer).ok_or_else(|| {
