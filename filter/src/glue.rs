@@ -50,6 +50,14 @@ struct VmState {
     callouts: HashMap<u32, String>,
 }
 
+impl VmState {
+    /// The remote-JWKS machinery, if some provider fetches its keys.
+    fn jwks(&mut self) -> Option<(&mut JwksSync, &mut RemoteKeys, &mut HostCounters)> {
+        let sync = self.jwks_sync.as_mut()?;
+        Some((sync, &mut self.remote_keys, &mut self.counters))
+    }
+}
+
 #[derive(Default)]
 struct PortcullisRoot {
     config: Option<Rc<Config>>,
@@ -146,13 +154,7 @@ impl PortcullisRoot {
     fn sync_jwks(&mut self, now: SystemTime) {
         let requests = {
             let mut state = self.state.borrow_mut();
-            let VmState {
-                jwks_sync,
-                remote_keys,
-                counters,
-                ..
-            } = &mut *state;
-            let Some(sync) = jwks_sync else {
+            let Some((sync, remote_keys, counters)) = state.jwks() else {
                 return;
             };
             let requests = sync.poll(now, &abi::HostStore, remote_keys);
@@ -210,26 +212,17 @@ impl PortcullisRoot {
         body: Option<&[u8]>,
         now: SystemTime,
     ) {
-        let next = {
-            let mut state = self.state.borrow_mut();
-            let VmState {
-                jwks_sync,
+        let next = match self.state.borrow_mut().jwks() {
+            Some((sync, remote_keys, counters)) => sync.on_response(
+                provider,
+                status,
+                body,
+                now,
+                &abi::HostStore,
                 remote_keys,
                 counters,
-                ..
-            } = &mut *state;
-            match jwks_sync {
-                Some(sync) => sync.on_response(
-                    provider,
-                    status,
-                    body,
-                    now,
-                    &abi::HostStore,
-                    remote_keys,
-                    counters,
-                ),
-                None => Vec::new(),
-            }
+            ),
+            None => Vec::new(),
         };
         self.dispatch(next, now);
     }
@@ -374,7 +367,10 @@ fn not_configured() -> crate::decision::Deny {
 fn request_view(config: &Config) -> RequestView {
     let headers = abi::header_pairs(abi::REQUEST_HEADERS)
         .into_iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .map(|(mut k, v)| {
+            k.make_ascii_lowercase(); // in place: no second allocation per header
+            (k, v)
+        })
         .collect();
     let attributes = config
         .host_attributes
