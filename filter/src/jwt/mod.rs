@@ -85,8 +85,12 @@ enum ProviderKeys {
     Remote(RemoteSpec),
 }
 
+/// Where a provider looks for its token (`from_headers`, `from_params`, `from_cookies`).
+/// Public only so the benchmarks can time [`extract`]; the default source is
+/// `Header { name: "authorization", prefix: Some("Bearer ") }`.
 #[derive(Debug, Clone)]
-enum TokenSource {
+pub enum TokenSource {
+    /// A header (name lower-case), with an optional case-insensitive value prefix.
     Header {
         name: String,
         prefix: Option<String>,
@@ -145,7 +149,7 @@ const REALM: &str = "portcullis";
 
 /// Where a token was found: what `forward: false` removes before the request goes upstream.
 #[derive(Debug, Clone, PartialEq)]
-enum TokenLocation {
+pub enum TokenLocation {
     Header(String),
     Param(String),
     Cookie(String),
@@ -689,8 +693,9 @@ fn verify_token(
 }
 
 /// Finds the provider's token: headers first (in configured order), then query
-/// parameters, then cookies. Returns the token and where it was found.
-fn extract<'r>(
+/// parameters, then cookies. Returns the token and where it was found. Public only so the
+/// benchmarks can time this stage on its own.
+pub fn extract<'r>(
     sources: &[TokenSource],
     request: &'r RequestView,
 ) -> Option<(Cow<'r, str>, TokenLocation)> {
