@@ -2,9 +2,9 @@
 """Envoy instructions per request, counted by callgrind — repeatable where CPU time is not
 (this VM's CPU-time figures vary by ±15–30 µs between runs; instruction counts by < 0.5 %).
 
-    .venv/bin/python benches/envoy/envoy_instructions.py [--only baseline empty-config ...]
+    .venv/bin/python benches/envoy/envoy_instructions.py [--only a b portcullis-idle ...]
 
-Each variant of envoy_load.py runs in Envoy (--concurrency 1) under
+Each variant of envoy_load.py (letters a-f or names, extras included) runs in Envoy (--concurrency 1) under
 `valgrind --tool=callgrind --smc-check=all` (V8's JIT code included). After a warm-up, the
 counters are zeroed, N requests are sent over one keep-alive connection, and the counters are
 dumped; the same with 2N. Instructions per request = (I(2N) - I(N)) / N, which cancels the
@@ -93,16 +93,19 @@ def main():
     a = p.parse_args()
     keys = mint.private_keys(envoy_load.ROOT / "policies" / "keys" / "private.jwks.json")
     token = mint.mint(keys, {"sub": "alice", "groups": ["admin", "dev"], "tenant": "acme", "scope": "read write"})
-    configs = envoy_load.plugin_configs()
+    order = list(envoy_load.LETTERS.values()) + envoy_load.EXTRAS
+    if a.only:
+        wanted = {envoy_load.LETTERS.get(x, x) for x in a.only}
+        order = [n for n in order if n in wanted]
+    if "empty-wasm" in order:
+        subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "-p", "portcullis-empty-filter"],
+                       cwd=envoy_load.ROOT, check=True)
     results = {}
-    for name in ["baseline", "empty-config", "policy-only", "ratelimit-only", "portcullis-cached", "portcullis-new"]:
-        if a.only and name not in a.only:
-            continue
-        port, admin, upstream = envoyproc.free_port(), envoyproc.free_port(), envoyproc.free_port()
-        text = envoy_load.bench_yaml(configs.get(name), port, admin, upstream, with_filter=name != "baseline")
-        results[name] = measure(name, text, port, token, a.requests)
-        base = results.get("baseline")
-        extra = f"  (+{results[name] - base:,.0f} over baseline)" if base and name != "baseline" else ""
+    for name in order:
+        ports = (envoyproc.free_port(), envoyproc.free_port(), envoyproc.free_port())
+        results[name] = measure(name, envoy_load.variant_yaml(name, ports), ports[0], token, a.requests)
+        base = results.get("no-filter")
+        extra = f"  (+{results[name] - base:,.0f} over no filter)" if base and name != "no-filter" else ""
         print(f"{name:18} {results[name]:>10,.0f} instructions/request{extra}", flush=True)
     return 0
 
