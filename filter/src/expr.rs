@@ -607,8 +607,7 @@ impl Expr {
     /// [`Expr::eval_bool`] without the native fast path (for tests and benchmarks).
     pub fn eval_bool_interpreted(&self, activation: &Activation<'_>) -> Result<bool, EvalError> {
         let ctx = self.context(activation);
-        let value =
-            cel::Value::resolve_val(&self.expression, &ctx).map_err(|e| sanitize(&e))?;
+        let value = cel::Value::resolve_val(&self.expression, &ctx).map_err(|e| sanitize(&e))?;
         match value.downcast_ref::<CelBool>() {
             Some(b) => Ok(*b.inner()),
             None => Err(EvalError(format!(
@@ -1492,34 +1491,46 @@ mod literal_regex {
             }
             Ast::Select(s) => bind(&mut s.operand),
             Ast::List(l) => l.elements.iter_mut().try_for_each(bind),
-            Ast::Map(m) => m.entries.iter_mut().try_for_each(|entry| match &mut entry.expr {
-                EntryExpr::MapEntry(kv) => {
-                    bind(&mut kv.key)?;
-                    bind(&mut kv.value)
-                }
-                EntryExpr::StructField(f) => bind(&mut f.value),
-            }),
-            Ast::Struct(st) => st.entries.iter_mut().try_for_each(|entry| match &mut entry.expr {
-                EntryExpr::MapEntry(kv) => {
-                    bind(&mut kv.key)?;
-                    bind(&mut kv.value)
-                }
-                EntryExpr::StructField(f) => bind(&mut f.value),
-            }),
+            Ast::Map(m) => m
+                .entries
+                .iter_mut()
+                .try_for_each(|entry| match &mut entry.expr {
+                    EntryExpr::MapEntry(kv) => {
+                        bind(&mut kv.key)?;
+                        bind(&mut kv.value)
+                    }
+                    EntryExpr::StructField(f) => bind(&mut f.value),
+                }),
+            Ast::Struct(st) => st
+                .entries
+                .iter_mut()
+                .try_for_each(|entry| match &mut entry.expr {
+                    EntryExpr::MapEntry(kv) => {
+                        bind(&mut kv.key)?;
+                        bind(&mut kv.value)
+                    }
+                    EntryExpr::StructField(f) => bind(&mut f.value),
+                }),
             Ast::Unspecified | Ast::Ident(_) | Ast::Literal(_) => Ok(()),
         }
     }
 
-    fn matches_literal<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    fn matches_literal<'b, 'v>(
+        args: Vec<CowVal<'b, 'v>>,
+    ) -> Result<CowVal<'b, 'v>, ExecutionError> {
         let text = args.first().and_then(|a| a.downcast_ref::<CelString>());
         let pattern = args.get(1).and_then(|a| a.downcast_ref::<CelString>());
         let (Some(text), Some(pattern)) = (text, pattern) else {
-            let types = args.iter().map(|a| a.get_type().name().to_owned()).collect();
+            let types = args
+                .iter()
+                .map(|a| a.get_type().name().to_owned())
+                .collect();
             return Err(ExecutionError::no_such_overload("matches", types));
         };
         let regex = match get(pattern.inner()) {
             Some(regex) => regex,
-            None => compile(pattern.inner()).map_err(|e| ExecutionError::function_error("matches", e))?,
+            None => compile(pattern.inner())
+                .map_err(|e| ExecutionError::function_error("matches", e))?,
         };
         Ok(CowVal::owned(CelBool::from(regex.is_match(text.inner()))))
     }
@@ -1591,6 +1602,14 @@ mod fast {
         CidrContains(super::network::Cidr, Box<Fast>),
         /// `ip(x).isLoopback()`.
         IsLoopback(Box<Fast>),
+        /// The element an enclosing [`Fast::ClaimListQuantifier`] is looking at.
+        Elem,
+        /// `jwt.claims.name.exists(x, p)` (`all == false`) or `.all(x, p)` over a list claim.
+        ClaimListQuantifier {
+            claim: String,
+            pred: Box<Fast>,
+            all: bool,
+        },
         /// `x.matches('literal')` (rewritten by `literal_regex`), `x` a string.
         Matches(Box<Fast>, std::sync::Arc<regex::Regex>),
         /// `has(root.member)` for a string/int/bool attribute.
@@ -1657,10 +1676,17 @@ mod fast {
     }
 
     pub fn compile(e: &IdedExpr) -> Option<Fast> {
+        compile_in(e, None)
+    }
+
+    /// `var`: the iteration variable of the enclosing `exists`/`all`, if any.
+    fn compile_in(e: &IdedExpr, var: Option<&str>) -> Option<Fast> {
         if let Some(v) = lit(e) {
             return Some(Fast::Lit(v));
         }
         match &e.expr {
+            Ast::Ident(name) if Some(name.as_str()) == var => Some(Fast::Elem),
+            Ast::Comprehension(c) => exists_or_all(c),
             Ast::Select(s) if s.test => {
                 let segs = path(&s.operand)?;
                 match segs.as_slice() {
@@ -1679,7 +1705,7 @@ mod fast {
             Ast::Select(_) => attribute(&path(e)?),
             Ast::Call(c) => {
                 let arg = |i: usize| c.args.get(i);
-                let bx = |x: Option<&IdedExpr>| compile(x?).map(Box::new);
+                let bx = |x: Option<&IdedExpr>| compile_in(x?, var).map(Box::new);
                 match (c.func_name.as_str(), c.target.as_deref(), c.args.len()) {
                     ("_[_]", None, 2) => {
                         let (segs, key) = index_of(e)?;
@@ -1694,12 +1720,14 @@ mod fast {
                     ("_&&_", None, 2) => Some(Fast::And(bx(arg(0))?, bx(arg(1))?)),
                     ("_||_", None, 2) => Some(Fast::Or(bx(arg(0))?, bx(arg(1))?)),
                     ("!_", None, 1) => Some(Fast::Not(bx(arg(0))?)),
-                    ("startsWith", Some(t), 1) => {
-                        Some(Fast::StartsWith(compile(t).map(Box::new)?, bx(arg(0))?))
-                    }
-                    ("endsWith", Some(t), 1) => {
-                        Some(Fast::EndsWith(compile(t).map(Box::new)?, bx(arg(0))?))
-                    }
+                    ("startsWith", Some(t), 1) => Some(Fast::StartsWith(
+                        compile_in(t, var).map(Box::new)?,
+                        bx(arg(0))?,
+                    )),
+                    ("endsWith", Some(t), 1) => Some(Fast::EndsWith(
+                        compile_in(t, var).map(Box::new)?,
+                        bx(arg(0))?,
+                    )),
                     ("containsIP", Some(t), 1) => {
                         let Ast::Call(ctor) = &t.expr else {
                             return None;
@@ -1712,9 +1740,9 @@ mod fast {
                         let a = arg(0)?;
                         let addr = match &a.expr {
                             Ast::Call(ip) if ip.func_name == "ip" && ip.target.is_none() => {
-                                compile(ip.args.first()?)?
+                                compile_in(ip.args.first()?, var)?
                             }
-                            _ => compile(a)?,
+                            _ => compile_in(a, var)?,
                         };
                         Some(Fast::CidrContains(net, Box::new(addr)))
                     }
@@ -1724,13 +1752,17 @@ mod fast {
                                 && ip.target.is_none()
                                 && ip.args.len() == 1 =>
                         {
-                            Some(Fast::IsLoopback(Box::new(compile(ip.args.first()?)?)))
+                            Some(Fast::IsLoopback(Box::new(compile_in(
+                                ip.args.first()?,
+                                var,
+                            )?)))
                         }
                         _ => None,
                     },
-                    ("contains", Some(t), 1) => {
-                        Some(Fast::Contains(compile(t).map(Box::new)?, bx(arg(0))?))
-                    }
+                    ("contains", Some(t), 1) => Some(Fast::Contains(
+                        compile_in(t, var).map(Box::new)?,
+                        bx(arg(0))?,
+                    )),
                     (super::literal_regex::FUNCTION, None, 2) => {
                         let regex = super::literal_regex::get(&string_lit(arg(1)?)?)?;
                         Some(Fast::Matches(bx(arg(0))?, regex))
@@ -1746,7 +1778,7 @@ mod fast {
                                     matches!(w, [a, b] if std::mem::discriminant(a) == std::mem::discriminant(b))
                                 });
                                 same.then_some(())?;
-                                Some(Fast::InList(Box::new(compile(needle)?), items))
+                                Some(Fast::InList(Box::new(compile_in(needle, var)?), items))
                             }
                             Ast::Call(split)
                                 if split.func_name == "split" && split.args.len() == 1 =>
@@ -1755,7 +1787,7 @@ mod fast {
                                 let sep = string_lit(split.args.first()?)?;
                                 match target.as_slice() {
                                     ["jwt", "claims", name] => Some(Fast::InClaimSplit(
-                                        Box::new(compile(needle)?),
+                                        Box::new(compile_in(needle, var)?),
                                         (*name).to_owned(),
                                         sep,
                                     )),
@@ -1769,7 +1801,7 @@ mod fast {
                                         Some(Fast::HasHeader(string_lit(needle)?))
                                     }
                                     ["jwt", "claims", name] => Some(Fast::InClaimList(
-                                        Box::new(compile(needle)?),
+                                        Box::new(compile_in(needle, var)?),
                                         (*name).to_owned(),
                                     )),
                                     _ => None,
@@ -1782,6 +1814,44 @@ mod fast {
             }
             _ => None,
         }
+    }
+
+    /// `jwt.claims.<name>.exists(x, p)` / `.all(x, p)` as the `cel` crate expands them, with
+    /// `p` on the fast path in terms of `x` alone.
+    fn exists_or_all(c: &cel::common::ast::ComprehensionExpr) -> Option<Fast> {
+        let accu = c.accu_var.as_str();
+        let is_accu = |e: &IdedExpr| matches!(&e.expr, Ast::Ident(n) if n == accu);
+        if c.iter_var2.is_some()
+            || !is_accu(&c.result)
+            || super::root_members(&c.iter_var).is_some()
+        {
+            return None;
+        }
+        let all = match &c.accu_init.expr {
+            Ast::Literal(L::Boolean(b)) => *b.inner(),
+            _ => return None,
+        };
+        let Ast::Call(step) = &c.loop_step.expr else {
+            return None;
+        };
+        let op = if all { "_&&_" } else { "_||_" };
+        let (Some(first), Some(pred), 2) = (step.args.first(), step.args.get(1), step.args.len())
+        else {
+            return None;
+        };
+        if step.func_name != op || step.target.is_some() || !is_accu(first) {
+            return None;
+        }
+        let segs = path(&c.iter_range)?;
+        let ["jwt", "claims", name] = segs.as_slice() else {
+            return None;
+        };
+        let pred = compile_in(pred, Some(c.iter_var.as_str()))?;
+        Some(Fast::ClaimListQuantifier {
+            claim: (*name).to_owned(),
+            pred: Box::new(pred),
+            all,
+        })
     }
 
     fn claim<'x>(act: &'x Activation<'_>, name: &str) -> Option<&'x cel::Value> {
@@ -1814,6 +1884,15 @@ mod fast {
     impl Fast {
         /// The value, or `None` when the interpreter must decide.
         pub fn eval<'x>(&'x self, act: &'x Activation<'_>) -> Option<FVal<'x>> {
+            self.eval_with(act, None)
+        }
+
+        /// `elem`: the element of the enclosing quantifier, for [`Fast::Elem`].
+        fn eval_with<'x>(
+            &'x self,
+            act: &'x Activation<'_>,
+            elem: Option<&FVal<'x>>,
+        ) -> Option<FVal<'x>> {
             let b = |x: bool| Some(FVal::Bool(x));
             match self {
                 Fast::Lit(v) => Some(match v {
@@ -1881,7 +1960,7 @@ mod fast {
                     Some(_) => None,
                 },
                 Fast::InClaimList(needle, name) => {
-                    let needle = needle.eval(act)?;
+                    let needle = needle.eval_with(act, elem)?;
                     let cel::Value::List(items) = claim(act, name)? else {
                         return None;
                     };
@@ -1896,7 +1975,7 @@ mod fast {
                     b(found)
                 }
                 Fast::InClaimSplit(needle, name, sep) => {
-                    let needle = needle.eval(act)?;
+                    let needle = needle.eval_with(act, elem)?;
                     let needle = str_of(&needle)?;
                     let cel::Value::String(text) = claim(act, name)? else {
                         return None;
@@ -1904,7 +1983,7 @@ mod fast {
                     b(text.split(sep.as_str()).any(|part| part == needle))
                 }
                 Fast::InList(needle, items) => {
-                    let needle = needle.eval(act)?;
+                    let needle = needle.eval_with(act, elem)?;
                     let first = items.first();
                     if first.is_some_and(|f| !same_kind(f, &needle)) {
                         return None;
@@ -1912,49 +1991,80 @@ mod fast {
                     b(items.contains(&needle))
                 }
                 Fast::Eq(x, y) | Fast::Ne(x, y) => {
-                    let (x, y) = (x.eval(act)?, y.eval(act)?);
+                    let (x, y) = (x.eval_with(act, elem)?, y.eval_with(act, elem)?);
                     if !same_kind(&x, &y) {
                         return None;
                     }
                     b((x == y) == matches!(self, Fast::Eq(..)))
                 }
-                Fast::And(x, y) => match x.eval(act)? {
+                Fast::And(x, y) => match x.eval_with(act, elem)? {
                     FVal::Bool(false) => b(false),
-                    FVal::Bool(true) => match y.eval(act)? {
+                    FVal::Bool(true) => match y.eval_with(act, elem)? {
                         FVal::Bool(v) => b(v),
                         _ => None,
                     },
                     _ => None,
                 },
-                Fast::Or(x, y) => match x.eval(act)? {
+                Fast::Or(x, y) => match x.eval_with(act, elem)? {
                     FVal::Bool(true) => b(true),
-                    FVal::Bool(false) => match y.eval(act)? {
+                    FVal::Bool(false) => match y.eval_with(act, elem)? {
                         FVal::Bool(v) => b(v),
                         _ => None,
                     },
                     _ => None,
                 },
-                Fast::Not(x) => match x.eval(act)? {
+                Fast::Not(x) => match x.eval_with(act, elem)? {
                     FVal::Bool(v) => b(!v),
                     _ => None,
                 },
-                Fast::Has(attribute) => b(attribute.eval(act).is_some()),
+                Fast::Has(attribute) => b(attribute.eval_with(act, elem).is_some()),
                 Fast::CidrContains(net, addr) => {
-                    let addr = addr.eval(act)?;
+                    let addr = addr.eval_with(act, elem)?;
                     let ip = super::network::parse_ip(str_of(&addr)?).ok()?;
                     b(net.contains_ip(ip))
                 }
                 Fast::IsLoopback(addr) => {
-                    let addr = addr.eval(act)?;
+                    let addr = addr.eval_with(act, elem)?;
                     let ip = super::network::parse_ip(str_of(&addr)?).ok()?;
                     b(ip.is_loopback())
                 }
+                Fast::Elem => elem.cloned(),
+                Fast::ClaimListQuantifier {
+                    claim: name,
+                    pred,
+                    all,
+                } => {
+                    let cel::Value::List(items) = claim(act, name)? else {
+                        return None;
+                    };
+                    // CEL's quantifiers absorb errors when the answer is decided anyway:
+                    // any true decides `exists`, any false decides `all`; an element the
+                    // fast path can't judge leaves the answer to the interpreter otherwise.
+                    let mut unsure = false;
+                    for item in items.iter() {
+                        let verdict =
+                            scalar(item).and_then(|v| match pred.eval_with(act, Some(&v))? {
+                                FVal::Bool(x) => Some(x),
+                                _ => None,
+                            });
+                        match verdict {
+                            Some(x) if x != *all => return b(x),
+                            Some(_) => {}
+                            None => unsure = true,
+                        }
+                    }
+                    if unsure {
+                        None
+                    } else {
+                        b(*all)
+                    }
+                }
                 Fast::Matches(subject, regex) => {
-                    let subject = subject.eval(act)?;
+                    let subject = subject.eval_with(act, elem)?;
                     b(regex.is_match(str_of(&subject)?))
                 }
                 Fast::StartsWith(x, y) | Fast::EndsWith(x, y) | Fast::Contains(x, y) => {
-                    let (x, y) = (x.eval(act)?, y.eval(act)?);
+                    let (x, y) = (x.eval_with(act, elem)?, y.eval_with(act, elem)?);
                     let (x, y) = (str_of(&x)?, str_of(&y)?);
                     b(match self {
                         Fast::StartsWith(..) => x.starts_with(y),
@@ -2402,7 +2512,8 @@ mod tests {
             "local",
             &json!({"alg": "RS256", "kid": "k1"}),
             &json!({"sub": "alice", "tenant": "acme", "groups": ["admin", "dev"],
-                    "scope": "read write", "n": 3, "nested": {"a": {"b": true}}}),
+                    "scope": "read write", "n": 3, "nested": {"a": {"b": true}},
+                    "mixed": [1, "a", {"k": 2}, 2.5]}),
         )
     }
 
@@ -2584,10 +2695,27 @@ mod tests {
     #[test]
     fn literal_regex_agrees_with_the_crates_matches() {
         // The crate's own `matches` (compiled per call) is what `eval_unchecked` runs.
-        let subjects = ["", "GET", "/api/v1/items", "héllo wörld", "a\nb", "ΑΒΓ", "x-y_z"];
+        let subjects = [
+            "",
+            "GET",
+            "/api/v1/items",
+            "héllo wörld",
+            "a\nb",
+            "ΑΒΓ",
+            "x-y_z",
+        ];
         let patterns = [
-            ".+", "^/api/v[0-9]+/", "^G.T$", "(?i)hello", "\\p{Greek}+", "^$", "a.b", "(?s)a.b",
-            "[[:alpha:]]", "\\w+-\\w+", "ö",
+            ".+",
+            "^/api/v[0-9]+/",
+            "^G.T$",
+            "(?i)hello",
+            "\\p{Greek}+",
+            "^$",
+            "a.b",
+            "(?s)a.b",
+            "[[:alpha:]]",
+            "\\w+-\\w+",
+            "ö",
         ];
         for subject in subjects {
             for pattern in patterns {
@@ -2601,7 +2729,11 @@ mod tests {
                 let act = Activation::new(&view);
                 let got = ours.eval(&act).map_err(|e| e.0);
                 assert_eq!(got.ok(), reference.ok(), "{text} on {subject:?}");
-                assert_eq!(ours.eval_bool(&act), ours.eval_bool_interpreted(&act), "{text}");
+                assert_eq!(
+                    ours.eval_bool(&act),
+                    ours.eval_bool_interpreted(&act),
+                    "{text}"
+                );
             }
         }
         // Inside a comprehension and as a global call, too.
@@ -2688,6 +2820,20 @@ mod tests {
             "matches(request.method, '^G.T$')",
             "request.headers['x-missing'].matches('.+')",
             "jwt.claims.n.matches('3')",
+            "jwt.claims.groups.exists(g, g.matches('.+'))",
+            "jwt.claims.groups.exists(g, g == 'dev')",
+            "jwt.claims.groups.exists(g, g == 'root')",
+            "jwt.claims.groups.all(g, g.startsWith('a'))",
+            "jwt.claims.groups.all(g, g.size() > 0)",
+            "jwt.claims.groups.exists(g, g == request.method || g == jwt.claims.tenant)",
+            "jwt.claims.missing.exists(g, g == 'x')",
+            "jwt.claims.groups.exists(request, request == 'dev')",
+            "jwt.claims.nested.exists(k, k == 'a')",
+            "jwt.claims.groups.exists(g, jwt.claims.groups.exists(h, h == g))",
+            "jwt.claims.mixed.exists(x, x == 'a')",
+            "jwt.claims.mixed.exists(x, x == 'zzz')",
+            "jwt.claims.mixed.all(x, x != 'a')",
+            "jwt.claims.mixed.all(x, x != 'zzz')",
         ];
         let req = request();
         let token = jwt();
@@ -2717,6 +2863,8 @@ mod tests {
             "'write' in jwt.claims.scope.split(' ')",
             "request.method in ['GET', 'HEAD'] && request.url_path.startsWith('/api/')",
             "cidr('10.0.0.0/8').containsIP(ip(source.address)) || ip(source.address).isLoopback()",
+            "jwt.claims.groups.exists(g, g.matches('.+'))",
+            "jwt.claims.groups.all(g, g != 'banned' && !g.startsWith('tmp-'))",
         ] {
             assert!(compile(text).unwrap().fast.is_some(), "{text}");
         }
