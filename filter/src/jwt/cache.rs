@@ -95,6 +95,12 @@ impl TokenCache {
         self.entries.len()
     }
 
+    /// `false` when configured off (`max_entries: 0` or `max_bytes: 0`): callers then skip
+    /// hashing the token at all.
+    pub fn is_enabled(&self) -> bool {
+        self.config.max_entries > 0 && self.config.max_bytes > 0
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -572,13 +572,18 @@ impl Authenticator {
                 }
             },
         };
-        let cache_key = cache::cache_key(&p.cache_scope, &token);
-        if let Some(hit) = env.cache.get(&cache_key, now, generation) {
-            env.counters.increment(&p.c_cache_hit, 1);
-            env.counters.increment(&p.c_ok, 1);
-            return ProviderResult::Verified(hit, source);
+        let cache_key = env
+            .cache
+            .is_enabled()
+            .then(|| cache::cache_key(&p.cache_scope, &token));
+        if let Some(key) = &cache_key {
+            if let Some(hit) = env.cache.get(key, now, generation) {
+                env.counters.increment(&p.c_cache_hit, 1);
+                env.counters.increment(&p.c_ok, 1);
+                return ProviderResult::Verified(hit, source);
+            }
+            env.counters.increment(&p.c_cache_miss, 1);
         }
-        env.counters.increment(&p.c_cache_miss, 1);
         match verify_token(p, &token, &keys, env.crypto, now) {
             Ok(verified) => {
                 let skew = i64::try_from(p.rules.clock_skew_s).unwrap_or(i64::MAX);
@@ -589,14 +594,16 @@ impl Authenticator {
                 };
                 let bytes = token.len() * 4 + 256;
                 let verified = Arc::new(verified);
-                env.cache.insert(
-                    cache_key,
-                    Arc::clone(&verified),
-                    expires_at,
-                    generation,
-                    bytes,
-                    now,
-                );
+                if let Some(key) = cache_key {
+                    env.cache.insert(
+                        key,
+                        Arc::clone(&verified),
+                        expires_at,
+                        generation,
+                        bytes,
+                        now,
+                    );
+                }
                 env.counters.increment(&p.c_ok, 1);
                 ProviderResult::Verified(verified, source)
             }

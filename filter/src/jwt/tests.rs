@@ -329,6 +329,28 @@ impl HostCrypto for RecordingHost {
 }
 
 #[test]
+fn a_disabled_cache_verifies_every_time_and_counts_no_cache_traffic() {
+    let mut c = base_config();
+    c["cache"] = json!({"max_entries": 0});
+    let a = auth(c);
+    let mut w = World::new();
+    w.cache = a.new_token_cache();
+    assert!(!w.cache.is_enabled());
+    let t = sign_es(&claims());
+    let host = RecordingHost {
+        answer: Some(true),
+        calls: RefCell::new(Vec::new()),
+    };
+    pass(w.run_with(&a, &bearer(&t), &host));
+    pass(w.run_with(&a, &bearer(&t), &host));
+    assert_eq!(host.calls.borrow().len(), 2, "verified twice");
+    assert_eq!(w.cache.len(), 0);
+    assert_eq!(w.counters.get("portcullis.jwt.local.ok"), 2);
+    assert_eq!(w.counters.get("portcullis.jwt.local.cache_hit"), 0);
+    assert_eq!(w.counters.get("portcullis.jwt.local.cache_miss"), 0);
+}
+
+#[test]
 fn es256_uses_the_host_then_falls_back() {
     let mut c = base_config();
     c["cache"] = json!({"max_entries": 0});
