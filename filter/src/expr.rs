@@ -1602,11 +1602,11 @@ mod fast {
         CidrContains(super::network::Cidr, Box<Fast>),
         /// `ip(x).isLoopback()`.
         IsLoopback(Box<Fast>),
-        /// The element an enclosing [`Fast::ClaimListQuantifier`] is looking at.
+        /// The element an enclosing [`Fast::Quantifier`] is looking at.
         Elem,
-        /// `jwt.claims.name.exists(x, p)` (`all == false`) or `.all(x, p)` over a list claim.
-        ClaimListQuantifier {
-            claim: String,
+        /// `range.exists(x, p)` (`all == false`) or `range.all(x, p)`.
+        Quantifier {
+            over: QuantifierRange,
             pred: Box<Fast>,
             all: bool,
         },
@@ -1816,8 +1816,17 @@ mod fast {
         }
     }
 
-    /// `jwt.claims.<name>.exists(x, p)` / `.all(x, p)` as the `cel` crate expands them, with
-    /// `p` on the fast path in terms of `x` alone.
+    /// What a [`Fast::Quantifier`] iterates over.
+    #[derive(Debug)]
+    pub enum QuantifierRange {
+        /// A list claim, `jwt.claims.<name>`.
+        Claim(String),
+        /// A list literal of scalars.
+        Literals(Vec<FVal<'static>>),
+    }
+
+    /// `jwt.claims.<name>.exists(x, p)` / `.all(x, p)` (or over a list literal) as the `cel`
+    /// crate expands them, with `p` on the fast path in terms of `x` alone.
     fn exists_or_all(c: &cel::common::ast::ComprehensionExpr) -> Option<Fast> {
         let accu = c.accu_var.as_str();
         let is_accu = |e: &IdedExpr| matches!(&e.expr, Ast::Ident(n) if n == accu);
@@ -1842,13 +1851,18 @@ mod fast {
         if step.func_name != op || step.target.is_some() || !is_accu(first) {
             return None;
         }
-        let segs = path(&c.iter_range)?;
-        let ["jwt", "claims", name] = segs.as_slice() else {
-            return None;
+        let over = match &c.iter_range.expr {
+            Ast::List(l) if l.optional_indices.is_empty() => {
+                QuantifierRange::Literals(l.elements.iter().map(lit).collect::<Option<_>>()?)
+            }
+            _ => match path(&c.iter_range)?.as_slice() {
+                ["jwt", "claims", name] => QuantifierRange::Claim((*name).to_owned()),
+                _ => return None,
+            },
         };
         let pred = compile_in(pred, Some(c.iter_var.as_str()))?;
-        Some(Fast::ClaimListQuantifier {
-            claim: (*name).to_owned(),
+        Some(Fast::Quantifier {
+            over,
             pred: Box::new(pred),
             all,
         })
@@ -1877,6 +1891,14 @@ mod fast {
         }
     }
 
+    fn borrowed<'x>(v: &'x FVal<'_>) -> FVal<'x> {
+        match v {
+            FVal::Str(s) => FVal::Str(Cow::Borrowed(s.as_ref())),
+            FVal::Int(i) => FVal::Int(*i),
+            FVal::Bool(x) => FVal::Bool(*x),
+        }
+    }
+
     fn same_kind(a: &FVal<'_>, b: &FVal<'_>) -> bool {
         std::mem::discriminant(a) == std::mem::discriminant(b)
     }
@@ -1895,11 +1917,7 @@ mod fast {
         ) -> Option<FVal<'x>> {
             let b = |x: bool| Some(FVal::Bool(x));
             match self {
-                Fast::Lit(v) => Some(match v {
-                    FVal::Str(s) => FVal::Str(Cow::Borrowed(s.as_ref())),
-                    FVal::Int(i) => FVal::Int(*i),
-                    FVal::Bool(x) => FVal::Bool(*x),
-                }),
+                Fast::Lit(v) => Some(borrowed(v)),
                 Fast::Request(member) => {
                     let p = || act.request.header(":path");
                     let v = match *member {
@@ -2029,24 +2047,27 @@ mod fast {
                     b(ip.is_loopback())
                 }
                 Fast::Elem => elem.cloned(),
-                Fast::ClaimListQuantifier {
-                    claim: name,
-                    pred,
-                    all,
-                } => {
-                    let cel::Value::List(items) = claim(act, name)? else {
-                        return None;
+                Fast::Quantifier { over, pred, all } => {
+                    let items: Vec<Option<FVal<'x>>> = match over {
+                        QuantifierRange::Claim(name) => {
+                            let cel::Value::List(items) = claim(act, name)? else {
+                                return None;
+                            };
+                            items.iter().map(scalar).collect()
+                        }
+                        QuantifierRange::Literals(items) => {
+                            items.iter().map(|v| Some(borrowed(v))).collect()
+                        }
                     };
                     // CEL's quantifiers absorb errors when the answer is decided anyway:
                     // any true decides `exists`, any false decides `all`; an element the
                     // fast path can't judge leaves the answer to the interpreter otherwise.
                     let mut unsure = false;
-                    for item in items.iter() {
-                        let verdict =
-                            scalar(item).and_then(|v| match pred.eval_with(act, Some(&v))? {
-                                FVal::Bool(x) => Some(x),
-                                _ => None,
-                            });
+                    for item in items {
+                        let verdict = item.and_then(|v| match pred.eval_with(act, Some(&v))? {
+                            FVal::Bool(x) => Some(x),
+                            _ => None,
+                        });
                         match verdict {
                             Some(x) if x != *all => return b(x),
                             Some(_) => {}
@@ -2834,6 +2855,13 @@ mod tests {
             "jwt.claims.mixed.exists(x, x == 'zzz')",
             "jwt.claims.mixed.all(x, x != 'a')",
             "jwt.claims.mixed.all(x, x != 'zzz')",
+            "['dev', 'ops'].exists(g, g == 'dev')",
+            "['dev', 'ops'].all(g, g == 'dev')",
+            "[1, 'a', true].exists(x, x == 'a')",
+            "[].exists(x, x == 'a')",
+            "[].all(x, x == 'a')",
+            "[request.method].exists(x, x == 'GET')",
+            "['GET', 'POST'].exists(m, m == request.method)",
         ];
         let req = request();
         let token = jwt();
@@ -2865,6 +2893,7 @@ mod tests {
             "cidr('10.0.0.0/8').containsIP(ip(source.address)) || ip(source.address).isLoopback()",
             "jwt.claims.groups.exists(g, g.matches('.+'))",
             "jwt.claims.groups.all(g, g != 'banned' && !g.startsWith('tmp-'))",
+            "request.method == 'GET' && ['dev'].exists(g, g == 'dev')",
         ] {
             assert!(compile(text).unwrap().fast.is_some(), "{text}");
         }
