@@ -119,6 +119,38 @@ impl JwtAttributes {
             header: json_to_cel(header),
         }
     }
+
+    /// [`JwtAttributes::from_json`] consuming the JSON: strings move into the CEL values
+    /// instead of being copied (the verification path has no further use for them).
+    pub fn from_json_owned(
+        provider: &str,
+        header: serde_json::Value,
+        claims: serde_json::Value,
+    ) -> JwtAttributes {
+        JwtAttributes {
+            provider: provider.to_owned(),
+            claims: json_into_cel(claims),
+            header: json_into_cel(header),
+        }
+    }
+}
+
+/// [`json_to_cel`] by value.
+pub fn json_into_cel(value: serde_json::Value) -> cel::Value {
+    match value {
+        serde_json::Value::String(s) => cel::Value::String(Arc::new(s)),
+        serde_json::Value::Array(items) => {
+            cel::Value::List(Arc::new(items.into_iter().map(json_into_cel).collect()))
+        }
+        serde_json::Value::Object(entries) => {
+            let map: HashMap<cel::objects::Key, cel::Value> = entries
+                .into_iter()
+                .map(|(k, v)| (cel::objects::Key::from(k), json_into_cel(v)))
+                .collect();
+            cel::Value::Map(cel::objects::Map { map: Arc::new(map) })
+        }
+        scalar => json_to_cel(&scalar),
+    }
 }
 
 /// Converts JSON to a CEL value (numbers: integers stay `int`, others `double`).
@@ -2711,6 +2743,13 @@ mod tests {
         ));
         assert!(truth("jwt.claims.groups.exists_one(g, g == 'dev')"));
         assert!(compile("jwt.claims.groups.all(g, h)").is_err());
+    }
+
+    #[test]
+    fn owned_and_borrowed_json_conversions_agree() {
+        let doc = json!({"s": "x", "n": 3, "u": u64::MAX, "f": 2.5, "b": true, "z": null,
+                         "l": [1, "a", [2], {"k": "v"}], "m": {"a": {"b": [true]}}});
+        assert_eq!(json_into_cel(doc.clone()), json_to_cel(&doc));
     }
 
     #[test]

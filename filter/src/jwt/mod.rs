@@ -690,7 +690,7 @@ fn verify_token(
         }
     }
     let attributes =
-        JwtAttributes::from_json(&p.name, &Value::Object(jws.header), &Value::Object(claims));
+        JwtAttributes::from_json_owned(&p.name, Value::Object(jws.header), Value::Object(claims));
     Ok(VerifiedToken {
         provider: p.name.clone(),
         attributes,
