@@ -2,8 +2,12 @@
 //! one request at a time, the whole Envoy stream per iteration (context create, request
 //! headers, upstream response headers, log/done/delete).
 //!
+//! Variants: a cached RS256 token + 10 rules + 1 limit (allowed), a new RS256 token every
+//! request (token cache off: the harness's emulated host `verify_signature` checks it), no token
+//! (401), rate limited (429), the empty policy (the floor) and 10 rules without a token (403).
+//!
 //! The `.wasm` is `$PORTCULLIS_WASM`, else `out/portcullis.wasm` (run `scripts/build.sh`).
-//! See docs/harness.md ("Speed").
+//! See docs/harness.md ("Speed") and docs/benchmarks.md.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use portcullis_benches::{ten_rules, AUDIENCE, ISSUER};
@@ -45,6 +49,22 @@ fn full_config() -> serde_json::Value {
         },
         "policy": {"default_action": "deny", "rules": ten_rules()},
         "rate_limits": {"limits": [{"name": "per-user", "key": "jwt.claims.sub", "requests": 1000000000u64, "period_s": 1}]}
+    })
+}
+
+/// [`full_config`] with the token cache disabled: every request verifies the token again.
+fn full_config_uncached() -> serde_json::Value {
+    let mut config = full_config();
+    config["jwt"]["cache"] = json!({"max_entries": 0});
+    config
+}
+
+/// One rate limit keyed by a header (as the native `pipeline` bench's), one request a day:
+/// after the first request every request is refused.
+fn exhausted_limit_config() -> serde_json::Value {
+    json!({
+        "policy": {"default_action": "allow"},
+        "rate_limits": {"limits": [{"name": "per-client", "key": "request.headers['x-client-id']", "requests": 1, "period_s": 86400}]}
     })
 }
 
@@ -100,7 +120,26 @@ fn bench(c: &mut Criterion) {
         b.iter(|| send(&mut full, &with_token))
     });
 
+    let mut uncached = vm(&module, &full_config_uncached(), &with_token, 200);
+    group.bench_function(
+        "new RS256 token every request (cache off, host verify_signature) + 10 rules + 1 limit",
+        |b| b.iter(|| send(&mut uncached, &with_token)),
+    );
+
     let anon = request(None);
+    let mut missing = vm(&module, &full_config(), &anon, 401);
+    group.bench_function("no token (401)", |b| b.iter(|| send(&mut missing, &anon)));
+
+    // The first request takes the bucket's only token; every later one is refused.
+    let mut limited = vm(&module, &exhausted_limit_config(), &anon, 200);
+    match limited.request(&anon) {
+        Ok(ex) => assert_eq!(ex.status, 429, "{ex:?}"),
+        Err(e) => panic!("second request failed: {e}"),
+    }
+    group.bench_function("rate limited (429)", |b| {
+        b.iter(|| send(&mut limited, &anon))
+    });
+
     let mut empty = vm(
         &module,
         &json!({"policy": {"default_action": "allow"}}),
