@@ -1,7 +1,7 @@
 //! Token-bucket rate limiting in proxy-wide shared data.
 //!
 //! Each limit owns `max_buckets` shared-data slots, `portcullis.rl.<limit>.<slot>`; a key is
-//! hashed (SHA-256, never stored in clear) to a slot, so memory is bounded by
+//! hashed (SipHash-1-3, never stored in clear) to a slot, so memory is bounded by
 //! `limits × max_buckets × ~70 bytes` whatever the traffic. Two keys that land in the same
 //! slot while both are active share a bucket (they are limited together: never more
 //! permissive than configured). A bucket idle long enough to be full again is as good as
@@ -19,7 +19,8 @@ use crate::policy::Mode;
 use crate::ports::{Counters, SharedStore, StoreError};
 use crate::request::HostAttribute;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use siphasher::sip::SipHasher13;
+use std::hash::Hasher;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Shared "next sweep due" time, so one VM per interval counts live buckets.
@@ -250,15 +251,18 @@ fn now_nanos(now: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// The slot hash of a key: SipHash-1-3 under fixed keys, so every VM of the proxy (and every
+/// build: the algorithm is specified, unlike std's `DefaultHasher`) maps a key to the same
+/// slot. Only this 64-bit hash is stored, never the key. (SHA-256 cost several thousand
+/// instructions per request in V8; the hash has no secret either way, see docs/ratelimit.md.)
 fn hash_key(limit: &str, key: &str) -> u64 {
-    let digest = Sha256::new()
-        .chain_update(limit.as_bytes())
-        .chain_update([0])
-        .chain_update(key.as_bytes())
-        .finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(first)
+    const K0: u64 = 0x706f_7274_6375_6c6c; // "portcull"
+    const K1: u64 = 0x6973_2e72_6174_656c; // "is.ratel"
+    let mut hasher = SipHasher13::new_with_keys(K0, K1);
+    hasher.write(limit.as_bytes());
+    hasher.write_u8(0);
+    hasher.write(key.as_bytes());
+    hasher.finish()
 }
 
 impl RateLimiter {
@@ -626,6 +630,15 @@ mod tests {
     }
 
     const ONE: &str = r#"{"limits": [{"name": "per-key", "key": "request.headers['x-api-key']", "requests": 2, "period_s": 1, "burst": 5}]}"#;
+
+    #[test]
+    fn the_slot_hash_is_pinned() {
+        // Every VM and every build must map a key to the same slot: a change of algorithm or
+        // keys would silently split buckets across a rolling upgrade.
+        assert_eq!(hash_key("per-user", "alice"), 7_851_557_194_442_058_947);
+        assert_ne!(hash_key("per-user", "alice"), hash_key("per-user", "bob"));
+        assert_ne!(hash_key("a", "bc"), hash_key("ab", "c"));
+    }
 
     #[test]
     fn admits_exactly_burst_then_refills_exactly() {
