@@ -195,6 +195,9 @@ fn shared_data_cas_across_vms() {
 #[test]
 fn shared_data_contention_from_threads() {
     let host = Host::new();
+    // Seeded, so every write is a CAS: a key that does not exist yet has no CAS token, and two
+    // first writes may both land (Envoy's semantics too) — that race is not what this tests.
+    assert!(host.set_shared_data("hits", b"0", 0).is_ok());
     let handles: Vec<_> = (0..2)
         .map(|_| {
             let host = host.clone();
