@@ -199,6 +199,8 @@ struct Slot<'l> {
 struct Refilled {
     bucket: Bucket,
     cas: Option<u32>,
+    /// Tokens left after this request's, once its write succeeded.
+    taken: Option<u64>,
 }
 
 fn capacity(limit: &Limit) -> u128 {
@@ -478,7 +480,8 @@ impl RateLimiter {
         now: u64,
         counters: &mut dyn Counters,
     ) -> Option<RateVerdict> {
-        let refilled: Vec<Refilled> = slots
+        // One allocation per request for all the buckets' state (this runs on every request).
+        let mut refilled: Vec<Refilled> = slots
             .iter()
             .map(|slot| {
                 let stored = store.get(&slot.store_key);
@@ -487,33 +490,33 @@ impl RateLimiter {
                 Refilled {
                     bucket: refill(slot.limit, bucket, slot.key_hash, now),
                     cas,
+                    taken: None,
                 }
             })
             .collect();
 
         // Any enforcing bucket without a token refuses the request; nothing is taken.
-        let refusing = slots
-            .iter()
-            .zip(&refilled)
-            .filter(|(_, r)| u128::from(r.bucket.tokens) < UNIT)
-            .collect::<Vec<_>>();
-        for (slot, _) in &refusing {
+        let mut refused: Option<(&Limit, u64)> = None;
+        for (slot, r) in slots.iter().zip(&refilled) {
+            if u128::from(r.bucket.tokens) >= UNIT {
+                continue;
+            }
             let c = &slot.limit.counters;
             match slot.limit.mode {
                 Mode::Shadow => counters.increment(&c.shadow_limited, 1),
-                Mode::Enforce => counters.increment(&c.limited, 1),
+                Mode::Enforce => {
+                    counters.increment(&c.limited, 1);
+                    refused = refused.or(Some((slot.limit, r.bucket.tokens)));
+                }
             }
         }
-        if let Some((slot, r)) = refusing
-            .iter()
-            .find(|(slot, _)| slot.limit.mode == Mode::Enforce)
-        {
-            return Some(RateVerdict::Limited(limited(slot.limit, r.bucket.tokens)));
+        if let Some((limit, tokens)) = refused {
+            return Some(RateVerdict::Limited(limited(limit, tokens)));
         }
 
         // Take one token from every bucket that has one; shadow buckets without one are left alone.
-        let mut taken: Vec<(&Slot<'_>, u64)> = Vec::with_capacity(slots.len());
-        for (slot, r) in slots.iter().zip(&refilled) {
+        let mut conflict = false;
+        for (slot, r) in slots.iter().zip(refilled.iter_mut()) {
             if u128::from(r.bucket.tokens) < UNIT {
                 continue;
             }
@@ -522,20 +525,27 @@ impl RateLimiter {
                 ..r.bucket
             };
             match store.set(&slot.store_key, &next.encode(), r.cas) {
-                Ok(()) => taken.push((slot, next.tokens)),
+                Ok(()) => r.taken = Some(next.tokens),
                 Err(StoreError::CasMismatch | StoreError::Unavailable) => {
-                    for (done, _) in taken {
-                        refund(done, store);
-                    }
-                    return None;
+                    conflict = true;
+                    break;
                 }
             }
         }
+        if conflict {
+            for (slot, r) in slots.iter().zip(&refilled) {
+                if r.taken.is_some() {
+                    refund(slot, store);
+                }
+            }
+            return None;
+        }
         let mut response_headers = Vec::new();
-        for (slot, tokens) in &taken {
+        for (slot, r) in slots.iter().zip(&refilled) {
+            let Some(tokens) = r.taken else { continue };
             counters.increment(&slot.limit.counters.admitted, 1);
             if self.headers_on_allow {
-                response_headers.extend(rate_limit_headers(slot.limit, *tokens));
+                response_headers.extend(rate_limit_headers(slot.limit, tokens));
             }
         }
         Some(RateVerdict::Admit { response_headers })
