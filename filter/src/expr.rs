@@ -1487,26 +1487,20 @@ mod literal_regex {
                 if call.func_name != "matches" {
                     return Ok(());
                 }
-                let (subject, pattern) = match (call.target.take(), call.args.len()) {
-                    (Some(target), 1) => (*target, call.args.remove(0)),
-                    (None, 2) => {
-                        let pattern = call.args.remove(1);
-                        (call.args.remove(0), pattern)
-                    }
-                    (target, _) => {
-                        call.target = target;
-                        return Ok(());
-                    }
+                // Only a literal pattern is bound; anything else is left as it was, for the
+                // interpreter's own `matches`.
+                let pattern = match (call.target.is_some(), call.args.as_slice()) {
+                    (true, [pattern]) | (false, [_, pattern]) => pattern,
+                    _ => return Ok(()),
                 };
-                let Some(text) = literal(&pattern) else {
-                    // A computed pattern: leave it to the interpreter's `matches`.
-                    call.target = Some(Box::new(subject));
-                    call.args.insert(0, pattern);
+                let (Some(text), id) = (literal(pattern), pattern.id) else {
                     return Ok(());
                 };
-                compile(text).map_err(|message| (pattern.id, message))?;
+                compile(text).map_err(|message| (id, message))?;
+                if let Some(target) = call.target.take() {
+                    call.args.insert(0, *target);
+                }
                 call.func_name = FUNCTION.to_owned();
-                call.args = vec![subject, pattern];
                 Ok(())
             }
             Ast::Comprehension(c) => {
@@ -2806,6 +2800,8 @@ mod tests {
         assert_eq!(e.eval_bool(&act), Ok(false));
         // A computed pattern still works (the interpreter's matches).
         let e = compile("request.method.matches(request.method)").unwrap();
+        assert_eq!(e.eval_bool(&act), Ok(true));
+        let e = compile("matches(request.method, request.method + '$')").unwrap();
         assert_eq!(e.eval_bool(&act), Ok(true));
     }
 
