@@ -1430,7 +1430,7 @@ fn timestamp_val<'v>(t: std::time::SystemTime) -> Option<Box<dyn Val + 'v>> {
 /// answers are the interpreter's: the same `regex` crate and the same `is_match`.
 mod literal_regex {
     use super::{Ast, IdedExpr};
-    use cel::common::ast::{EntryExpr, LiteralValue};
+    use cel::common::ast::{EntryExpr, IdedEntryExpr, LiteralValue};
     use cel::common::types::{CelBool, CelString};
     use cel::common::value::CowVal;
     use cel::ExecutionError;
@@ -1517,27 +1517,19 @@ mod literal_regex {
             }
             Ast::Select(s) => bind(&mut s.operand),
             Ast::List(l) => l.elements.iter_mut().try_for_each(bind),
-            Ast::Map(m) => m
-                .entries
-                .iter_mut()
-                .try_for_each(|entry| match &mut entry.expr {
-                    EntryExpr::MapEntry(kv) => {
-                        bind(&mut kv.key)?;
-                        bind(&mut kv.value)
-                    }
-                    EntryExpr::StructField(f) => bind(&mut f.value),
-                }),
-            Ast::Struct(st) => st
-                .entries
-                .iter_mut()
-                .try_for_each(|entry| match &mut entry.expr {
-                    EntryExpr::MapEntry(kv) => {
-                        bind(&mut kv.key)?;
-                        bind(&mut kv.value)
-                    }
-                    EntryExpr::StructField(f) => bind(&mut f.value),
-                }),
+            Ast::Map(m) => m.entries.iter_mut().try_for_each(bind_entry),
+            Ast::Struct(st) => st.entries.iter_mut().try_for_each(bind_entry),
             Ast::Unspecified | Ast::Ident(_) | Ast::Literal(_) => Ok(()),
+        }
+    }
+
+    fn bind_entry(entry: &mut IdedEntryExpr) -> Result<(), (u64, String)> {
+        match &mut entry.expr {
+            EntryExpr::MapEntry(kv) => {
+                bind(&mut kv.key)?;
+                bind(&mut kv.value)
+            }
+            EntryExpr::StructField(f) => bind(&mut f.value),
         }
     }
 
