@@ -191,14 +191,7 @@ class Envoy:
                 time.sleep(0.1)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        envoyproc.stop_process(self.proc, self.log)
 
 
 def pins():

@@ -24,7 +24,7 @@
 //! be one the runtime registers. Errors carry the 1-based line and column.
 
 use crate::request::{AttributeValue, HostAttribute, RequestView};
-use cel::common::ast::{EntryExpr, Expr as Ast, IdedExpr, SourceInfo};
+use cel::common::ast::{EntryExpr, Expr as Ast, IdedExpr};
 use cel::common::types::{
     CelBool, CelInt, CelMap, CelMapKey, CelString, Type, BOOL_TYPE, INT_TYPE, STRING_TYPE,
 };
@@ -552,44 +552,35 @@ impl Expr {
         }
         let program = env.compile(text).map_err(|e| parse_error(source, &e))?;
         let mut checker = Checker {
-            info: program.source_info(),
-            text,
             bound: Vec::new(),
             host: BTreeSet::new(),
             uses_jwt: false,
             error: None,
         };
         checker.walk(program.expression());
-        if let Some((id, shift, message)) = checker.error {
-            let offset = checker
-                .info
+        // An error at AST node `id` (shifted by `shift` characters), located in the source.
+        let error_at = |id: u64, shift: isize, message: String| {
+            let offset = program
+                .source_info()
                 .offset_for(id)
                 .map(|(start, _)| (start as usize).saturating_add_signed(shift))
                 .unwrap_or(0);
             let (line, column) = line_col(text, offset);
-            return Err(ExprError {
+            ExprError {
                 file: source.file().map(str::to_owned),
                 line,
                 column,
                 message,
-            });
+            }
+        };
+        if let Some((id, shift, message)) = checker.error {
+            return Err(error_at(id, shift, message));
         }
         let host_attributes = checker.host.into_iter().collect();
         let uses_jwt = checker.uses_jwt;
         let mut expression = program.expression().clone();
         if let Err((id, message)) = literal_regex::bind(&mut expression) {
-            let offset = program
-                .source_info()
-                .offset_for(id)
-                .map(|(start, _)| start as usize)
-                .unwrap_or(0);
-            let (line, column) = line_col(text, offset);
-            return Err(ExprError {
-                file: source.file().map(str::to_owned),
-                line,
-                column,
-                message,
-            });
+            return Err(error_at(id, 0, message));
         }
         let fast = fast::compile(&expression);
         Ok(Expr {
@@ -793,10 +784,7 @@ fn strip_comments(text: &str) -> String {
 // The checker.
 // ---------------------------------------------------------------------------------------
 
-struct Checker<'p> {
-    info: &'p SourceInfo,
-    #[allow(dead_code)]
-    text: &'p str,
+struct Checker {
     bound: Vec<String>,
     host: BTreeSet<HostAttribute>,
     uses_jwt: bool,
@@ -838,7 +826,7 @@ fn segments(expr: &IdedExpr) -> Option<Vec<&str>> {
     }
 }
 
-impl Checker<'_> {
+impl Checker {
     fn fail(&mut self, id: u64, message: String) {
         self.fail_at(id, 0, message);
     }
@@ -1909,6 +1897,31 @@ mod fast {
         }
     }
 
+    /// `exists` (`all == false`) or `all` of `pred` over `items` (`None`: an element the fast
+    /// path can't read). CEL's quantifiers absorb errors when the answer is decided anyway: any
+    /// true decides `exists`, any false decides `all`; an element the fast path can't judge
+    /// leaves the answer to the interpreter otherwise.
+    fn quantify<'x>(
+        act: &'x Activation<'_>,
+        pred: &'x Fast,
+        all: bool,
+        items: impl Iterator<Item = Option<FVal<'x>>>,
+    ) -> Option<FVal<'x>> {
+        let mut unsure = false;
+        for item in items {
+            let verdict = item.and_then(|v| match pred.eval_with(act, Some(&v))? {
+                FVal::Bool(x) => Some(x),
+                _ => None,
+            });
+            match verdict {
+                Some(x) if x != all => return Some(FVal::Bool(x)),
+                Some(_) => {}
+                None => unsure = true,
+            }
+        }
+        (!unsure).then_some(FVal::Bool(all))
+    }
+
     fn borrowed<'x>(v: &'x FVal<'_>) -> FVal<'x> {
         match v {
             FVal::Str(s) => FVal::Str(Cow::Borrowed(s.as_ref())),
@@ -2065,39 +2078,17 @@ mod fast {
                     b(ip.is_loopback())
                 }
                 Fast::Elem => elem.cloned(),
-                Fast::Quantifier { over, pred, all } => {
-                    let items: Vec<Option<FVal<'x>>> = match over {
-                        QuantifierRange::Claim(name) => {
-                            let cel::Value::List(items) = claim(act, name)? else {
-                                return None;
-                            };
-                            items.iter().map(scalar).collect()
-                        }
-                        QuantifierRange::Literals(items) => {
-                            items.iter().map(|v| Some(borrowed(v))).collect()
-                        }
-                    };
-                    // CEL's quantifiers absorb errors when the answer is decided anyway:
-                    // any true decides `exists`, any false decides `all`; an element the
-                    // fast path can't judge leaves the answer to the interpreter otherwise.
-                    let mut unsure = false;
-                    for item in items {
-                        let verdict = item.and_then(|v| match pred.eval_with(act, Some(&v))? {
-                            FVal::Bool(x) => Some(x),
-                            _ => None,
-                        });
-                        match verdict {
-                            Some(x) if x != *all => return b(x),
-                            Some(_) => {}
-                            None => unsure = true,
-                        }
+                Fast::Quantifier { over, pred, all } => match over {
+                    QuantifierRange::Claim(name) => {
+                        let cel::Value::List(items) = claim(act, name)? else {
+                            return None;
+                        };
+                        quantify(act, pred, *all, items.iter().map(scalar))
                     }
-                    if unsure {
-                        None
-                    } else {
-                        b(*all)
+                    QuantifierRange::Literals(items) => {
+                        quantify(act, pred, *all, items.iter().map(|v| Some(borrowed(v))))
                     }
-                }
+                },
                 Fast::Matches(subject, regex) => {
                     let subject = subject.eval_with(act, elem)?;
                     b(regex.is_match(str_of(&subject)?))
