@@ -53,6 +53,18 @@ def stop_process(proc, log=None):
         log.close()
 
 
+def eventually(check, timeout=10, every=0.2):
+    """Polls `check` until it returns True (then True) or the time is up (then its last value)."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = check()
+        if last is True:
+            return True
+        time.sleep(every)
+    return last
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

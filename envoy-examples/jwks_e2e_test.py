@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import envoyproc  # noqa: E402
+from envoyproc import eventually  # noqa: E402
 import mint  # noqa: E402
 import tour  # noqa: E402
 from e2e_test import KEYS, b64  # noqa: E402
@@ -37,17 +38,6 @@ def new_rsa_key(kid):
     jwk = {"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
            "n": b64(pub.n.to_bytes((pub.n.bit_length() + 7) // 8, "big")), "e": b64(pub.e.to_bytes(3, "big"))}
     return key, jwk
-
-
-def eventually(check, timeout=10, every=0.2):
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = check()
-        if last is True:
-            return True
-        time.sleep(every)
-    return last
 
 
 class RemoteJwksRunning(unittest.TestCase):

@@ -20,7 +20,7 @@ use portcullis_filter::pipeline::{decide, Env};
 use portcullis_filter::policy::Verdict;
 use portcullis_filter::ports::memory::{MemoryCounters, MemoryStore};
 use portcullis_filter::ports::{NoHostCrypto, NoLog};
-use portcullis_filter::ratelimit::RateVerdict;
+use portcullis_filter::ratelimit::{LocalTokens, RateVerdict};
 use portcullis_filter::request::RequestView;
 use serde_json::json;
 use std::hint::black_box;
@@ -65,6 +65,7 @@ fn bench(c: &mut Criterion) {
             crypto: &NoHostCrypto,
             remote_keys: &remote,
             token_cache: cache,
+            local_tokens: &mut LocalTokens::default(),
             counters: &mut counters,
             log: &mut NoLog,
         };
@@ -304,21 +305,28 @@ fn stages(c: &mut Criterion) {
         });
     }
 
-    // One rate-limit check: a limit keyed by a header, bucket in the in-memory shared store.
-    let store = MemoryStore::default();
-    let limit = compile(&json!({
-        "rate_limits": {"limits": [{"name": "per-client", "key": "request.headers['x-client-id']", "requests": 1000000000u64, "period_s": 1}]}
-    }));
-    let check = |counters: &mut MemoryCounters| {
-        let activation = Activation::new(black_box(&req));
-        limit
-            .rate_limiter
-            .check(&activation, &store, now(), counters)
-    };
-    assert!(matches!(check(&mut counters), RateVerdict::Admit { .. }));
-    c.bench_function("rate limit: one check (in-memory store)", |b| {
-        b.iter(|| black_box(check(&mut counters)))
-    });
+    // One rate-limit check: a limit keyed by a header, bucket in the in-memory shared store;
+    // every request a shared compare-and-swap (`batch: 1`), then with the default batch.
+    for (label, batch) in [("batch 1", Some(1u32)), ("default batch", None)] {
+        let store = MemoryStore::default();
+        let mut local = LocalTokens::default();
+        let mut limit_json = json!({"name": "per-client", "key": "request.headers['x-client-id']", "requests": 1000000000u64, "period_s": 1});
+        if let Some(batch) = batch {
+            limit_json["batch"] = json!(batch);
+        }
+        let limit = compile(&json!({"rate_limits": {"limits": [limit_json]}}));
+        let mut check = |counters: &mut MemoryCounters| {
+            let activation = Activation::new(black_box(&req));
+            limit
+                .rate_limiter
+                .check(&activation, &store, &mut local, now(), counters)
+        };
+        assert!(matches!(check(&mut counters), RateVerdict::Admit { .. }));
+        c.bench_function(
+            &format!("rate limit: one check, {label} (in-memory store)"),
+            |b| b.iter(|| black_box(check(&mut counters))),
+        );
+    }
 }
 
 criterion_group! {

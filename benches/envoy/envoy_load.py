@@ -17,7 +17,8 @@ like ../shared/reference/envoy-native-chain.yaml), Envoy `--concurrency 1` pinne
   e  native-new         c without jwt_cache_config: the signature is verified on every request
   f  portcullis-new     d with the token cache off: every request verifies RS256 (host verify_signature)
 With --extras: portcullis-idle (our filter with nothing to do), policy-10 (10 rules, no JWT),
-ratelimit-only (one limit keyed by a header).
+ratelimit-only (one limit keyed by a header; its default batch takes 64 tokens per shared
+round trip), ratelimit-exact (the same with `batch: 1`: a shared compare-and-swap per request).
 
 "New token on every request" is made by switching the verified-token caches off (both sides), not by
 minting a token per request: the work per request is the same and the load generator stays cheap.
@@ -71,7 +72,7 @@ THREE_RULES = [
 
 LETTERS = {"a": "no-filter", "b": "empty-wasm", "c": "native-cached", "d": "portcullis-cached",
            "e": "native-new", "f": "portcullis-new"}
-EXTRAS = ["portcullis-idle", "policy-10", "ratelimit-only"]
+EXTRAS = ["portcullis-idle", "policy-10", "ratelimit-only", "ratelimit-exact"]
 DESCRIPTIONS = {
     "no-filter": "no filter",
     "empty-wasm": "empty proxy-wasm filter (floor of any Wasm filter)",
@@ -81,7 +82,8 @@ DESCRIPTIONS = {
     "portcullis-new": "Portcullis, signature verified every request (host verify_signature)",
     "portcullis-idle": "Portcullis with nothing to do (default allow)",
     "policy-10": "Portcullis: 10 CEL rules, no JWT",
-    "ratelimit-only": "Portcullis: one rate limit keyed by a header",
+    "ratelimit-only": "Portcullis: one rate limit keyed by a header (default batch: 64)",
+    "ratelimit-exact": "Portcullis: the same limit with batch 1 (a shared CAS per request)",
 }
 
 
@@ -102,6 +104,9 @@ def plugin_configs():
         "policy-10": {"policy": {"default_action": "deny", "rules": TEN_RULES_NO_JWT}},
         "ratelimit-only": {"policy": {"default_action": "allow"}, "rate_limits": {"limits": [
             {"name": "per-client", "key": "request.headers['x-client-id']", "requests": 1000000000, "period_s": 1}]}},
+        "ratelimit-exact": {"policy": {"default_action": "allow"}, "rate_limits": {"limits": [
+            {"name": "per-client", "key": "request.headers['x-client-id']", "requests": 1000000000, "period_s": 1,
+             "batch": 1}]}},
     }
 
 

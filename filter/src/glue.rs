@@ -9,6 +9,7 @@ use crate::jwt::remote::{FetchRequest, JwksSync};
 use crate::jwt::{RemoteKeys, TokenCache};
 use crate::pipeline::{self, Env};
 use crate::ports::Counters;
+use crate::ratelimit::LocalTokens;
 use crate::request::{AttributeValue, RequestView};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -39,6 +40,8 @@ fn now() -> SystemTime {
 #[derive(Default)]
 struct VmState {
     token_cache: TokenCache,
+    /// Rate-limit tokens this VM took in batches from shared buckets.
+    local_tokens: LocalTokens,
     remote_keys: RemoteKeys,
     counters: HostCounters,
     /// Requests paused until signing keys arrive: context id → (request, deadline).
@@ -80,6 +83,8 @@ impl RootContext for PortcullisRoot {
                 {
                     let mut state = self.state.borrow_mut();
                     state.token_cache = config.authenticator.new_token_cache();
+                    // Batches are per limit position: a new configuration starts without any.
+                    state.local_tokens = LocalTokens::default();
                     let sync = config
                         .authenticator
                         .jwks_sync(&vm_owner_id(), random_seed());
@@ -399,6 +404,7 @@ fn run_pipeline(
     let mut state = state.borrow_mut();
     let VmState {
         token_cache,
+        local_tokens,
         remote_keys,
         counters,
         ..
@@ -409,6 +415,7 @@ fn run_pipeline(
         crypto: &abi::HostVerifier,
         remote_keys,
         token_cache,
+        local_tokens,
         counters,
         log: &mut HostLog,
     };

@@ -9,7 +9,7 @@ use crate::expr::Activation;
 use crate::jwt::{AuthnEnv, AuthnOutcome, RemoteKeys, TokenCache};
 use crate::policy::Verdict;
 use crate::ports::{Counters, HostCrypto, Log, SharedStore};
-use crate::ratelimit::RateVerdict;
+use crate::ratelimit::{LocalTokens, RateVerdict};
 use crate::request::RequestView;
 use std::time::SystemTime;
 
@@ -20,6 +20,8 @@ pub struct Env<'a> {
     pub crypto: &'a dyn HostCrypto,
     pub remote_keys: &'a RemoteKeys,
     pub token_cache: &'a mut TokenCache,
+    /// Rate-limit tokens this worker holds (batches taken from shared buckets).
+    pub local_tokens: &'a mut LocalTokens,
     pub counters: &'a mut dyn Counters,
     pub log: &'a mut dyn Log,
 }
@@ -63,14 +65,16 @@ pub fn decide(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Outc
     };
 
     // Rate-limit: only requests that would otherwise be allowed consume tokens.
-    let response_headers =
-        match config
-            .rate_limiter
-            .check(&activation, env.store, env.now, env.counters)
-        {
-            RateVerdict::Admit { response_headers } => response_headers,
-            RateVerdict::Limited(deny) => return Outcome::Decided(Decision::Deny(deny)),
-        };
+    let response_headers = match config.rate_limiter.check(
+        &activation,
+        env.store,
+        env.local_tokens,
+        env.now,
+        env.counters,
+    ) {
+        RateVerdict::Admit { response_headers } => response_headers,
+        RateVerdict::Limited(deny) => return Outcome::Decided(Decision::Deny(deny)),
+    };
 
     env.counters.increment("portcullis.allowed", 1);
     if let Some(header) = &config.responses.decision_header {

@@ -11,6 +11,12 @@
 //! mismatch, at most [`MAX_CAS_ATTEMPTS`] times. A request that passes every applicable
 //! bucket takes one token from each; if any bucket refuses, none is taken (tokens already
 //! taken in this attempt are refunded).
+//!
+//! A shared-data round trip (a `get` that returns data, then a `set`) is most of a check's
+//! cost in Envoy, so a worker may take a small *batch* of tokens at once and spend the rest
+//! locally ([`LocalTokens`]). A worker only takes tokens the bucket holds, so batching never
+//! admits more than the bucket allows; the tokens workers hold unused are bounded by
+//! `workers × batch` (auto: ≤ 0.1 % of the burst per worker) and forgotten after one period.
 
 use crate::config::ConfigError;
 use crate::decision::Deny;
@@ -30,6 +36,14 @@ pub const SWEEP_INTERVAL_S: u64 = 10;
 
 /// How often a CAS update is retried before the request is refused (fail closed).
 pub const MAX_CAS_ATTEMPTS: usize = 16;
+
+/// `batch` when not configured: burst / this, at most [`MAX_AUTO_BATCH`] (1 = no batching).
+const AUTO_BATCH_DIVISOR: u32 = 1000;
+/// The largest automatic batch: the shared round trip is already amortised to < 2 %.
+pub const MAX_AUTO_BATCH: u32 = 64;
+/// Most (limit, key) batches one worker holds; beyond it, expired batches are dropped, then all
+/// (dropping only forgets tokens: never more permissive).
+pub const MAX_LOCAL_BATCHES: usize = 4096;
 
 /// Fixed point: one token is this many units, so refill is exact to the microtoken.
 const UNIT: u128 = 1_000_000;
@@ -80,6 +94,11 @@ pub struct LimitConfig {
     pub mode: Mode,
     #[serde(default)]
     pub on_key_error: KeyErrorAction,
+    /// Tokens a worker takes from the shared bucket at once and then spends without a
+    /// shared-data round trip. Default: `burst / 1000`, at most 64 (so small limits are exact);
+    /// `1` makes every request a shared compare-and-swap.
+    #[serde(default)]
+    pub batch: Option<u32>,
 }
 
 /// What to do when the key expression fails (e.g. `jwt.claims.sub` without a token).
@@ -139,6 +158,7 @@ struct Limit {
     burst: u32,
     mode: Mode,
     on_key_error: KeyErrorAction,
+    batch: u32,
 }
 
 impl Limit {
@@ -188,19 +208,95 @@ impl Bucket {
     }
 }
 
-/// A bucket resolved for this request: where it lives and what it holds now.
+/// A bucket resolved for this request.
 struct Slot<'l> {
+    /// The limit's position in the configuration (names its batches in [`LocalTokens`]).
+    index: usize,
     limit: &'l Limit,
-    store_key: String,
+    /// Which of the limit's `max_buckets` shared-data entries holds the bucket.
+    slot: u64,
     key_hash: u64,
 }
 
-/// The bucket after refill, before this request's token is taken.
-struct Refilled {
-    bucket: Bucket,
-    cas: Option<u32>,
-    /// Tokens left after this request's, once its write succeeded.
-    taken: Option<u64>,
+impl Slot<'_> {
+    fn store_key(&self) -> String {
+        format!("{}{}", self.limit.store_prefix, self.slot)
+    }
+}
+
+/// Where this attempt gets a slot's token from.
+enum Source {
+    /// This worker holds tokens of the bucket: no shared-data round trip.
+    Local,
+    /// The shared bucket after refill, before this request's tokens are taken.
+    Shared {
+        store_key: String,
+        bucket: Bucket,
+        cas: Option<u32>,
+    },
+}
+
+/// One slot's state within an attempt.
+struct Pending {
+    source: Source,
+    /// Tokens taken from the shared bucket (this request's and the batch), once written.
+    taken: u32,
+}
+
+/// Tokens this worker took from shared buckets as part of a batch and has not spent yet.
+/// Per VM (one per worker thread), reset when the configuration changes.
+#[derive(Debug, Default)]
+pub struct LocalTokens {
+    batches: rustc_hash::FxHashMap<(usize, u64), LocalBatch>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LocalBatch {
+    tokens: u32,
+    /// Micro-tokens the shared bucket held once the batch was taken (for `RateLimit: r=`).
+    shared_after: u64,
+    /// Unspent tokens are forgotten after this (ns): a worker never banks tokens for longer
+    /// than one period.
+    expires: u64,
+}
+
+impl LocalTokens {
+    fn has(&self, slot: &Slot<'_>, now: u64) -> bool {
+        self.batches
+            .get(&(slot.index, slot.key_hash))
+            .is_some_and(|b| b.tokens > 0 && now < b.expires)
+    }
+
+    /// Spends one local token; returns the micro-tokens left (shared + local) for headers.
+    fn spend(&mut self, slot: &Slot<'_>) -> u64 {
+        let key = (slot.index, slot.key_hash);
+        let Some(batch) = self.batches.get_mut(&key) else {
+            return 0;
+        };
+        batch.tokens = batch.tokens.saturating_sub(1);
+        let left = batch
+            .shared_after
+            .saturating_add(u64::from(batch.tokens).saturating_mul(UNIT as u64));
+        if batch.tokens == 0 {
+            self.batches.remove(&key);
+        }
+        left
+    }
+
+    fn keep(&mut self, slot: &Slot<'_>, batch: LocalBatch, now: u64) {
+        if self.batches.len() >= MAX_LOCAL_BATCHES {
+            self.batches.retain(|_, b| b.tokens > 0 && now < b.expires);
+            if self.batches.len() >= MAX_LOCAL_BATCHES {
+                self.batches.clear();
+            }
+        }
+        self.batches.insert((slot.index, slot.key_hash), batch);
+    }
+
+    /// Unspent tokens this worker holds, over all limits and keys.
+    pub fn held(&self) -> u64 {
+        self.batches.values().map(|b| u64::from(b.tokens)).sum()
+    }
 }
 
 fn capacity(limit: &Limit) -> u128 {
@@ -318,6 +414,16 @@ impl RateLimiter {
             };
             let key =
                 Expr::compile(&limit.key).map_err(|e| ConfigError::from_expr(field("key"), &e))?;
+            let batch = match limit.batch {
+                None => (burst / AUTO_BATCH_DIVISOR).clamp(1, MAX_AUTO_BATCH),
+                Some(batch) if (1..=burst).contains(&batch) => batch,
+                Some(_) => {
+                    return Err(ConfigError::new(
+                        field("batch"),
+                        format!("must be between 1 and the burst ({burst})"),
+                    ))
+                }
+            };
             limits.push(Limit {
                 name: limit.name.clone(),
                 counters: LimitCounters::new(&limit.name),
@@ -329,6 +435,7 @@ impl RateLimiter {
                 burst,
                 mode: limit.mode,
                 on_key_error: limit.on_key_error,
+                batch,
             });
         }
         Ok(RateLimiter {
@@ -408,6 +515,7 @@ impl RateLimiter {
         &self,
         activation: &Activation<'_>,
         store: &dyn SharedStore,
+        local: &mut LocalTokens,
         now: SystemTime,
         counters: &mut dyn Counters,
     ) -> RateVerdict {
@@ -415,7 +523,8 @@ impl RateLimiter {
         let slots: Vec<Slot<'_>> = self
             .limits
             .iter()
-            .filter_map(|limit| self.slot(limit, activation, counters))
+            .enumerate()
+            .filter_map(|(index, limit)| self.slot(index, limit, activation, counters))
             .collect();
         if slots.is_empty() {
             return RateVerdict::Admit {
@@ -423,7 +532,7 @@ impl RateLimiter {
             };
         }
         for _ in 0..MAX_CAS_ATTEMPTS {
-            match self.attempt(&slots, store, now, counters) {
+            match self.attempt(&slots, store, local, now, counters) {
                 Some(verdict) => return verdict,
                 None => counters.increment("portcullis.ratelimit.cas_retry", 1),
             }
@@ -442,6 +551,7 @@ impl RateLimiter {
 
     fn slot<'l>(
         &self,
+        index: usize,
         limit: &'l Limit,
         activation: &Activation<'_>,
         counters: &mut dyn Counters,
@@ -464,10 +574,10 @@ impl RateLimiter {
             }
         };
         let key_hash = hash_key(&limit.name, &key);
-        let slot = key_hash % u64::from(self.max_buckets);
         Some(Slot {
+            index,
             limit,
-            store_key: format!("{}{slot}", limit.store_prefix),
+            slot: key_hash % u64::from(self.max_buckets),
             key_hash,
         })
     }
@@ -477,28 +587,38 @@ impl RateLimiter {
         &self,
         slots: &[Slot<'_>],
         store: &dyn SharedStore,
+        local: &mut LocalTokens,
         now: u64,
         counters: &mut dyn Counters,
     ) -> Option<RateVerdict> {
         // One allocation per request for all the buckets' state (this runs on every request).
-        let mut refilled: Vec<Refilled> = slots
+        let mut pending: Vec<Pending> = slots
             .iter()
             .map(|slot| {
-                let stored = store.get(&slot.store_key);
-                let cas = stored.as_ref().map(|(_, cas)| *cas);
-                let bucket = stored.and_then(|(bytes, _)| Bucket::decode(&bytes));
-                Refilled {
-                    bucket: refill(slot.limit, bucket, slot.key_hash, now),
-                    cas,
-                    taken: None,
-                }
+                let source = if local.has(slot, now) {
+                    Source::Local
+                } else {
+                    let store_key = slot.store_key();
+                    let stored = store.get(&store_key);
+                    let cas = stored.as_ref().map(|(_, cas)| *cas);
+                    let bucket = stored.and_then(|(bytes, _)| Bucket::decode(&bytes));
+                    Source::Shared {
+                        store_key,
+                        bucket: refill(slot.limit, bucket, slot.key_hash, now),
+                        cas,
+                    }
+                };
+                Pending { source, taken: 0 }
             })
             .collect();
 
         // Any enforcing bucket without a token refuses the request; nothing is taken.
         let mut refused: Option<(&Limit, u64)> = None;
-        for (slot, r) in slots.iter().zip(&refilled) {
-            if u128::from(r.bucket.tokens) >= UNIT {
+        for (slot, p) in slots.iter().zip(&pending) {
+            let Source::Shared { bucket, .. } = &p.source else {
+                continue;
+            };
+            if u128::from(bucket.tokens) >= UNIT {
                 continue;
             }
             let c = &slot.limit.counters;
@@ -506,7 +626,7 @@ impl RateLimiter {
                 Mode::Shadow => counters.increment(&c.shadow_limited, 1),
                 Mode::Enforce => {
                     counters.increment(&c.limited, 1);
-                    refused = refused.or(Some((slot.limit, r.bucket.tokens)));
+                    refused = refused.or(Some((slot.limit, bucket.tokens)));
                 }
             }
         }
@@ -514,18 +634,31 @@ impl RateLimiter {
             return Some(RateVerdict::Limited(limited(limit, tokens)));
         }
 
-        // Take one token from every bucket that has one; shadow buckets without one are left alone.
+        // Take this request's token, and up to `batch - 1` more for later requests, from every
+        // shared bucket that has them; shadow buckets without a token are left alone.
         let mut conflict = false;
-        for (slot, r) in slots.iter().zip(refilled.iter_mut()) {
-            if u128::from(r.bucket.tokens) < UNIT {
+        for (slot, p) in slots.iter().zip(pending.iter_mut()) {
+            let Source::Shared {
+                store_key,
+                bucket,
+                cas,
+            } = &p.source
+            else {
+                continue;
+            };
+            let whole = u64::try_from(u128::from(bucket.tokens) / UNIT).unwrap_or(u64::MAX);
+            let take = u32::try_from(whole.min(u64::from(slot.limit.batch))).unwrap_or(1);
+            if take == 0 {
                 continue;
             }
             let next = Bucket {
-                tokens: r.bucket.tokens.saturating_sub(UNIT as u64),
-                ..r.bucket
+                tokens: bucket
+                    .tokens
+                    .saturating_sub(u64::from(take).saturating_mul(UNIT as u64)),
+                ..*bucket
             };
-            match store.set(&slot.store_key, &next.encode(), r.cas) {
-                Ok(()) => r.taken = Some(next.tokens),
+            match store.set(store_key, &next.encode(), *cas) {
+                Ok(()) => p.taken = take,
                 Err(StoreError::CasMismatch | StoreError::Unavailable) => {
                     conflict = true;
                     break;
@@ -533,43 +666,65 @@ impl RateLimiter {
             }
         }
         if conflict {
-            for (slot, r) in slots.iter().zip(&refilled) {
-                if r.taken.is_some() {
-                    refund(slot, store);
+            for (slot, p) in slots.iter().zip(&pending) {
+                if let Source::Shared { store_key, .. } = &p.source {
+                    if p.taken > 0 {
+                        refund(slot.limit, store_key, p.taken, store);
+                    }
                 }
             }
             return None;
         }
+
+        // Committed: spend local tokens, keep the rest of new batches.
         let mut response_headers = Vec::new();
-        for (slot, r) in slots.iter().zip(&refilled) {
-            let Some(tokens) = r.taken else { continue };
+        for (slot, p) in slots.iter().zip(&pending) {
+            let left = match &p.source {
+                Source::Local => local.spend(slot),
+                Source::Shared { .. } if p.taken == 0 => continue,
+                Source::Shared { bucket, .. } => {
+                    let unit = UNIT as u64;
+                    let shared_after = bucket
+                        .tokens
+                        .saturating_sub(u64::from(p.taken).saturating_mul(unit));
+                    if p.taken > 1 {
+                        let batch = LocalBatch {
+                            tokens: p.taken - 1,
+                            shared_after,
+                            expires: now.saturating_add(
+                                u64::try_from(slot.limit.period_nanos()).unwrap_or(u64::MAX),
+                            ),
+                        };
+                        local.keep(slot, batch, now);
+                    }
+                    bucket.tokens.saturating_sub(unit)
+                }
+            };
             counters.increment(&slot.limit.counters.admitted, 1);
             if self.headers_on_allow {
-                response_headers.extend(rate_limit_headers(slot.limit, tokens));
+                response_headers.extend(rate_limit_headers(slot.limit, left));
             }
         }
         Some(RateVerdict::Admit { response_headers })
     }
 }
 
-/// Gives back a token taken earlier in a failed attempt (bounded CAS loop; adding commutes).
-fn refund(slot: &Slot<'_>, store: &dyn SharedStore) {
+/// Gives back tokens taken earlier in a failed attempt (bounded CAS loop; adding commutes).
+fn refund(limit: &Limit, store_key: &str, tokens: u32, store: &dyn SharedStore) {
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let Some((bytes, cas)) = store.get(&slot.store_key) else {
+        let Some((bytes, cas)) = store.get(store_key) else {
             return;
         };
         let Some(bucket) = Bucket::decode(&bytes) else {
             return;
         };
-        let tokens = (u128::from(bucket.tokens) + UNIT).min(capacity(slot.limit));
+        let back = u128::from(tokens) * UNIT;
         let next = Bucket {
-            tokens: u64::try_from(tokens).unwrap_or(u64::MAX),
+            tokens: u64::try_from((u128::from(bucket.tokens) + back).min(capacity(limit)))
+                .unwrap_or(u64::MAX),
             ..bucket
         };
-        if store
-            .set(&slot.store_key, &next.encode(), Some(cas))
-            .is_ok()
-        {
+        if store.set(store_key, &next.encode(), Some(cas)).is_ok() {
             return;
         }
     }
@@ -632,7 +787,14 @@ mod tests {
     ) -> RateVerdict {
         let request = RequestView::new("GET", "/", &[("x-api-key", key)]);
         let activation = Activation::new(&request);
-        limiter.check(&activation, store, at(t), counters)
+        // A fresh worker each time: these tests are about the shared bucket.
+        limiter.check(
+            &activation,
+            store,
+            &mut LocalTokens::default(),
+            at(t),
+            counters,
+        )
     }
 
     fn admitted(v: &RateVerdict) -> bool {
@@ -835,6 +997,7 @@ mod tests {
         assert!(admitted(&limiter.check(
             &Activation::new(&request),
             &store,
+            &mut LocalTokens::default(),
             at(0.0),
             &mut counters
         )));
@@ -846,6 +1009,7 @@ mod tests {
         assert!(!admitted(&limiter.check(
             &Activation::new(&request),
             &store,
+            &mut LocalTokens::default(),
             at(0.0),
             &mut counters
         )));
@@ -869,6 +1033,251 @@ mod tests {
         assert_eq!(limiter.sweep(&store, at(0.6), &mut counters), vec![0]);
         assert!(!limiter.sweep_due(&store, at(10.9)));
         assert!(limiter.sweep_due(&store, at(11.0)));
+    }
+
+    /// Counts the shared-data round trips.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryStore,
+        gets: std::cell::Cell<usize>,
+    }
+
+    impl SharedStore for Counting {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.gets.set(self.gets.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    fn run_on(
+        limiter: &RateLimiter,
+        store: &dyn SharedStore,
+        worker: &mut LocalTokens,
+        counters: &mut MemoryCounters,
+        key: &str,
+        t: f64,
+    ) -> RateVerdict {
+        let request = RequestView::new("GET", "/", &[("x-api-key", key)]);
+        let activation = Activation::new(&request);
+        limiter.check(&activation, store, worker, at(t), counters)
+    }
+
+    /// 10 000 tokens, no refill to speak of: the automatic batch is 10.
+    const BIG: &str = r#"{"limits": [{"name": "big", "key": "request.headers['x-api-key']", "requests": 1, "period_s": 3600, "burst": 10000}]}"#;
+
+    #[test]
+    fn a_worker_spends_batches_locally_and_admits_exactly_the_burst() {
+        let limiter = limiter(BIG);
+        let store = Counting::default();
+        let mut worker = LocalTokens::default();
+        let mut counters = MemoryCounters::default();
+        let admitted_count = (0..10_050)
+            .filter(|_| {
+                admitted(&run_on(
+                    &limiter,
+                    &store,
+                    &mut worker,
+                    &mut counters,
+                    "k",
+                    0.0,
+                ))
+            })
+            .count();
+        assert_eq!(admitted_count, 10_000);
+        // One shared round trip per batch of 10 (+ one per refused request).
+        assert_eq!(store.gets.get(), 1_000 + 50);
+        assert_eq!(worker.held(), 0);
+        assert_eq!(counters.get("portcullis.ratelimit.big.admitted"), 10_000);
+        assert_eq!(counters.get("portcullis.ratelimit.big.limited"), 50);
+    }
+
+    #[test]
+    fn interleaved_workers_together_admit_exactly_the_burst() {
+        let limiter = limiter(BIG);
+        let store = MemoryStore::default();
+        let mut workers: Vec<LocalTokens> = (0..4).map(|_| LocalTokens::default()).collect();
+        let mut counters = MemoryCounters::default();
+        let mut admitted_count = 0;
+        let mut refused_in_a_row = 0;
+        // Uneven interleaving: worker i sends i + 1 requests per round.
+        'rounds: for _ in 0..10_000 {
+            for (i, worker) in workers.iter_mut().enumerate() {
+                for _ in 0..=i {
+                    if admitted(&run_on(&limiter, &store, worker, &mut counters, "k", 0.0)) {
+                        admitted_count += 1;
+                        refused_in_a_row = 0;
+                    } else {
+                        refused_in_a_row += 1;
+                    }
+                    // Held tokens are bounded by the batch, never more.
+                    assert!(worker.held() < 10);
+                    if refused_in_a_row > 20 {
+                        break 'rounds;
+                    }
+                }
+            }
+        }
+        // Every worker kept asking until refused, so every batched token was spent.
+        assert_eq!(admitted_count, 10_000);
+        assert!(workers.iter().all(|w| w.held() == 0));
+    }
+
+    #[test]
+    fn a_refused_request_spends_no_local_token_of_another_limit() {
+        let limiter = limiter(
+            r#"{"limits": [
+                {"name": "wide", "key": "'all'", "requests": 1, "period_s": 3600, "burst": 5000},
+                {"name": "narrow", "key": "request.headers['x-api-key']", "requests": 1, "period_s": 60}
+            ]}"#,
+        );
+        let store = MemoryStore::default();
+        let mut worker = LocalTokens::default();
+        let mut counters = MemoryCounters::default();
+        assert!(admitted(&run_on(
+            &limiter,
+            &store,
+            &mut worker,
+            &mut counters,
+            "k",
+            0.0
+        )));
+        assert_eq!(worker.held(), 4, "wide took a batch of 5");
+        for _ in 0..10 {
+            assert!(!admitted(&run_on(
+                &limiter,
+                &store,
+                &mut worker,
+                &mut counters,
+                "k",
+                0.0
+            )));
+        }
+        assert_eq!(
+            worker.held(),
+            4,
+            "the narrow limit refused: wide's local tokens are kept"
+        );
+        assert!(admitted(&run_on(
+            &limiter,
+            &store,
+            &mut worker,
+            &mut counters,
+            "other",
+            0.0
+        )));
+        assert_eq!(worker.held(), 3);
+    }
+
+    #[test]
+    fn batches_are_forgotten_after_one_period_and_other_workers_see_the_rest() {
+        let limiter = limiter(
+            r#"{"limits": [{"name": "b", "key": "'k'", "requests": 10, "period_s": 1, "burst": 10, "batch": 5}]}"#,
+        );
+        let store = Counting::default();
+        let (mut one, mut two) = (LocalTokens::default(), LocalTokens::default());
+        let mut counters = MemoryCounters::default();
+        assert!(admitted(&run_on(
+            &limiter,
+            &store,
+            &mut one,
+            &mut counters,
+            "k",
+            0.0
+        )));
+        assert_eq!(one.held(), 4);
+        // The other worker gets the 5 tokens left in the shared bucket, and no more.
+        let two_admitted = (0..8)
+            .filter(|_| admitted(&run_on(&limiter, &store, &mut two, &mut counters, "k", 0.0)))
+            .count();
+        assert_eq!(two_admitted, 5);
+        // Worker one still spends its batch locally within the period…
+        let gets = store.gets.get();
+        assert!(admitted(&run_on(
+            &limiter,
+            &store,
+            &mut one,
+            &mut counters,
+            "k",
+            0.5
+        )));
+        assert_eq!(store.gets.get(), gets);
+        assert_eq!(one.held(), 3);
+        // …but not after it: the batch is forgotten and the shared bucket asked again.
+        assert!(admitted(&run_on(
+            &limiter,
+            &store,
+            &mut one,
+            &mut counters,
+            "k",
+            1.5
+        )));
+        assert_eq!(store.gets.get(), gets + 1);
+        assert_eq!(one.held(), 4);
+    }
+
+    #[test]
+    fn headers_count_the_tokens_a_worker_holds() {
+        let limiter = limiter(
+            r#"{"headers_on_allow": true, "limits": [{"name": "h", "key": "'k'", "requests": 10, "period_s": 10, "batch": 5}]}"#,
+        );
+        let store = MemoryStore::default();
+        let mut worker = LocalTokens::default();
+        let mut counters = MemoryCounters::default();
+        let remaining = |v: RateVerdict| match v {
+            RateVerdict::Admit { response_headers } => response_headers
+                .into_iter()
+                .find(|(k, _)| k == "ratelimit")
+                .map(|(_, v)| v),
+            RateVerdict::Limited(_) => None,
+        };
+        let first = run_on(&limiter, &store, &mut worker, &mut counters, "k", 0.0);
+        assert_eq!(remaining(first).as_deref(), Some("\"h\";r=9;t=1"));
+        let second = run_on(&limiter, &store, &mut worker, &mut counters, "k", 0.0);
+        assert_eq!(remaining(second).as_deref(), Some("\"h\";r=8;t=2"));
+    }
+
+    #[test]
+    fn the_local_batch_table_is_bounded() {
+        let limiter = limiter(
+            r#"{"max_buckets": 1000000, "limits": [{"name": "m", "key": "request.headers['x-api-key']", "requests": 10, "period_s": 1, "batch": 2}]}"#,
+        );
+        let store = MemoryStore::default();
+        let mut worker = LocalTokens::default();
+        let mut counters = MemoryCounters::default();
+        for i in 0..MAX_LOCAL_BATCHES + 10 {
+            let key = format!("key-{i}");
+            assert!(
+                admitted(&run_on(
+                    &limiter,
+                    &store,
+                    &mut worker,
+                    &mut counters,
+                    &key,
+                    0.0
+                )),
+                "{i}"
+            );
+        }
+        assert!(worker.batches.len() <= MAX_LOCAL_BATCHES);
+        assert!(worker.held() <= MAX_LOCAL_BATCHES as u64);
+    }
+
+    #[test]
+    fn the_automatic_batch_follows_the_burst() {
+        let batch = |json: &str| limiter(json).limits[0].batch;
+        let with = |burst: u32| {
+            format!(
+                r#"{{"limits": [{{"name": "a", "key": "'k'", "requests": 1, "period_s": 1, "burst": {burst}}}]}}"#
+            )
+        };
+        assert_eq!(batch(&with(1)), 1);
+        assert_eq!(batch(&with(1999)), 1);
+        assert_eq!(batch(&with(2000)), 2);
+        assert_eq!(batch(&with(64_000)), 64);
+        assert_eq!(batch(&with(4_000_000_000)), 64);
     }
 
     #[test]
@@ -895,6 +1304,18 @@ mod tests {
         assert_eq!(
             err(r#"{"limits": [{"name": "a", "key": "(", "requests": 1, "period_s": 1}]}"#),
             "rate_limits.limits[0].key"
+        );
+        assert_eq!(
+            err(
+                r#"{"limits": [{"name": "a", "key": "'k'", "requests": 1, "period_s": 1, "batch": 0}]}"#
+            ),
+            "rate_limits.limits[0].batch"
+        );
+        assert_eq!(
+            err(
+                r#"{"limits": [{"name": "a", "key": "'k'", "requests": 5, "period_s": 1, "batch": 6}]}"#
+            ),
+            "rate_limits.limits[0].batch"
         );
     }
 }

@@ -6,6 +6,7 @@ use portcullis_filter::jwt::RemoteKeys;
 use portcullis_filter::pipeline::{decide, render_deny, Env};
 use portcullis_filter::ports::memory::{MemoryCounters, MemoryLog, MemoryStore};
 use portcullis_filter::ports::{LogLevel, NoHostCrypto};
+use portcullis_filter::ratelimit::LocalTokens;
 use portcullis_filter::request::RequestView;
 use serde_json::json;
 use std::time::{Duration, UNIX_EPOCH};
@@ -69,6 +70,7 @@ impl World {
             crypto: &NoHostCrypto,
             remote_keys: &self.remote,
             token_cache: cache,
+            local_tokens: &mut LocalTokens::default(),
             counters: &mut self.counters,
             log: &mut self.log,
         };

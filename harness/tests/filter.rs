@@ -152,6 +152,48 @@ fn vms_share_rate_limit_buckets_through_shared_data() {
 }
 
 #[test]
+fn batched_buckets_admit_exactly_the_burst_and_the_refill_across_vms() {
+    let host = Host::new();
+    // 3000 tokens, 50 per second: the automatic batch is 3 tokens per worker.
+    let config = json!({
+        "policy": {"default_action": "allow"},
+        "rate_limits": {"limits": [{
+            "name": "batched",
+            "key": "request.headers[\"x-client-id\"]",
+            "requests": 3000,
+            "period_s": 60
+        }]}
+    });
+    let mut vms: Vec<Vm> = (0..3).map(|_| start(&host, &config).unwrap()).collect();
+    let req = HttpRequest::get("/x").header("x-client-id", "c1");
+    // Interleave unevenly (VM i sends i + 1 requests per round) until every VM is refused
+    // several times in a row: every token batched into a VM has then been spent.
+    let mut drain = |vms: &mut Vec<Vm>| {
+        let mut admitted = 0;
+        let mut refused_in_a_row = 0;
+        while refused_in_a_row < 12 {
+            for (i, vm) in vms.iter_mut().enumerate() {
+                for _ in 0..=i {
+                    match vm.request(&req).unwrap().status {
+                        200 => {
+                            admitted += 1;
+                            refused_in_a_row = 0;
+                        }
+                        429 => refused_in_a_row += 1,
+                        other => panic!("status {other}"),
+                    }
+                }
+            }
+        }
+        admitted
+    };
+    assert_eq!(drain(&mut vms), 3000);
+    // One virtual second later: exactly 50 more, wherever they land.
+    host.advance_clock(Duration::from_secs(1));
+    assert_eq!(drain(&mut vms), 50);
+}
+
+#[test]
 fn counters_are_flushed_to_metrics_on_ticks() {
     let host = Host::new();
     let mut vm = start(&host, &json!({"policy": {"default_action": "allow"}})).unwrap();
