@@ -1174,20 +1174,20 @@ impl<'a> Activation<'a> {
                 HashMap::with_capacity(self.request.headers.len());
             let mut joined: Vec<(&'a str, String)> = Vec::new();
             for (k, v) in &self.request.headers {
-                let key = CelMapKey::String(CelString::from(k.as_str()));
+                let key = CelMapKey::String(CelString::from(k));
                 if map.contains_key(&key) {
-                    match joined.iter_mut().find(|(n, _)| *n == k.as_str()) {
+                    match joined.iter_mut().find(|(n, _)| *n == k) {
                         Some((_, acc)) => {
                             acc.push(',');
                             acc.push_str(v);
                         }
                         None => {
                             let first = self.request.header(k).unwrap_or("");
-                            joined.push((k.as_str(), format!("{first},{v}")));
+                            joined.push((k, format!("{first},{v}")));
                         }
                     }
                 } else {
-                    map.insert(key, Box::new(CelString::from(v.as_str())));
+                    map.insert(key, Box::new(CelString::from(v)));
                 }
             }
             for (k, v) in joined {
@@ -1976,7 +1976,7 @@ mod fast {
                         .headers
                         .iter()
                         .filter(|(k, _)| k == name)
-                        .map(|(_, v)| v.as_str());
+                        .map(|(_, v)| v);
                     let first = values.next()?;
                     match values.next() {
                         None => Some(FVal::Str(Cow::Borrowed(first))),

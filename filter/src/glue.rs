@@ -371,13 +371,7 @@ fn not_configured() -> crate::decision::Deny {
 
 /// Reads the request's headers and exactly the host attributes the configuration needs.
 fn request_view(config: &Config) -> RequestView {
-    let headers = abi::header_pairs(abi::REQUEST_HEADERS)
-        .into_iter()
-        .map(|(mut k, v)| {
-            k.make_ascii_lowercase(); // in place: no second allocation per header
-            (k, v)
-        })
-        .collect();
+    let headers = abi::headers(abi::REQUEST_HEADERS);
     let attributes = config
         .host_attributes
         .iter()

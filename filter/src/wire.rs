@@ -1,6 +1,8 @@
 //! Byte formats of the proxy-wasm ABI and of Envoy's `verify_signature` foreign function,
 //! kept host-independent so they are tested (and property-tested) natively.
 
+use crate::request::Headers;
+
 /// The ABI's header-map serialisation: count, (key size, value size)*, then each key and
 /// value NUL-terminated.
 pub fn serialize_map(pairs: &[(String, String)]) -> Vec<u8> {
@@ -27,16 +29,37 @@ pub fn serialize_map(pairs: &[(String, String)]) -> Vec<u8> {
 
 /// Parses the ABI's header-map serialisation; malformed input yields the pairs read so far.
 pub fn deserialize_map(bytes: &[u8]) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    visit_map(bytes, |k, v| pairs.push((k.to_owned(), v.to_owned())));
+    pairs
+}
+
+/// The same parse into one [`Headers`] buffer (names lower-cased), without an allocation per
+/// name and value.
+pub fn deserialize_headers(bytes: &[u8]) -> Headers {
+    let mut headers = Headers::with_capacity(
+        bytes
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, |b| u32::from_le_bytes(b).min(256) as usize),
+        bytes.len(),
+    );
+    visit_map(bytes, |k, v| headers.push(k, v));
+    headers
+}
+
+/// Calls `each(name, value)` for every pair; values that are not UTF-8 are decoded lossily
+/// (U+FFFD). Stops at the first malformed pair.
+fn visit_map(bytes: &[u8], mut each: impl FnMut(&str, &str)) {
     let u32_at = |at: usize| -> Option<usize> {
         let raw: [u8; 4] = bytes.get(at..at.checked_add(4)?)?.try_into().ok()?;
         usize::try_from(u32::from_le_bytes(raw)).ok()
     };
     let Some(count) = u32_at(0) else {
-        return Vec::new();
+        return;
     };
-    let mut pairs = Vec::with_capacity(count.min(256));
     let Some(mut at) = count.checked_mul(8).and_then(|n| n.checked_add(4)) else {
-        return pairs;
+        return;
     };
     for n in 0..count {
         let sizes = n.checked_mul(8).and_then(|o| o.checked_add(4));
@@ -46,18 +69,17 @@ pub fn deserialize_map(bytes: &[u8]) -> Vec<(String, String)> {
         ) else {
             break;
         };
-        let mut take = |len: usize| -> Option<String> {
+        let mut take = |len: usize| -> Option<std::borrow::Cow<'_, str>> {
             let end = at.checked_add(len)?;
-            let text = String::from_utf8_lossy(bytes.get(at..end)?).into_owned();
+            let text = String::from_utf8_lossy(bytes.get(at..end)?);
             at = end.checked_add(1)?;
             Some(text)
         };
         let (Some(key), Some(value)) = (take(key_len), take(value_len)) else {
             break;
         };
-        pairs.push((key, value));
+        each(&key, &value);
     }
-    pairs
 }
 
 /// Encodes `VerifySignatureArguments { string hash_function = 1; bytes public_key = 2;
@@ -156,6 +178,25 @@ mod tests {
         fn any_pairs_round_trip(pairs in proptest::collection::vec(("[a-z:-]{0,12}", "[ -~]{0,40}"), 0..16)) {
             let pairs: Vec<(String, String)> = pairs;
             prop_assert_eq!(deserialize_map(&serialize_map(&pairs)), pairs);
+        }
+
+        #[test]
+        fn headers_parse_like_the_map_with_names_lower_cased(
+            pairs in proptest::collection::vec(("[A-Za-z:-]{0,12}", "\\PC{0,40}"), 0..16),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let pairs: Vec<(String, String)> = pairs;
+            let mut bytes = serialize_map(&pairs);
+            // Also when truncated anywhere: the same prefix of pairs, never a panic.
+            bytes.truncate(cut.index(bytes.len() + 1));
+            let expected: Vec<(String, String)> = deserialize_map(&bytes)
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect();
+            let headers = deserialize_headers(&bytes);
+            let got: Vec<(String, String)> =
+                headers.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
+            prop_assert_eq!(got, expected);
         }
     }
 }

@@ -168,7 +168,7 @@ fn batched_buckets_admit_exactly_the_burst_and_the_refill_across_vms() {
     let req = HttpRequest::get("/x").header("x-client-id", "c1");
     // Interleave unevenly (VM i sends i + 1 requests per round) until every VM is refused
     // several times in a row: every token batched into a VM has then been spent.
-    let mut drain = |vms: &mut Vec<Vm>| {
+    let drain = |vms: &mut [Vm]| {
         let mut admitted = 0;
         let mut refused_in_a_row = 0;
         while refused_in_a_row < 12 {

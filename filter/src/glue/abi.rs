@@ -7,8 +7,9 @@
 #![allow(unsafe_code)]
 
 use crate::ports::{HostCrypto, SharedStore, StoreError};
+use crate::request::Headers;
 use crate::wire::{
-    deserialize_map, serialize_map, verify_signature_arguments, verify_signature_result,
+    deserialize_headers, serialize_map, verify_signature_arguments, verify_signature_result,
 };
 use std::ptr::{null, null_mut};
 
@@ -137,11 +138,12 @@ fn with_host_buffer(call: impl FnOnce(*mut *mut u8, *mut usize) -> u32) -> Optio
     (status == STATUS_OK).then_some(bytes)
 }
 
-/// All pairs of a header map. Values that are not UTF-8 are decoded lossily (U+FFFD).
-pub fn header_pairs(map_type: u32) -> Vec<(String, String)> {
+/// All pairs of a header map, names lower-cased. Values that are not UTF-8 are decoded lossily
+/// (U+FFFD).
+pub fn headers(map_type: u32) -> Headers {
     // SAFETY: out-pointers are valid for the call.
     let bytes = with_host_buffer(|d, s| unsafe { proxy_get_header_map_pairs(map_type, d, s) });
-    bytes.map(|b| deserialize_map(&b)).unwrap_or_default()
+    bytes.map(|b| deserialize_headers(&b)).unwrap_or_default()
 }
 
 pub fn header_value(map_type: u32, name: &str) -> Option<String> {

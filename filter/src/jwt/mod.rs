@@ -572,12 +572,9 @@ impl Authenticator {
                 }
             },
         };
-        let cache_key = env
-            .cache
-            .is_enabled()
-            .then(|| cache::cache_key(&p.cache_scope, &token));
-        if let Some(key) = &cache_key {
-            if let Some(hit) = env.cache.get(key, now, generation) {
+        let cached = env.cache.is_enabled();
+        if cached {
+            if let Some(hit) = env.cache.get(&p.cache_scope, &token, now, generation) {
                 env.counters.increment(&p.c_cache_hit, 1);
                 env.counters.increment(&p.c_ok, 1);
                 return ProviderResult::Verified(hit, source);
@@ -594,9 +591,10 @@ impl Authenticator {
                 };
                 let bytes = token.len() * 4 + 256;
                 let verified = Arc::new(verified);
-                if let Some(key) = cache_key {
+                if cached {
                     env.cache.insert(
-                        key,
+                        &p.cache_scope,
+                        &token,
                         Arc::clone(&verified),
                         expires_at,
                         generation,
@@ -714,7 +712,7 @@ pub fn extract<'r>(
                         continue;
                     }
                     let rest = match prefix {
-                        None => Some(v.as_str()),
+                        None => Some(v),
                         Some(prefix) => v
                             .get(..prefix.len())
                             .filter(|head| head.eq_ignore_ascii_case(prefix))
