@@ -3,6 +3,7 @@
 
 mod abi;
 
+use crate::bytes;
 use crate::config::Config;
 use crate::decision::{Decision, HeaderEdit, Outcome};
 use crate::jwt::remote::{FetchRequest, JwksSync};
@@ -14,9 +15,10 @@ use crate::request::{AttributeValue, RequestView};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxBuildHasher, FxHashMap};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
@@ -493,18 +495,34 @@ impl crate::ports::Log for HostLog {
 /// request touches several of them.
 #[derive(Default)]
 struct HostCounters {
-    ids: FxHashMap<String, u32>,
+    /// Metric ids by a hash of the name. The name is kept and compared, so a collision can't
+    /// merge two counters: a name whose hash is taken goes to `collided`. (Keying by the name
+    /// itself cost a byte-by-byte `memcmp` per increment, ~5 % of a cached request.)
+    ids: FxHashMap<u64, (Box<str>, u32)>,
+    collided: FxHashMap<String, u32>,
     /// Unflushed increments, by metric id.
     pending: FxHashMap<u32, i64>,
 }
 
 impl HostCounters {
     fn id(&mut self, name: &str, kind: MetricType) -> Option<u32> {
-        if let Some(id) = self.ids.get(name) {
-            return Some(*id);
+        let hash = FxBuildHasher.hash_one(name);
+        match self.ids.get(&hash) {
+            Some((known, id)) if bytes::equal(known.as_bytes(), name.as_bytes()) => {
+                return Some(*id)
+            }
+            Some(_) => {
+                if let Some(id) = self.collided.get(name) {
+                    return Some(*id);
+                }
+                let id = abi::define_metric(kind as u32, name)?;
+                self.collided.insert(name.to_owned(), id);
+                return Some(id);
+            }
+            None => {}
         }
         let id = abi::define_metric(kind as u32, name)?;
-        self.ids.insert(name.to_owned(), id);
+        self.ids.insert(hash, (name.into(), id));
         Some(id)
     }
 

@@ -32,6 +32,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod bytes;
 pub mod config;
 pub mod decision;
 pub mod expr;

@@ -386,6 +386,10 @@ pub fn engine() -> &'static Engine {
         config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
         // A plugin stuck in a loop is interrupted (see `VmOptions::callback_timeout`).
         config.epoch_interruption(true);
+        // `perf record` can name the plugin's functions (docs/harness.md, Profiling).
+        if std::env::var_os("PORTCULLIS_PERFMAP").is_some_and(|v| v == "1") {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).unwrap_or_else(|_| Engine::default());
         let ticker = engine.clone();
         let _ = std::thread::Builder::new()

@@ -1,16 +1,19 @@
 //! Per-VM cache of verified tokens.
 //!
 //! An entry holds the token it verified, and a hit needs the provider scope and the whole token
-//! to be equal — so the entry's hash (rustc-hash's fast multiply-mix hash of scope and token)
-//! only picks where to look and needs no collision resistance: a crafted collision is a miss,
-//! then a normal verification. (Hashing costs on every cached request: SHA-256 here was ~12 %
-//! of one inside the wasm, two keyed SipHash passes over a ~700-byte token ~0.4 µs natively;
-//! this hash plus the comparison is a fraction of that.) An entry lives
+//! to be equal — so the entry's hash only picks where to look and needs no collision
+//! resistance: a crafted collision is a miss, then a normal verification (and only verified
+//! tokens are ever inserted). It hashes the scope, the token's length and its last 32 bytes
+//! (the end of the signature: different for every token) with rustc-hash. Hashing runs on
+//! every cached request — SHA-256 here was ~12 % of one inside the wasm, two keyed SipHash
+//! passes over a ~700-byte token ~0.4 µs natively — and the comparison goes 8 bytes at a time
+//! (see [`crate::bytes`]). An entry lives
 //! until the token's `exp` (plus the provider's clock skew), or `max_ttl_s` for tokens
 //! without `exp`, and only while the provider's key set is the one that verified it.
 //! Bounded by entries and bytes; the oldest entries go first. Only successes are cached.
 
 use super::VerifiedToken;
+use crate::bytes;
 use rustc_hash::{FxHashMap, FxHasher};
 use serde::Deserialize;
 use std::collections::VecDeque;
@@ -41,9 +44,12 @@ impl Default for CacheConfig {
 type CacheKey = u64;
 
 fn cache_key(scope: &str, token: &str) -> CacheKey {
+    let bytes = token.as_bytes();
+    let tail = bytes.get(bytes.len().saturating_sub(32)..).unwrap_or(bytes);
     let mut h = FxHasher::default();
     h.write(scope.as_bytes());
-    h.write(token.as_bytes());
+    h.write_usize(bytes.len());
+    h.write(tail);
     h.finish()
 }
 
@@ -117,7 +123,9 @@ impl TokenCache {
         let live = match self.entries.get(&key) {
             None => return None,
             // Another token under the same hash: a miss, and the entry stays.
-            Some(e) if *e.raw != *raw || *e.scope != *scope => return None,
+            Some(e) if !bytes::equal(e.raw.as_bytes(), raw.as_bytes()) || *e.scope != *scope => {
+                return None
+            }
             Some(e) => now < e.expires_at && e.generation == generation,
         };
         if live {
@@ -237,6 +245,17 @@ mod tests {
             c.insert("p", &i.to_string(), token(), 100, 0, 1, 0);
         }
         assert!(c.order.len() <= 2 * c.len() + 64 + 1000);
+    }
+
+    #[test]
+    fn tokens_that_differ_before_the_hashed_tail_do_not_share_an_entry() {
+        let mut c = TokenCache::new(CacheConfig::default());
+        let tail = "s".repeat(40);
+        let (real, forged) = (format!("h.alice.{tail}"), format!("h.admin.{tail}"));
+        assert_eq!(cache_key("p", &real), cache_key("p", &forged));
+        c.insert("p", &real, token(), 100, 0, 10, 0);
+        assert!(c.get("p", &forged, 0, 0).is_none());
+        assert!(c.get("p", &real, 0, 0).is_some());
     }
 
     #[test]
