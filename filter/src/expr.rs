@@ -1971,12 +1971,7 @@ mod fast {
                     Some(FVal::Str(Cow::Borrowed(v)))
                 }
                 Fast::Header(name) => {
-                    let mut values = act
-                        .request
-                        .headers
-                        .iter()
-                        .filter(|(k, _)| k == name)
-                        .map(|(_, v)| v);
+                    let mut values = act.request.headers.values(name);
                     let first = values.next()?;
                     match values.next() {
                         None => Some(FVal::Str(Cow::Borrowed(first))),
@@ -1990,7 +1985,7 @@ mod fast {
                         }
                     }
                 }
-                Fast::HasHeader(name) => b(act.request.headers.iter().any(|(k, _)| k == name)),
+                Fast::HasHeader(name) => b(act.request.headers.values(name).next().is_some()),
                 Fast::Host(a) => match act.request.attribute(*a)? {
                     AttributeValue::String(s) => Some(FVal::Str(Cow::Borrowed(s))),
                     AttributeValue::Int(i) => Some(FVal::Int(*i)),

@@ -179,9 +179,40 @@ impl Headers {
 
     /// First value of a header (name compared case-insensitively).
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.values_ignore_case(name).next()
+    }
+
+    /// Every value of the header named exactly `name` (stored names are lower-case), in
+    /// arrival order: `request.headers[name]` in CEL.
+    pub fn values<'h, 'n>(&'h self, name: &'n str) -> impl Iterator<Item = &'h str> + use<'h, 'n> {
+        self.matching(move |this| this == name.as_bytes())
+    }
+
+    /// The same with the name compared case-insensitively (configured header names).
+    pub fn values_ignore_case<'h, 'n>(
+        &'h self,
+        name: &'n str,
+    ) -> impl Iterator<Item = &'h str> + use<'h, 'n> {
+        self.matching(move |this| this.eq_ignore_ascii_case(name.as_bytes()))
+    }
+
+    /// Names are compared as bytes and only matching values are sliced: rules look headers up
+    /// many times per request.
+    fn matching<'h, F: Fn(&[u8]) -> bool>(
+        &'h self,
+        is_name: F,
+    ) -> impl Iterator<Item = &'h str> + use<'h, F> {
+        let bytes = self.text.as_bytes();
+        let mut start = 0;
+        self.ends.iter().filter_map(move |&(name_end, value_end)| {
+            let this = bytes.get(start..name_end);
+            start = value_end;
+            if this.is_some_and(&is_name) {
+                self.text.get(name_end..value_end)
+            } else {
+                None
+            }
+        })
     }
 }
 
@@ -281,5 +312,45 @@ impl RequestView {
         self.attributes.retain(|(a, _)| *a != attribute);
         self.attributes.push((attribute, value));
         self
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::Headers;
+
+    #[test]
+    fn one_buffer_keeps_order_case_and_repeats() {
+        let headers: Headers = [
+            ("X-Tenant", "acme"),
+            ("accept", "text/html"),
+            ("ACCEPT", "application/json"),
+            ("empty", ""),
+        ]
+        .into_iter()
+        .collect();
+        let pairs: Vec<(&str, &str)> = headers.iter().collect();
+        assert_eq!(
+            pairs,
+            [
+                ("x-tenant", "acme"),
+                ("accept", "text/html"),
+                ("accept", "application/json"),
+                ("empty", "")
+            ]
+        );
+        assert_eq!(headers.len(), 4);
+        // CEL's `request.headers[name]`: exact (stored names are lower-case).
+        assert_eq!(
+            headers.values("accept").collect::<Vec<_>>(),
+            ["text/html", "application/json"]
+        );
+        assert_eq!(headers.values("X-Tenant").next(), None);
+        // Configured names: any case.
+        assert_eq!(headers.get("X-TENANT"), Some("acme"));
+        assert_eq!(headers.values_ignore_case("Accept").count(), 2);
+        assert_eq!(headers.get("empty"), Some(""));
+        assert_eq!(headers.get("missing"), None);
+        assert!(Headers::default().is_empty());
     }
 }

@@ -707,10 +707,7 @@ pub fn extract<'r>(
     for source in sources {
         match source {
             TokenSource::Header { name, prefix } => {
-                for (k, v) in &request.headers {
-                    if !k.eq_ignore_ascii_case(name) {
-                        continue;
-                    }
+                for v in request.headers.values_ignore_case(name) {
                     let rest = match prefix {
                         None => Some(v),
                         Some(prefix) => v
@@ -739,10 +736,7 @@ pub fn extract<'r>(
                 }
             }
             TokenSource::Cookie(cookie) => {
-                for (k, v) in &request.headers {
-                    if !k.eq_ignore_ascii_case("cookie") {
-                        continue;
-                    }
+                for v in request.headers.values_ignore_case("cookie") {
                     for pair in v.split(';') {
                         if let Some((name, value)) = pair.trim().split_once('=') {
                             let value = value.trim().trim_matches('"');
