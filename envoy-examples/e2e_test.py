@@ -296,7 +296,9 @@ class BatchedRateLimitTest(EnvoyTestCase):
         admitted = total - refused
         self.assertGreater(total, 2 * self.burst, f"too little load to exhaust the bucket: {out}")
         # Every worker kept receiving requests after the shared bucket ran dry, so every token
-        # it took in a batch was spent: exactly the burst (+ at most one refill token per hour).
+        # it took in a batch was spent: exactly the burst — or one more if both workers created
+        # the bucket at the same moment (the unguarded first write, docs/ratelimit.md; the
+        # creating write takes one token, never a batch, so that race is worth one request).
         self.assertIn(admitted, (self.burst, self.burst + 1), out)
         name = "wasmcustom.portcullis.ratelimit.batched."
         # Counters reach Envoy on the workers' next tick. wrk drops the answers still in flight

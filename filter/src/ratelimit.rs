@@ -647,7 +647,11 @@ impl RateLimiter {
                 continue;
             };
             let whole = u64::try_from(u128::from(bucket.tokens) / UNIT).unwrap_or(u64::MAX);
-            let take = u32::try_from(whole.min(u64::from(slot.limit.batch))).unwrap_or(1);
+            // A bucket's first write has no CAS token to guard it: two workers creating it at
+            // once both succeed (see docs/ratelimit.md, "First write race"). Taking one token
+            // there, not a batch, keeps that race at one extra request per worker.
+            let batch = if cas.is_some() { slot.limit.batch } else { 1 };
+            let take = u32::try_from(whole.min(u64::from(batch))).unwrap_or(1);
             if take == 0 {
                 continue;
             }
@@ -1087,11 +1091,39 @@ mod tests {
             })
             .count();
         assert_eq!(admitted_count, 10_000);
-        // One shared round trip per batch of 10 (+ one per refused request).
-        assert_eq!(store.gets.get(), 1_000 + 50);
+        // One shared round trip per batch of 10 (the creating request takes one token alone),
+        // + one per refused request.
+        assert_eq!(store.gets.get(), 1 + 1_000 + 50);
         assert_eq!(worker.held(), 0);
         assert_eq!(counters.get("portcullis.ratelimit.big.admitted"), 10_000);
         assert_eq!(counters.get("portcullis.ratelimit.big.limited"), 50);
+    }
+
+    #[test]
+    fn a_new_bucket_is_created_with_one_token_taken_not_a_batch() {
+        let limiter = limiter(BIG);
+        let store = MemoryStore::default();
+        let mut worker = LocalTokens::default();
+        let mut counters = MemoryCounters::default();
+        // The creating write is unguarded (no CAS token yet): it must not carry a batch.
+        assert!(admitted(&run_on(
+            &limiter,
+            &store,
+            &mut worker,
+            &mut counters,
+            "k",
+            0.0
+        )));
+        assert_eq!(worker.held(), 0);
+        assert!(admitted(&run_on(
+            &limiter,
+            &store,
+            &mut worker,
+            &mut counters,
+            "k",
+            0.0
+        )));
+        assert_eq!(worker.held(), 9);
     }
 
     #[test]
@@ -1136,6 +1168,15 @@ mod tests {
         let store = MemoryStore::default();
         let mut worker = LocalTokens::default();
         let mut counters = MemoryCounters::default();
+        // The first request creates the buckets (one token each), the next takes a batch.
+        assert!(admitted(&run_on(
+            &limiter,
+            &store,
+            &mut worker,
+            &mut counters,
+            "first",
+            0.0
+        )));
         assert!(admitted(&run_on(
             &limiter,
             &store,
@@ -1179,6 +1220,15 @@ mod tests {
         let store = Counting::default();
         let (mut one, mut two) = (LocalTokens::default(), LocalTokens::default());
         let mut counters = MemoryCounters::default();
+        // Creating the bucket takes one token; the next request takes a batch of 5.
+        assert!(admitted(&run_on(
+            &limiter,
+            &store,
+            &mut one,
+            &mut counters,
+            "k",
+            0.0
+        )));
         assert!(admitted(&run_on(
             &limiter,
             &store,
@@ -1188,11 +1238,11 @@ mod tests {
             0.0
         )));
         assert_eq!(one.held(), 4);
-        // The other worker gets the 5 tokens left in the shared bucket, and no more.
+        // The other worker gets the 4 tokens left in the shared bucket, and no more.
         let two_admitted = (0..8)
             .filter(|_| admitted(&run_on(&limiter, &store, &mut two, &mut counters, "k", 0.0)))
             .count();
-        assert_eq!(two_admitted, 5);
+        assert_eq!(two_admitted, 4);
         // Worker one still spends its batch locally within the period…
         let gets = store.gets.get();
         assert!(admitted(&run_on(
