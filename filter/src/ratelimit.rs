@@ -782,6 +782,7 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_secs_f64(secs)
     }
 
+    /// One request on a fresh worker: these tests are about the shared bucket.
     fn run(
         limiter: &RateLimiter,
         store: &MemoryStore,
@@ -789,15 +790,13 @@ mod tests {
         key: &str,
         t: f64,
     ) -> RateVerdict {
-        let request = RequestView::new("GET", "/", &[("x-api-key", key)]);
-        let activation = Activation::new(&request);
-        // A fresh worker each time: these tests are about the shared bucket.
-        limiter.check(
-            &activation,
+        run_on(
+            limiter,
             store,
             &mut LocalTokens::default(),
-            at(t),
             counters,
+            key,
+            t,
         )
     }
 
