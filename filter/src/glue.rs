@@ -507,22 +507,22 @@ struct HostCounters {
 impl HostCounters {
     fn id(&mut self, name: &str, kind: MetricType) -> Option<u32> {
         let hash = FxBuildHasher.hash_one(name);
-        match self.ids.get(&hash) {
+        let taken = match self.ids.get(&hash) {
             Some((known, id)) if bytes::equal(known.as_bytes(), name.as_bytes()) => {
                 return Some(*id)
             }
-            Some(_) => {
-                if let Some(id) = self.collided.get(name) {
-                    return Some(*id);
-                }
-                let id = abi::define_metric(kind as u32, name)?;
-                self.collided.insert(name.to_owned(), id);
-                return Some(id);
-            }
-            None => {}
+            Some(_) => true,
+            None => false,
+        };
+        if let Some(id) = self.collided.get(name) {
+            return Some(*id);
         }
         let id = abi::define_metric(kind as u32, name)?;
-        self.ids.insert(hash, (name.into(), id));
+        if taken {
+            self.collided.insert(name.to_owned(), id);
+        } else {
+            self.ids.insert(hash, (name.into(), id));
+        }
         Some(id)
     }
 

@@ -1,6 +1,7 @@
 //! The request as the decision core sees it: headers plus the host attributes that some
 //! compiled expression actually references. The proxy-wasm shell fills it; tests build it by hand.
 
+use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// An attribute that lives in the host (Envoy properties), not in the header map.
@@ -164,6 +165,12 @@ impl Headers {
     pub fn iter(&self) -> HeaderIter<'_> {
         HeaderIter {
             text: &self.text,
+            spans: self.spans(),
+        }
+    }
+
+    fn spans(&self) -> Spans<'_> {
+        Spans {
             ends: self.ends.iter(),
             start: 0,
         }
@@ -202,13 +209,10 @@ impl Headers {
         &'h self,
         is_name: F,
     ) -> impl Iterator<Item = &'h str> + use<'h, F> {
-        let bytes = self.text.as_bytes();
-        let mut start = 0;
-        self.ends.iter().filter_map(move |&(name_end, value_end)| {
-            let this = bytes.get(start..name_end);
-            start = value_end;
-            if this.is_some_and(&is_name) {
-                self.text.get(name_end..value_end)
+        let text = &self.text;
+        self.spans().filter_map(move |(name, value)| {
+            if text.as_bytes().get(name).is_some_and(&is_name) {
+                text.get(value)
             } else {
                 None
             }
@@ -216,28 +220,49 @@ impl Headers {
     }
 }
 
+/// Where each header's name and value lie in [`Headers::text`] (always in bounds and on char
+/// boundaries: `push` recorded them).
+#[derive(Debug, Clone)]
+struct Spans<'h> {
+    ends: std::slice::Iter<'h, (usize, usize)>,
+    start: usize,
+}
+
+impl Iterator for Spans<'_> {
+    type Item = (Range<usize>, Range<usize>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let &(name_end, value_end) = self.ends.next()?;
+        let name = self.start..name_end;
+        self.start = value_end;
+        Some((name, name_end..value_end))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.ends.size_hint()
+    }
+}
+
 /// Iterator over [`Headers`]: `(name, value)` in arrival order.
 #[derive(Debug, Clone)]
 pub struct HeaderIter<'h> {
     text: &'h str,
-    ends: std::slice::Iter<'h, (usize, usize)>,
-    start: usize,
+    spans: Spans<'h>,
 }
 
 impl<'h> Iterator for HeaderIter<'h> {
     type Item = (&'h str, &'h str);
 
     fn next(&mut self) -> Option<(&'h str, &'h str)> {
-        let &(name_end, value_end) = self.ends.next()?;
-        // Always in bounds and on char boundaries: `push` recorded them.
-        let name = self.text.get(self.start..name_end).unwrap_or_default();
-        let value = self.text.get(name_end..value_end).unwrap_or_default();
-        self.start = value_end;
-        Some((name, value))
+        let (name, value) = self.spans.next()?;
+        Some((
+            self.text.get(name).unwrap_or_default(),
+            self.text.get(value).unwrap_or_default(),
+        ))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.ends.size_hint()
+        self.spans.size_hint()
     }
 }
 
