@@ -6,7 +6,7 @@
     .venv/bin/python benches/envoy/envoy_load.py --only a b --rounds 1 --no-results
 
 Every variant is the same topology (main listener -> a direct_response listener in the same Envoy,
-like ../shared/reference/envoy-native-chain.yaml), Envoy `--concurrency 1` pinned to the last CPU,
+like benches/envoy/native-chain.envoy.yaml), Envoy `--concurrency 1` pinned to the last CPU,
 `wrk -t1` pinned to the first, loopback only, bounded runs. Variants run interleaved
 (a b c d e f a b c ...) so slow drifts of the machine hit all of them alike.
 
@@ -121,13 +121,8 @@ def bench_yaml(plugin, port, admin_port, upstream_port, wasm=None, with_filter=T
     return yaml.safe_dump(doc)
 
 
-def shared_dir():
-    local = ROOT.parent / "shared"
-    return local if local.exists() else Path("/work/shared")
-
-
 def native_yaml(port, admin_port, upstream_port, cache=True):
-    doc = yaml.safe_load((shared_dir() / "reference" / "envoy-native-chain.yaml").read_text())
+    doc = yaml.safe_load((ROOT / "benches" / "envoy" / "native-chain.envoy.yaml").read_text())
     jwks = (ROOT / "policies" / "keys" / "jwks.json").read_text()
     for listener in doc["static_resources"]["listeners"]:
         sock = listener["address"]["socket_address"]

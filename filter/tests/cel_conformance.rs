@@ -2,7 +2,7 @@
 //! the filter's own evaluator ([`portcullis_filter::expr::eval_unchecked_in`]: same
 //! environment, functions and extensions as the filter, without Portcullis' attribute checker).
 //!
-//! The suite lives outside the workspace, at `../shared/conformance/cel-spec/testdata`
+//! The suite lives in the repository, at `filter/tests/conformance/cel-spec/testdata`
 //! relative to the workspace root. If it is missing, this test fails.
 //!
 //! `cel_known_failures.txt` lists the tests expected to fail, one `file/section/test` a line
@@ -562,7 +562,7 @@ fn run_test(test: &Msg) -> Result<(), String> {
 }
 
 fn suite_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/cel-spec/testdata")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/cel-spec/testdata")
 }
 
 struct KnownFailures {

@@ -1,5 +1,5 @@
 //! JWS conformance: the filter's own verification code (`jwt::jws`, `jwt::keys`) over the
-//! Wycheproof vectors and the JOSE RFC examples in `../shared/conformance`.
+//! Wycheproof vectors and the JOSE RFC examples in `filter/tests/conformance` (vendored; see each set's `SOURCE.md`).
 //!
 //! Every vector runs twice: with no host crypto (pure Rust) and with an emulation of Envoy's
 //! `verify_signature` host function (RustCrypto parsing the DER SubjectPublicKeyInfo the
@@ -8,7 +8,7 @@
 //! `jwt_conformance_known_failures.txt`; a new failure fails the test, and so does a listed
 //! one that now passes.
 //!
-//! The data is required: if `../shared/conformance` is missing the test fails.
+//! The data is required: if `filter/tests/conformance` is missing the test fails.
 
 use portcullis_filter::jwt::jws::{b64url_encode, verify_compact, verify_signature, Alg};
 use portcullis_filter::jwt::keys::{parse_jwk, KeyPolicy, KeySet};
@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 fn conformance_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance")
 }
 
 fn load(path: PathBuf) -> Value {
