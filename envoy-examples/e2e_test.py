@@ -100,14 +100,18 @@ class TourTest(EnvoyTestCase):
         alice = mint.mint(KEYS, mint.SAMPLES["alice (admin, tenant acme)"])
         self.assertStatus(200, "/api/access-log-allowed", alice)
         self.assertStatus(403, "/api/access-log-denied", alice, headers={"x-tenant": "globex"})
+        bob = mint.mint(KEYS, mint.SAMPLES["bob (reader, tenant globex)"])
+        self.assertStatus(403, "/admin/access-log-default", bob)
         deadline = time.time() + 15
         while time.time() < deadline:
             access = [line for line in self.envoy.log_text().splitlines() if line.startswith("access: ")]
-            if any("access-log-denied" in line for line in access):
+            if any("access-log-default" in line for line in access):
                 break
             time.sleep(0.2)
-        self.assertIn("access: GET /api/access-log-allowed 200 decision=allow rule=api-reads sub=alice", access)
-        self.assertIn("access: GET /api/access-log-denied 403 decision=deny rule=tenant-isolation sub=-", access)
+        self.assertIn("access: GET /api/access-log-allowed 200 decision=allow rule=api-reads error=- sub=alice", access)
+        self.assertIn("access: GET /api/access-log-denied 403 decision=deny rule=tenant-isolation error=forbidden sub=alice",
+                      access)
+        self.assertIn("access: GET /admin/access-log-default 403 decision=deny rule=default error=forbidden sub=bob", access)
 
     def test_upstream_sees_claim_headers_and_not_the_token(self):
         alice = mint.mint(KEYS, mint.SAMPLES["alice (admin, tenant acme)"])

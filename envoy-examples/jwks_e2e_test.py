@@ -104,10 +104,22 @@ class RemoteJwksRunning(unittest.TestCase):
         status, hdrs, body = tour.send(self.envoy.base, "GET", "/api/orders", {}, token)
         self.assertEqual(status, 503, body)
         self.assertEqual(json.loads(body)["error"], "keys_unavailable")
+        self.assertGreaterEqual(int({k.lower(): v for k, v in hdrs.items()}["retry-after"]), 1)
+        for _ in range(5):
+            self.assertEqual(self.status(token), 503)
         self.upstream.set_jwks_mode("ok")
         # Backoff 1 s, 2 s, 4 s (+ jitter): recovered within ~10 s.
         self.assertTrue(eventually(lambda: self.status(token) == 200, timeout=20), "recovers once the endpoint does")
         self.assertTrue(self.envoy.alive())
+        # One line per transition (never per request or per retry), naming provider and reason.
+        self.assertTrue(eventually(lambda: "fetched again" in self.envoy.log_text(), timeout=5))
+        log = self.envoy.log_text()
+        down = [line for line in log.splitlines() if "JWKS of provider `local` unavailable (status 500)" in line]
+        self.assertEqual(len(down), 1, down)
+        self.assertEqual(log.count("JWKS of provider `local` fetched again"), 1)
+        access = [line for line in log.splitlines() if line.startswith("access: GET /api/orders 503")]
+        self.assertTrue(access)
+        self.assertTrue(all("decision=deny rule=- error=keys_unavailable" in line for line in access), access)
 
     def test_endpoint_hanging_past_the_timeout_gives_503_not_a_hang(self):
         self.upstream.set_jwks_mode("hang")

@@ -8,10 +8,12 @@ anything else               -> 200, JSON echo of method, path and headers
 """
 import argparse
 import json
+import posixpath
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 STATE = {"mode": "ok", "jwks": b"", "fetches": 0}
 LOCK = threading.Lock()
@@ -19,6 +21,9 @@ LOCK = threading.Lock()
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY, Nagle + delayed ACK
+    # held every keep-alive response ~40 ms.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):  # quiet
         pass
@@ -66,9 +71,16 @@ class Handler(BaseHTTPRequestHandler):
                 time.sleep(30)
                 return
             return self._send(200, jwks)
+        # Like many application servers, this one resolves the path before routing: decodes
+        # %-escapes, drops `;` parameters, treats `\\` as `/`, merges slashes and removes
+        # dot-segments. The security tests check that no request reaches an admin page this way.
+        resolved = re.sub(r";[^/]*", "", unquote(url.path).replace("\\", "/"))
+        resolved = posixpath.normpath("/" + resolved.lstrip("/"))
         body = json.dumps({
             "method": self.command,
             "path": self.path,
+            "resolved_path": resolved,
+            "admin_page": resolved == "/admin" or resolved.startswith("/admin/"),
             "headers": {k.lower(): v for k, v in self.headers.items()},
         }).encode()
         return self._send(200, body)
@@ -84,6 +96,8 @@ def main():
     a = p.parse_args()
     with open(a.jwks, "rb") as f:
         STATE["jwks"] = f.read()
+    ThreadingHTTPServer.request_queue_size = 1024  # the default backlog of 5 refused bursts
+    ThreadingHTTPServer.daemon_threads = True
     server = ThreadingHTTPServer(("127.0.0.1", a.port), Handler)
     server.daemon_threads = True
     server.serve_forever()

@@ -18,6 +18,29 @@ sys.path.insert(0, str(HERE))
 import render  # noqa: E402
 
 
+# The HttpConnectionManager settings every shipped Envoy config carries (docs/security.md).
+SECURE_HCM = {"normalize_path": True, "merge_slashes": True,
+              "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT", "use_remote_address": True}
+
+
+def insecure_connection_managers(docs):
+    """stat_prefix of every HttpConnectionManager that lacks a SECURE_HCM setting."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if str(node.get("@type", "")).endswith("HttpConnectionManager"):
+                if any(node.get(k) != v for k, v in SECURE_HCM.items()):
+                    found.append(node.get("stat_prefix"))
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(docs)
+    return found
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--envoy", required=True)
@@ -37,11 +60,22 @@ def main():
             r = subprocess.run([a.envoy, "--mode", "validate", "-c", f.name, "--use-dynamic-base-id", "-l", "warning"],
                                capture_output=True, text=True, timeout=120)
             ok = r.returncode == 0
+            insecure = insecure_connection_managers(docs)
+            if insecure:
+                ok = False
+                print(f"  HttpConnectionManager(s) {insecure} lack the settings docs/security.md requires: "
+                      f"{SECURE_HCM}")
             print(f"{'ok  ' if ok else 'FAIL'} envoy --mode validate {path.relative_to(HERE.parent)}")
             if not ok:
                 print(r.stdout[-3000:], r.stderr[-3000:])
         else:
             ok = all(isinstance(d, dict) and "kind" in d for d in docs)
+            kinds = {d.get("kind") for d in docs if isinstance(d, dict)}
+            for plugin_kind, settings_kind in (("WasmPlugin", "IstioOperator"),
+                                               ("EnvoyExtensionPolicy", "ClientTrafficPolicy")):
+                if plugin_kind in kinds and settings_kind not in kinds:
+                    ok = False
+                    print(f"  {plugin_kind} without the {settings_kind} that docs/security.md requires")
             for d in docs:
                 spec = d.get("spec", {}) if isinstance(d, dict) else {}
                 configs = [spec.get("pluginConfig")] if d.get("kind") == "WasmPlugin" else \

@@ -1,6 +1,7 @@
 //! The plugin configuration: parsed and compiled once in `on_configure`. Anything wrong is
 //! reported with the path of the offending field (and, for CEL, file, line and column).
 
+use crate::canonical::{RequestCheck, RequestConfig};
 use crate::expr::ExprError;
 use crate::jwt::{Authenticator, JwtConfig};
 use crate::policy::{Policy, PolicyConfig};
@@ -22,6 +23,8 @@ pub struct PluginConfig {
     pub rate_limits: RateLimitConfig,
     #[serde(default)]
     pub responses: ResponseConfig,
+    #[serde(default)]
+    pub request: RequestConfig,
 }
 
 /// How answers look.
@@ -84,6 +87,8 @@ pub struct Config {
     pub policy: Policy,
     pub rate_limiter: RateLimiter,
     pub responses: ResponseConfig,
+    /// What is refused before any policy reads the request (paths, repeated headers).
+    pub request_check: RequestCheck,
     /// Host attributes some expression reads: the shell fetches exactly these per request.
     pub host_attributes: BTreeSet<HostAttribute>,
 }
@@ -105,7 +110,15 @@ impl Config {
             .chain(policy.host_attributes())
             .chain(rate_limiter.host_attributes())
             .collect();
+        let request_check = RequestCheck::compile(
+            &plugin.request,
+            authenticator
+                .exprs()
+                .chain(policy.exprs())
+                .chain(rate_limiter.exprs()),
+        );
         Ok(Config {
+            request_check,
             authenticator,
             policy,
             rate_limiter,

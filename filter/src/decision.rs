@@ -29,6 +29,9 @@ pub struct Deny {
     /// The rule or limit that decided, if any (may be hidden from the body by configuration).
     pub rule: Option<String>,
     pub headers: Vec<(String, String)>,
+    /// The verified token's `sub`, when a policy or a limit refused an authenticated request:
+    /// for the access log (filter state), never for the body.
+    pub subject: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +49,16 @@ struct DenyBody<'a> {
 }
 
 impl Deny {
+    /// What the access log names as the deciding rule: the rule or limit, `default` for a
+    /// policy's default action, `-` when no rule was involved (authentication, bad request).
+    pub fn log_rule(&self) -> &str {
+        match (&self.rule, self.error) {
+            (Some(rule), _) => rule,
+            (None, "forbidden") => "default",
+            (None, _) => "-",
+        }
+    }
+
     /// The JSON body of the local response.
     pub fn body(&self, hide_rule: bool) -> String {
         let body = DenyBody {

@@ -598,6 +598,11 @@ impl Expr {
         self.host_attributes.clone()
     }
 
+    /// The headers and query parameters the expression reads (see [`crate::canonical`]).
+    pub fn reads(&self) -> crate::canonical::Reads {
+        crate::canonical::reads_of(&self.expression)
+    }
+
     /// Whether the expression reads `jwt.*`.
     pub fn uses_jwt(&self) -> bool {
         self.uses_jwt
@@ -1354,7 +1359,7 @@ fn hex(b: u8) -> Option<u8> {
 
 /// `application/x-www-form-urlencoded` decoding: `%XX` and `+` for a space. Invalid escapes
 /// are kept as written; invalid UTF-8 is replaced.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -9,7 +9,7 @@ use crate::decision::{Decision, HeaderEdit, Outcome};
 use crate::jwt::remote::{FetchRequest, JwksSync};
 use crate::jwt::{RemoteKeys, TokenCache};
 use crate::pipeline::{self, Env};
-use crate::ports::Counters;
+use crate::ports::{Counters, Log as _};
 use crate::ratelimit::LocalTokens;
 use crate::request::{AttributeValue, RequestView};
 use proxy_wasm::hostcalls;
@@ -232,10 +232,22 @@ impl PortcullisRoot {
             ),
             None => Vec::new(),
         };
+        self.log_jwks_notices();
         self.dispatch(next, now);
     }
 
-    /// Re-decides the requests paused for keys; answers those past their deadline.
+    fn log_jwks_notices(&mut self) {
+        let notices = match self.state.borrow_mut().jwks_sync.as_mut() {
+            Some(sync) => sync.take_notices(),
+            None => return,
+        };
+        for (level, message) in notices {
+            HostLog.log(level, &message);
+        }
+    }
+
+    /// Re-decides the requests paused for keys; answers those past their deadline (503 with
+    /// `Retry-After`; the JWKS sync logged why, once, when the provider's fetch started failing).
     fn retry_pending(&mut self) {
         let Some(config) = self.config.clone() else {
             return;
@@ -268,7 +280,8 @@ impl PortcullisRoot {
                         .counters
                         .increment("portcullis.jwt.pending_timeout", 1);
                     drop(state);
-                    send_deny(&config, &config.authenticator.keys_unavailable());
+                    let deny = Decision::Deny(config.authenticator.keys_unavailable());
+                    apply(&config, &self.state, context_id, &deny);
                 }
                 Outcome::KeysPending { .. } => {}
             }
@@ -368,6 +381,7 @@ fn not_configured() -> crate::decision::Deny {
         reason: "the policy filter has no valid configuration".into(),
         rule: None,
         headers: Vec::new(),
+        subject: None,
     }
 }
 
@@ -454,13 +468,15 @@ fn apply(
         }
         Decision::Deny(deny) => {
             if config.responses.filter_state {
-                let rule = deny.rule.as_deref().unwrap_or("");
                 for (name, value) in [
                     ("portcullis.decision", "deny"),
-                    ("portcullis.rule", rule),
+                    ("portcullis.rule", deny.log_rule()),
                     ("portcullis.error", deny.error),
                 ] {
                     let _ = abi::set_property(name, value);
+                }
+                if let Some(subject) = &deny.subject {
+                    let _ = abi::set_property("portcullis.jwt_sub", subject);
                 }
             }
             send_deny(config, deny);

@@ -33,6 +33,7 @@
 )]
 
 pub mod bytes;
+pub mod canonical;
 pub mod config;
 pub mod decision;
 pub mod expr;

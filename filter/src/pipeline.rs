@@ -28,6 +28,9 @@ pub struct Env<'a> {
 
 /// Decides one request.
 pub fn decide(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Outcome {
+    if let Some(deny) = config.request_check.check(request, env.counters) {
+        return Outcome::Decided(Decision::Deny(deny));
+    }
     // Extract + authenticate: requirement selection only sees the request, never `jwt`.
     let mut authn_env = AuthnEnv {
         now: env.now,
@@ -48,6 +51,11 @@ pub fn decide(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Outc
         AuthnOutcome::KeysPending(providers) => return Outcome::KeysPending { providers },
     };
     let activation = Activation::new(request).with_jwt(token.as_deref().map(|t| &t.attributes));
+    let subject = || {
+        token
+            .as_deref()
+            .and_then(|t| string_claim(&t.attributes.claims, "sub"))
+    };
 
     // Authorize.
     let rule = match config.policy.evaluate(&activation, env.counters, env.log) {
@@ -60,6 +68,7 @@ pub fn decide(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Outc
                 reason,
                 rule,
                 headers: Vec::new(),
+                subject: subject(),
             }));
         }
     };
@@ -73,7 +82,10 @@ pub fn decide(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Outc
         env.counters,
     ) {
         RateVerdict::Admit { response_headers } => response_headers,
-        RateVerdict::Limited(deny) => return Outcome::Decided(Decision::Deny(deny)),
+        RateVerdict::Limited(mut deny) => {
+            deny.subject = subject();
+            return Outcome::Decided(Decision::Deny(deny));
+        }
     };
 
     env.counters.increment("portcullis.allowed", 1);

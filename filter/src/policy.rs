@@ -264,6 +264,13 @@ impl Policy {
         self.host_attributes.clone()
     }
 
+    /// Every compiled expression: guards and conditions.
+    pub fn exprs(&self) -> impl Iterator<Item = &Expr> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.when.iter().chain(std::iter::once(&r.condition)))
+    }
+
     /// Whether any rule reads `jwt.*`.
     pub fn uses_jwt(&self) -> bool {
         self.uses_jwt

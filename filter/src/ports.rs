@@ -93,6 +93,17 @@ pub mod memory {
         entries: RefCell<HashMap<String, (Vec<u8>, u32)>>,
     }
 
+    impl MemoryStore {
+        /// Entries stored (for memory-bound assertions).
+        pub fn len(&self) -> usize {
+            self.entries.borrow().len()
+        }
+
+        pub fn is_empty(&self) -> bool {
+            self.entries.borrow().is_empty()
+        }
+    }
+
     impl SharedStore for MemoryStore {
         fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
             self.entries.borrow().get(key).cloned()

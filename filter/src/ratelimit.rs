@@ -1,11 +1,23 @@
 //! Token-bucket rate limiting in proxy-wide shared data.
 //!
-//! Each limit owns `max_buckets` shared-data slots, `portcullis.rl.<limit>.<slot>`; a key is
-//! hashed (SipHash-1-3, never stored in clear) to a slot, so memory is bounded by
-//! `limits × max_buckets × ~70 bytes` whatever the traffic. Two keys that land in the same
-//! slot while both are active share a bucket (they are limited together: never more
-//! permissive than configured). A bucket idle long enough to be full again is as good as
-//! absent, so idle buckets expire by arithmetic and their slot is reused by the next key.
+//! Each limit owns `max_buckets` shared-data slots, `portcullis.rl.<limit>.<slot>`, so memory
+//! is bounded by `limits × max_buckets × ~70 bytes` whatever the traffic. A key is hashed
+//! (SipHash-1-3, never stored in clear) to a home slot, and its bucket lives in the first of
+//! [`PROBES`] consecutive slots that holds it, else in the first one that is free: never
+//! written, or holding another key's bucket that has refilled to full. A full bucket is as
+//! good as absent (forgetting it changes no answer), so idle keys give their slot up by
+//! arithmetic and a flood of one-off keys cannot crowd out a new, well-behaved one: each key
+//! has a bucket of its own, identified by its 64-bit hash.
+//!
+//! When all of a key's probe slots hold *active* buckets of other keys, the bucket holding the
+//! most tokens is forgotten and the slot taken (`portcullis.ratelimit.<limit>.evicted`): its
+//! key gets at most its deficit back, and a key that is being limited (less than one token)
+//! is never forgotten. Only when every probe slot holds a key being limited right now does the
+//! new key share its home slot's bucket — limited together, never more permissive —
+//! counted by `portcullis.ratelimit.<limit>.table_full`.
+//!
+//! Slots are never deleted, so a lookup stops at the first never-written slot: a key placed
+//! further along found every slot before its own already written.
 //!
 //! Updates are compare-and-swap: read, compute, write with the read's CAS token, retry on a
 //! mismatch, at most [`MAX_CAS_ATTEMPTS`] times. A request that passes every applicable
@@ -33,6 +45,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const SWEEP_KEY: &str = "portcullis.rl.sweep";
 /// How often the live-bucket gauge is refreshed.
 pub const SWEEP_INTERVAL_S: u64 = 10;
+
+/// Consecutive slots a key's bucket may live in, from its home slot on.
+pub const PROBES: u64 = 8;
 
 /// How often a CAS update is retried before the request is refused (fail closed).
 pub const MAX_CAS_ATTEMPTS: usize = 16;
@@ -129,6 +144,8 @@ struct LimitCounters {
     errors: String,
     key_errors: String,
     live_buckets: String,
+    evicted: String,
+    table_full: String,
 }
 
 impl LimitCounters {
@@ -141,6 +158,8 @@ impl LimitCounters {
             errors: c("errors"),
             key_errors: c("key_errors"),
             live_buckets: c("live_buckets"),
+            evicted: c("evicted"),
+            table_full: c("table_full"),
         }
     }
 }
@@ -213,15 +232,19 @@ struct Slot<'l> {
     /// The limit's position in the configuration (names its batches in [`LocalTokens`]).
     index: usize,
     limit: &'l Limit,
-    /// Which of the limit's `max_buckets` shared-data entries holds the bucket.
-    slot: u64,
+    /// The first of the limit's `max_buckets` shared-data entries that may hold the bucket.
+    home: u64,
     key_hash: u64,
 }
 
-impl Slot<'_> {
-    fn store_key(&self) -> String {
-        format!("{}{}", self.limit.store_prefix, self.slot)
-    }
+/// A bucket's shared-data entry, as [`RateLimiter::locate`] found it.
+#[derive(Clone)]
+struct Located {
+    store_key: String,
+    /// The entry's CAS token; `None` if it was never written.
+    cas: Option<u32>,
+    /// What the entry holds for this key: `None` for a fresh bucket (a slot taken over).
+    bucket: Option<Bucket>,
 }
 
 /// Where this attempt gets a slot's token from.
@@ -446,11 +469,14 @@ impl RateLimiter {
     }
 
     pub fn host_attributes(&self) -> Vec<HostAttribute> {
+        self.exprs().flat_map(Expr::host_attributes).collect()
+    }
+
+    /// Every compiled expression: guards and keys.
+    pub fn exprs(&self) -> impl Iterator<Item = &Expr> {
         self.limits
             .iter()
             .flat_map(|l| l.when.iter().chain(std::iter::once(&l.key)))
-            .flat_map(Expr::host_attributes)
-            .collect()
     }
 
     /// Whether this VM should run [`RateLimiter::sweep`] now: at most once per
@@ -546,6 +572,7 @@ impl RateLimiter {
             reason: "rate limit state is busy; retry".into(),
             rule: limit,
             headers: vec![("retry-after".into(), "1".into())],
+            subject: None,
         })
     }
 
@@ -577,8 +604,83 @@ impl RateLimiter {
         Some(Slot {
             index,
             limit,
-            slot: key_hash % u64::from(self.max_buckets),
+            home: key_hash % u64::from(self.max_buckets),
             key_hash,
+        })
+    }
+
+    /// Where `slot`'s bucket lives and what it holds: the key's own bucket, else the first
+    /// free probe slot (taken over: `bucket` is `None`), else the probe slot whose bucket holds
+    /// the most tokens if it holds one (taken over), else — every probe slot limiting its key —
+    /// the home slot's bucket, shared.
+    fn locate(
+        &self,
+        slot: &Slot<'_>,
+        store: &dyn SharedStore,
+        now: u64,
+        counters: &mut dyn Counters,
+    ) -> Located {
+        let limit = slot.limit;
+        let probes = PROBES.min(u64::from(self.max_buckets));
+        let mut free: Option<Located> = None;
+        let mut fullest: Option<(u64, Located)> = None;
+        let mut home: Option<Located> = None;
+        for i in 0..probes {
+            let index = (slot.home + i) % u64::from(self.max_buckets);
+            let store_key = format!("{}{index}", limit.store_prefix);
+            let Some((bytes, cas)) = store.get(&store_key) else {
+                return free.unwrap_or(Located {
+                    store_key,
+                    cas: None,
+                    bucket: None,
+                });
+            };
+            let stored = Bucket::decode(&bytes);
+            let tokens = match stored {
+                Some(b) if b.key_hash == slot.key_hash => {
+                    return Located {
+                        store_key,
+                        cas: Some(cas),
+                        bucket: Some(b),
+                    }
+                }
+                Some(b) => refill(limit, Some(b), b.key_hash, now).tokens,
+                None => u64::MAX,
+            };
+            if free.is_some() {
+                continue;
+            }
+            let taken_over = Located {
+                store_key,
+                cas: Some(cas),
+                bucket: None,
+            };
+            if u128::from(tokens) >= capacity(limit) {
+                free = Some(taken_over);
+                continue;
+            }
+            if i == 0 {
+                home = Some(Located {
+                    bucket: stored,
+                    ..taken_over.clone()
+                });
+            }
+            if tokens >= UNIT as u64 && fullest.as_ref().is_none_or(|(t, _)| tokens > *t) {
+                fullest = Some((tokens, taken_over));
+            }
+        }
+        if let Some(free) = free {
+            return free;
+        }
+        if let Some((_, taken_over)) = fullest {
+            counters.increment(&limit.counters.evicted, 1);
+            return taken_over;
+        }
+        counters.increment(&limit.counters.table_full, 1);
+        home.unwrap_or_else(|| Located {
+            store_key: format!("{}{}", limit.store_prefix, slot.home),
+            cas: None,
+            bucket: None,
         })
     }
 
@@ -598,10 +700,11 @@ impl RateLimiter {
                 let source = if local.has(slot, now) {
                     Source::Local
                 } else {
-                    let store_key = slot.store_key();
-                    let stored = store.get(&store_key);
-                    let cas = stored.as_ref().map(|(_, cas)| *cas);
-                    let bucket = stored.and_then(|(bytes, _)| Bucket::decode(&bytes));
+                    let Located {
+                        store_key,
+                        cas,
+                        bucket,
+                    } = self.locate(slot, store, now, counters);
                     Source::Shared {
                         store_key,
                         bucket: refill(slot.limit, bucket, slot.key_hash, now),
@@ -763,6 +866,7 @@ fn limited(limit: &Limit, tokens: u64) -> Deny {
         ),
         rule: Some(limit.name.clone()),
         headers,
+        subject: None,
     }
 }
 
@@ -953,8 +1057,111 @@ mod tests {
         assert!(admitted(&run(&limiter, &store, &mut counters, "a", 0.0)));
         // One slot: `b` shares `a`'s empty bucket while it refills.
         assert!(!admitted(&run(&limiter, &store, &mut counters, "b", 1.0)));
+        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 1);
         // Once `a`'s bucket is full again the slot is reused by `b`.
         assert!(admitted(&run(&limiter, &store, &mut counters, "b", 10.0)));
+    }
+
+    #[test]
+    fn a_flood_of_one_off_keys_does_not_limit_a_new_key() {
+        // 100 000 distinct keys at 5 000 per second, each once, into 4 096 slots: a bucket
+        // with one token taken is full again after 0.1 s, so ~500 are active at any time.
+        let limiter = limiter(
+            r#"{"limits": [{"name": "c", "key": "request.headers['x-api-key']", "requests": 10, "period_s": 1, "batch": 1}]}"#,
+        );
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        for i in 0..100_000u32 {
+            let t = f64::from(i) / 5000.0;
+            assert!(admitted(&run(
+                &limiter,
+                &store,
+                &mut counters,
+                &format!("flood-{i}"),
+                t
+            )));
+        }
+        let fresh = (0..20)
+            .filter(|i| {
+                admitted(&run(
+                    &limiter,
+                    &store,
+                    &mut counters,
+                    &format!("fresh-{i}"),
+                    20.0,
+                ))
+            })
+            .count();
+        assert_eq!(fresh, 20);
+        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 0);
+        assert!(store.len() <= 4096, "memory stays bounded: {}", store.len());
+    }
+
+    #[test]
+    fn a_limited_key_keeps_its_bucket_when_slots_before_it_free_up() {
+        // Three slots: `a` and `b` fill the first two, so whichever of the others lands on a
+        // taken home slot probes on. Freeing earlier slots must not hand it a fresh bucket.
+        let limiter = limiter(
+            r#"{"max_buckets": 3, "limits": [{"name": "c", "key": "request.headers['x-api-key']", "requests": 1, "period_s": 100, "batch": 1}]}"#,
+        );
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        for key in ["a", "b", "c"] {
+            assert!(admitted(&run(&limiter, &store, &mut counters, key, 0.0)));
+        }
+        // All three active: each is refused, nobody shares (three slots, three keys).
+        for key in ["a", "b", "c"] {
+            assert!(
+                !admitted(&run(&limiter, &store, &mut counters, key, 1.0)),
+                "{key}"
+            );
+        }
+        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 0);
+        // A fourth key finds no free slot: it shares, conservatively.
+        assert!(!admitted(&run(&limiter, &store, &mut counters, "d", 1.0)));
+        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 1);
+    }
+
+    #[test]
+    fn a_full_table_forgets_the_fullest_bucket_but_never_a_limited_one() {
+        let limiter = limiter(
+            r#"{"max_buckets": 1, "limits": [{"name": "c", "key": "request.headers['x-api-key']", "requests": 1, "period_s": 100, "burst": 2, "batch": 1}]}"#,
+        );
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        assert!(admitted(&run(&limiter, &store, &mut counters, "a", 0.0)));
+        // `a` holds one token of two: forgetting it gives `a` one token back at most.
+        assert!(admitted(&run(&limiter, &store, &mut counters, "b", 0.0)));
+        assert_eq!(counters.get("portcullis.ratelimit.c.evicted"), 1);
+        assert!(admitted(&run(&limiter, &store, &mut counters, "b", 0.0)));
+        // `b` is now being limited: a newcomer shares its bucket rather than freeing `b`.
+        assert!(!admitted(&run(&limiter, &store, &mut counters, "b", 0.0)));
+        assert!(!admitted(&run(&limiter, &store, &mut counters, "a", 0.0)));
+        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 1);
+        assert_eq!(counters.get("portcullis.ratelimit.c.evicted"), 1);
+    }
+
+    #[test]
+    fn a_key_is_found_past_a_freed_slot() {
+        // Two slots; `x` has `y`'s home slot, so it lands in the second one, and stays limited
+        // even once `y`'s bucket is full again and its slot free.
+        let home = |k: &str| hash_key("c", k) % 2;
+        let x = (0..100)
+            .map(|i| format!("x{i}"))
+            .find(|k| home(k) == home("y"))
+            .unwrap();
+        let x = x.as_str();
+        let limiter = limiter(
+            r#"{"max_buckets": 2, "limits": [{"name": "c", "key": "request.headers['x-api-key']", "requests": 1, "period_s": 10, "batch": 1}]}"#,
+        );
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        assert!(admitted(&run(&limiter, &store, &mut counters, "y", 0.0)));
+        assert!(admitted(&run(&limiter, &store, &mut counters, x, 9.0)));
+        // At 10.5 s `y` is full (free slot), `x` is not: both keys still meet their own state.
+        assert!(!admitted(&run(&limiter, &store, &mut counters, x, 10.5)));
+        assert!(admitted(&run(&limiter, &store, &mut counters, "y", 10.5)));
+        assert!(!admitted(&run(&limiter, &store, &mut counters, x, 10.6)));
     }
 
     #[test]

@@ -147,6 +147,9 @@ static EPOCH: AtomicU64 = AtomicU64::new(1);
 
 const REALM: &str = "portcullis";
 
+/// `Retry-After` of a 503 `keys_unavailable`, in seconds.
+pub const KEYS_RETRY_AFTER_S: u32 = 2;
+
 /// Where a token was found: what `forward: false` removes before the request goes upstream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenLocation {
@@ -307,6 +310,11 @@ impl Authenticator {
         all
     }
 
+    /// Every compiled expression: the requirement guards.
+    pub fn exprs(&self) -> impl Iterator<Item = &Expr> {
+        self.rules.iter().map(|r| &r.when)
+    }
+
     /// The remote key sources, for [`JwksSync::new`].
     pub fn remote_specs(&self) -> Vec<RemoteSpec> {
         self.providers
@@ -342,6 +350,9 @@ impl Authenticator {
                 "www-authenticate".to_owned(),
                 format!("Bearer realm=\"{REALM}\""),
             ));
+        } else {
+            // The first fetch retry is due within a second or two (docs/jwt.md, backoff).
+            headers.push(("retry-after".to_owned(), KEYS_RETRY_AFTER_S.to_string()));
         }
         Deny {
             status: self.keys_unavailable_status,
@@ -349,6 +360,7 @@ impl Authenticator {
             reason: "signing keys unavailable".to_owned(),
             rule: None,
             headers,
+            subject: None,
         }
     }
 
@@ -417,6 +429,7 @@ impl Authenticator {
                     "www-authenticate".to_owned(),
                     format!("Bearer realm=\"{REALM}\""),
                 )],
+                subject: None,
             }),
             Eval::Invalid(invalid) => {
                 let description = sanitize(&invalid.detail);
@@ -431,6 +444,7 @@ impl Authenticator {
                             "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{description}\""
                         ),
                     )],
+                    subject: None,
                 })
             }
             Eval::Pending(providers) => AuthnOutcome::KeysPending(providers),

@@ -6,7 +6,9 @@
 //!   callouts this VM must dispatch (at most one per provider, and, thanks to a CAS lease in
 //!   shared data, at most one per provider per proxy);
 //! - `on_response` when a callout answers (or fails / times out: `status = None`); it may
-//!   return a follow-up callout (OIDC: discovery → `jwks_uri`).
+//!   return a follow-up callout (OIDC: discovery → `jwks_uri`);
+//! - `take_notices` after either: one log line per change of a provider's fetch health
+//!   (failing / recovered, with the reason), never one per request or per retry.
 //!
 //! Shared data layout (per provider):
 //! - `portcullis.jwks.<provider>`: `"<fetched_at_unix_s>\n<JWKS JSON>"`, written by the VM
@@ -17,7 +19,7 @@
 
 use super::config::FetchTiming;
 use super::keys::{KeyPolicy, KeySet};
-use crate::ports::{Counters, SharedStore};
+use crate::ports::{Counters, LogLevel, SharedStore};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -142,6 +144,8 @@ struct ProviderSync {
 /// The remote-JWKS state machine of one VM (see the module docs).
 #[derive(Debug)]
 pub struct JwksSync {
+    /// Log lines not yet taken by the shell ([`JwksSync::take_notices`]).
+    notices: Vec<(LogLevel, String)>,
     owner: String,
     rng: u64,
     providers: Vec<ProviderSync>,
@@ -219,6 +223,7 @@ impl JwksSync {
             })
             .collect();
         JwksSync {
+            notices: Vec::new(),
             owner: if owner.is_empty() { "vm".into() } else { owner },
             rng: seed | 1,
             providers: specs
@@ -235,6 +240,11 @@ impl JwksSync {
                 })
                 .collect(),
         }
+    }
+
+    /// Log lines about changes of fetch health since the last call, for the shell to log.
+    pub fn take_notices(&mut self) -> Vec<(LogLevel, String)> {
+        std::mem::take(&mut self.notices)
     }
 
     pub fn providers(&self) -> impl Iterator<Item = &RemoteSpec> {
@@ -408,6 +418,16 @@ impl JwksSync {
             }
             Ok(Step::Keys(set, body)) => {
                 counters.increment(&format!("{prefix}.fetch_ok"), 1);
+                let failed_before = store
+                    .get(&p.lease_key)
+                    .and_then(|(v, _)| Lease::parse(&v))
+                    .is_some_and(|l| l.failures > 0);
+                if failed_before {
+                    self.notices.push((
+                        LogLevel::Info,
+                        format!("portcullis: JWKS of provider `{provider}` fetched again: keys available"),
+                    ));
+                }
                 if !set.skipped.is_empty() {
                     counters.increment(&format!("{prefix}.keys_skipped"), set.skipped.len() as i64);
                 }
@@ -433,7 +453,7 @@ impl JwksSync {
                 );
                 Vec::new()
             }
-            Err(_reason) => {
+            Err(reason) => {
                 counters.increment(&format!("{prefix}.fetch_failed"), 1);
                 // An OIDC provider may have moved its jwks_uri: rediscover next time.
                 if in_flight.stage == Stage::Jwks {
@@ -445,6 +465,19 @@ impl JwksSync {
                     .and_then(|(v, _)| Lease::parse(v))
                     .map_or(0, |l| l.failures)
                     .saturating_add(1);
+                if failures == 1 {
+                    let consequence = if keys.get(provider).is_some() {
+                        "keeping the keys fetched before"
+                    } else {
+                        "no keys yet: requests with its tokens get `keys_unavailable`"
+                    };
+                    self.notices.push((
+                        LogLevel::Warn,
+                        format!(
+                            "portcullis: JWKS of provider `{provider}` unavailable ({reason}); {consequence}; retrying with backoff"
+                        ),
+                    ));
+                }
                 let base = 1000u64
                     .saturating_mul(1u64 << failures.saturating_sub(1).min(20))
                     .min(MAX_BACKOFF_MS);

@@ -537,6 +537,13 @@ fn remote_keys_pending_stale_and_refetch() {
     late["exp"] = json!(NOW + 5000);
     let d = deny(w.run(&a, &bearer(&token(&late))));
     assert_eq!((d.status, d.error), (503, "keys_unavailable"));
+    assert!(
+        d.headers
+            .iter()
+            .any(|(n, v)| n == "retry-after" && v == "2"),
+        "{:?}",
+        d.headers
+    );
     let mut c = remote_config();
     c["keys_unavailable_status"] = json!(401);
     let a = auth(c);
