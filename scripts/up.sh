@@ -14,12 +14,38 @@ PORT="${PORTCULLIS_PORT:-10000}"; UPSTREAM_PORT="${PORTCULLIS_UPSTREAM_PORT:-100
 
 envoy="$(scripts/setup.sh)"
 py="$root/.venv/bin/python"
+
+in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Generated files and the log: the demo's own, or (--check) a separate set, so that a check
+# never touches a running demo.
+gen="out"
+if $check; then
+  # The check runs beside a demo that may be up: it takes free ports of its own.
+  read -r PORT UPSTREAM_PORT ADMIN_PORT < <("$py" -c '
+import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
+  gen="out/check"
+else
+  for p in "$PORT" "$UPSTREAM_PORT" "$ADMIN_PORT"; do
+    if in_use "$p"; then
+      echo "up.sh: port $p on 127.0.0.1 is in use (a demo already running?). Stop it, or choose other" >&2
+      echo "       ports with PORTCULLIS_PORT / PORTCULLIS_UPSTREAM_PORT / PORTCULLIS_ADMIN_PORT." >&2
+      exit 1
+    fi
+  done
+fi
+mkdir -p "$gen"
+
 scripts/build.sh
-cargo build -q -p portcullis-harness --bin portcullis
-target/debug/portcullis bundle policies/portcullis.yaml -o out/plugin.json
+# Bundling runs no .wasm: the small CLI builds without wasmtime.
+cargo build -q -p portcullis-tools --bin portcullis-config
+target/debug/portcullis-config bundle policies/portcullis.yaml -o "$gen/plugin.json"
 "$py" envoy-examples/render.py envoy-examples/local.envoy.yaml --wasm "$root/out/portcullis.wasm" \
-  --plugin-config out/plugin.json --port "$PORT" --upstream-port "$UPSTREAM_PORT" --admin-port "$ADMIN_PORT" \
-  --jwks remote -o out/envoy-local.yaml
+  --plugin-config "$gen/plugin.json" --port "$PORT" --upstream-port "$UPSTREAM_PORT" --admin-port "$ADMIN_PORT" \
+  --jwks remote -o "$gen/envoy-local.yaml"
 
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -28,16 +54,19 @@ trap 'exit 130' INT TERM
 
 "$py" envoy-examples/upstream.py --port "$UPSTREAM_PORT" --jwks policies/keys/jwks.json &
 pids+=($!)
-"$envoy" -c out/envoy-local.yaml --concurrency 2 --use-dynamic-base-id -l warning --component-log-level wasm:info --file-flush-interval-msec 500 \
-  >out/envoy.log 2>&1 &
+"$envoy" -c "$gen/envoy-local.yaml" --concurrency 2 --use-dynamic-base-id -l warning --component-log-level wasm:info --file-flush-interval-msec 500 \
+  >"$gen/envoy.log" 2>&1 &
 pids+=($!)
 
 for _ in $(seq 1 100); do
   if curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null 2>&1; then break; fi
-  kill -0 "${pids[1]}" 2>/dev/null || { echo "Envoy exited; its log:" >&2; tail -30 out/envoy.log >&2; exit 1; }
+  kill -0 "${pids[0]}" 2>/dev/null || { echo "the upstream exited" >&2; exit 1; }
+  kill -0 "${pids[1]}" 2>/dev/null || { echo "Envoy exited; its log:" >&2; tail -30 "$gen/envoy.log" >&2; exit 1; }
   sleep 0.1
 done
-curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null || { echo "Envoy is not ready; see out/envoy.log" >&2; exit 1; }
+curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null || { echo "Envoy is not ready; see $gen/envoy.log" >&2; exit 1; }
+# The process answering must be ours (a stale Envoy on the same port would make a false pass).
+kill -0 "${pids[1]}" 2>/dev/null || { echo "Envoy exited; its log:" >&2; tail -30 "$gen/envoy.log" >&2; exit 1; }
 
 if $check; then
   "$py" envoy-examples/tour.py --base "http://127.0.0.1:$PORT" --check

@@ -523,7 +523,15 @@ fn parse_error(source: &ExprSource, errors: &cel::ParseErrors) -> ExprError {
         })
         .unwrap_or((1, 1));
     let message = first
-        .map(|e| format!("syntax error: {}", e.msg))
+        .map(|e| {
+            // The parser's own messages may already start with "Syntax error:".
+            let msg = e.msg.trim();
+            let msg = msg
+                .strip_prefix("Syntax error:")
+                .or_else(|| msg.strip_prefix("syntax error:"))
+                .map_or(msg, str::trim_start);
+            format!("syntax error: {msg}")
+        })
         .unwrap_or_else(|| "syntax error".to_owned());
     ExprError {
         file: source.file().map(str::to_owned),

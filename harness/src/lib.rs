@@ -16,14 +16,14 @@
 //! ```
 
 pub mod abi;
-pub mod bundle;
 pub mod cases;
 pub mod foreign;
 mod forward;
 mod host;
-pub mod token;
 mod types;
 mod vm;
+
+pub use portcullis_tools::{bundle, token};
 
 pub use abi::{Action, Headers, LogLevel, MetricKind};
 pub use host::{engine, ForeignFunction, Host, WasmModule};
