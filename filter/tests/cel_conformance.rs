@@ -795,7 +795,8 @@ fn cel_conformance() {
                     }
                     Err(why) => {
                         if verbose {
-                            eprintln!("FAIL {name}: {why}");
+                            let kind = if plain { "" } else { " (protobuf)" };
+                            eprintln!("FAIL{kind} {name}: {why}");
                         }
                         if !listed && !known.globbed(&name) {
                             unexpected_failures.push(format!("{name}  # {why}"));
