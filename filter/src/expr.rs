@@ -39,6 +39,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::UNIX_EPOCH;
 
+mod macros;
+
 /// Where an expression's text comes from: inline in the config, or a `.cel` file that
 /// `portcullis bundle` inlined (the file name is kept for error messages).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -211,6 +213,7 @@ fn build_env() -> Result<Env, String> {
         .map_err(|e| e.to_string())?;
     env.add_macro(cel::parser::Macro::receiver("bind", 3, bind_macro))
         .map_err(|e| e.to_string())?;
+    macros::add(&mut env).map_err(|e| e.to_string())?;
     Ok(env)
 }
 
@@ -264,7 +267,6 @@ fn bind_macro(
     target: &mut Option<IdedExpr>,
     args: &mut Vec<IdedExpr>,
 ) -> Result<Option<IdedExpr>, cel::ParseError> {
-    use cel::common::ast::{ComprehensionExpr, ListExpr, LiteralValue};
     if !matches!(target.as_ref().map(|t| &t.expr), Some(Ast::Ident(n)) if n == "cel") {
         return Ok(None);
     }
@@ -280,21 +282,7 @@ fn bind_macro(
     let (Some(result), Some(init)) = (args.pop(), args.pop()) else {
         return Ok(None);
     };
-    let iter_range = helper.next_expr(Ast::List(ListExpr::new(Vec::new())));
-    let loop_cond = helper.next_expr(Ast::Literal(LiteralValue::Boolean(false.into())));
-    let loop_step = helper.next_expr(Ast::Ident(var.clone()));
-    Ok(Some(helper.next_expr(Ast::Comprehension(Box::new(
-        ComprehensionExpr {
-            iter_range,
-            iter_var: "#unused".to_owned(),
-            iter_var2: None,
-            accu_var: var,
-            accu_init: init,
-            loop_cond,
-            loop_step,
-            result,
-        },
-    )))))
+    Ok(Some(macros::bind(helper, &var, init, result)))
 }
 
 /// Function names the runtime knows (standard library + extensions), for the checker.
@@ -471,8 +459,7 @@ fn is_known_function(name: &str) -> bool {
 
 /// A compiled expression.
 pub struct Expr {
-    program: cel::Program,
-    /// The program's expression with literal-pattern `matches` calls bound to regexes
+    /// The parsed expression with literal-pattern `matches` calls bound to regexes
     /// compiled at configure time (see [`literal_regex`]); this is what runs.
     expression: IdedExpr,
     env: Arc<Env>,
@@ -486,7 +473,7 @@ pub struct Expr {
 impl fmt::Debug for Expr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Expr")
-            .field("program", &self.program)
+            .field("expression", &self.expression)
             .field("host_attributes", &self.host_attributes)
             .field("uses_jwt", &self.uses_jwt)
             .finish()
@@ -558,18 +545,17 @@ impl Expr {
                 message: "empty expression".into(),
             });
         }
-        let program = env.compile(text).map_err(|e| parse_error(source, &e))?;
+        let (parsed, source_info) = parse(&env, text).map_err(|e| parse_error(source, &e))?;
         let mut checker = Checker {
             bound: Vec::new(),
             host: BTreeSet::new(),
             uses_jwt: false,
             error: None,
         };
-        checker.walk(program.expression());
+        checker.walk(&parsed);
         // An error at AST node `id` (shifted by `shift` characters), located in the source.
         let error_at = |id: u64, shift: isize, message: String| {
-            let offset = program
-                .source_info()
+            let offset = source_info
                 .offset_for(id)
                 .map(|(start, _)| (start as usize).saturating_add_signed(shift))
                 .unwrap_or(0);
@@ -586,13 +572,12 @@ impl Expr {
         }
         let host_attributes = checker.host.into_iter().collect();
         let uses_jwt = checker.uses_jwt;
-        let mut expression = program.expression().clone();
+        let mut expression = parsed;
         if let Err((id, message)) = literal_regex::bind(&mut expression) {
             return Err(error_at(id, 0, message));
         }
         let fast = fast::compile(&expression);
         Ok(Expr {
-            program,
             expression,
             env,
             host_attributes,
@@ -701,7 +686,7 @@ pub fn eval_unchecked_in(
             .map_err(|e| Err(e.to_string()))?;
         Arc::new(env)
     };
-    let program = env.compile(text).map_err(|e| Err(e.to_string()))?;
+    let (expression, _) = parse(&env, text).map_err(|e| Err(e.to_string()))?;
     let mut ctx = cel::Context::with_env(env);
     for (name, value) in variables {
         let val: Box<dyn Val> = value
@@ -710,7 +695,19 @@ pub fn eval_unchecked_in(
             .map_err(|e: ExecutionError| Err(e.to_string()))?;
         ctx.add_variable_as_val(*name, val);
     }
-    program.execute(&ctx).map_err(|e| Ok(e.to_string()))
+    cel::Value::resolve(&expression, &ctx).map_err(|e| Ok(e.to_string()))
+}
+
+/// Parses with the environment's macros and with backquoted field names
+/// (``jwt.claims.`example.com/roles` ``: namespaced claim names are common), which
+/// [`Env::compile`] leaves off.
+fn parse(
+    env: &Env,
+    text: &str,
+) -> Result<(IdedExpr, cel::common::ast::SourceInfo), cel::ParseErrors> {
+    env.parser()
+        .enable_ident_escape_syntax(true)
+        .parse_with_source_info(text)
 }
 
 /// An evaluation error as a message that names types and keys, never values (which may be
@@ -2551,7 +2548,8 @@ mod tests {
             &json!({"alg": "RS256", "kid": "k1"}),
             &json!({"sub": "alice", "tenant": "acme", "groups": ["admin", "dev"],
                     "scope": "read write", "n": 3, "nested": {"a": {"b": true}},
-                    "mixed": [1, "a", {"k": 2}, 2.5]}),
+                    "mixed": [1, "a", {"k": 2}, 2.5],
+                    "example.com/roles": ["auditor"]}),
         )
     }
 
@@ -2868,6 +2866,10 @@ mod tests {
             "request.headers['x-missing'].matches('.+')",
             "jwt.claims.n.matches('3')",
             "jwt.claims.groups.exists(g, g.matches('.+'))",
+            "'auditor' in jwt.claims.`example.com/roles`",
+            "has(jwt.claims.`example.com/roles`)",
+            "jwt.claims.groups.exists(i, g, i == 1 && g == 'dev')",
+            "cel.block([jwt.claims.groups], 'dev' in cel.index(0))",
             "jwt.claims.groups.exists(g, g == 'dev')",
             "jwt.claims.groups.exists(g, g == 'root')",
             "jwt.claims.groups.all(g, g.startsWith('a'))",
@@ -2947,6 +2949,86 @@ mod tests {
             "cel.bind(g, jwt.claims.groups, 'admin' in g && size(g) == 2)"
         ));
         assert!(compile("cel.bind(g, 1, h)").is_err());
+    }
+
+    #[test]
+    fn two_variable_comprehensions() {
+        assert!(truth("jwt.claims.groups.all(i, g, i < 2 && g != '')"));
+        assert!(truth(
+            "jwt.claims.groups.exists(i, g, i == 1 && g == 'dev')"
+        ));
+        assert!(truth(
+            "jwt.claims.groups.existsOne(i, g, g.startsWith('ad'))"
+        ));
+        assert!(truth(
+            "request.headers.exists(name, value, name == 'x-tenant' && value == 'acme')"
+        ));
+        assert!(truth(
+            "jwt.claims.groups.transformList(i, g, i > 0, g.upperAscii()) == ['DEV']"
+        ));
+        assert!(truth(
+            "jwt.claims.groups.transformMap(i, g, g + '!') == {0: 'admin!', 1: 'dev!'}"
+        ));
+        assert!(truth(
+            "{'a': 1, 'b': 2}.transformMap(k, v, k != 'b', v + 1) == {'a': 2}"
+        ));
+        assert!(truth(
+            "[1, 2].transformMapEntry(i, v, {string(v): i}) == {'1': 0, '2': 1}"
+        ));
+        // Two entries for one key is an error, as in cel-go.
+        assert!(eval("[1, 2].transformMapEntry(i, v, {'k': v})").is_err());
+        // Errors are absorbed like in the one-variable forms: a later false decides `all`.
+        assert!(truth("![0, 2].all(i, v, 1 / v == 1)"));
+        assert!(eval("[0, 1].all(i, v, 1 / v == 1)").is_err());
+        // Nested: the inner pair doesn't hide the outer variables.
+        assert!(truth(
+            "[[1, 2], [3]].all(i, l, l.all(j, x, x > i && j < 2))"
+        ));
+        assert!(compile("[1].all(i, i, true)")
+            .unwrap_err()
+            .message
+            .contains("duplicate variable"));
+        assert!(compile("[1].all(i, 1, true)").is_err());
+        assert!(compile("[1].all(i, v, w == v)").is_err());
+        assert!(eval("(1).all(i, v, true)").is_err());
+    }
+
+    #[test]
+    fn block_extension() {
+        assert!(truth(
+            "cel.block([jwt.claims.groups, size(cel.index(0))], \
+             cel.index(1) == 2 && 'dev' in cel.index(0))"
+        ));
+        assert!(truth(
+            "cel.block([[1, 2]], cel.index(0).exists(cel.iterVar(0, 0), cel.iterVar(0, 0) == 2))"
+        ));
+        assert!(compile("cel.block(jwt.claims.groups, 1) == 1").is_err());
+        let err = compile("cel.block([1], cel.index(1) == 1)").unwrap_err();
+        assert!(err.message.contains("cel.index(1)"), "{err}");
+        assert!(compile("cel.index(0) == 1").is_err());
+        assert!(compile("cel.index(request.path) == 1").is_err());
+    }
+
+    #[test]
+    fn milliseconds_component() {
+        assert!(truth(
+            "duration('1.5s').getMilliseconds() == 500 && duration('-1.5s').getMilliseconds() == -500"
+        ));
+        assert!(truth("request.time.getMilliseconds() == 250"));
+        assert!(truth(
+            "timestamp('2023-05-28T00:00:42.123Z').getMilliseconds('UTC') == 123"
+        ));
+        assert!(eval("'x'.getMilliseconds()").is_err());
+    }
+
+    #[test]
+    fn backquoted_field_names() {
+        assert!(truth("'auditor' in jwt.claims.`example.com/roles`"));
+        assert!(truth("has(jwt.claims.`example.com/roles`)"));
+        assert!(truth("!has(jwt.claims.`example.com/groups`)"));
+        assert!(truth("request.headers.`x-tenant` == 'acme'"));
+        assert!(compile("request.`path` == '/'").is_ok());
+        assert!(compile("request.`pth` == '/'").is_err());
     }
 
     #[test]
