@@ -10,11 +10,13 @@
 //! has a bucket of its own, identified by its 64-bit hash.
 //!
 //! When all of a key's probe slots hold *active* buckets of other keys, the bucket holding the
-//! most tokens is forgotten and the slot taken (`portcullis.ratelimit.<limit>.evicted`): its
-//! key gets at most its deficit back, and a key that is being limited (less than one token)
-//! is never forgotten. Only when every probe slot holds a key being limited right now does the
-//! new key share its home slot's bucket — limited together, never more permissive —
-//! counted by `portcullis.ratelimit.<limit>.table_full`.
+//! most tokens is forgotten and its slot taken: its key gets back at most what it had spent
+//! (`portcullis.ratelimit.<limit>.evicted`). Only when every probe slot holds a key that is
+//! being limited right now (less than one token: the table is truly full around the new key)
+//! does that forget a limited key, which may then get up to its burst again
+//! (`portcullis.ratelimit.<limit>.table_full`; raise `max_buckets` if it moves). A new key is
+//! never charged to another key's bucket: a flood of keys, even keys spent to their limit,
+//! cannot lock well-behaved clients out.
 //!
 //! Slots are never deleted, so a lookup stops at the first never-written slot: a key placed
 //! further along found every slot before its own already written.
@@ -610,9 +612,8 @@ impl RateLimiter {
     }
 
     /// Where `slot`'s bucket lives and what it holds: the key's own bucket, else the first
-    /// free probe slot (taken over: `bucket` is `None`), else the probe slot whose bucket holds
-    /// the most tokens if it holds one (taken over), else — every probe slot limiting its key —
-    /// the home slot's bucket, shared.
+    /// free probe slot, else the probe slot whose bucket holds the most tokens (taken over:
+    /// `bucket` is `None`).
     fn locate(
         &self,
         slot: &Slot<'_>,
@@ -624,7 +625,6 @@ impl RateLimiter {
         let probes = PROBES.min(u64::from(self.max_buckets));
         let mut free: Option<Located> = None;
         let mut fullest: Option<(u64, Located)> = None;
-        let mut home: Option<Located> = None;
         for i in 0..probes {
             let index = (slot.home + i) % u64::from(self.max_buckets);
             let store_key = format!("{}{index}", limit.store_prefix);
@@ -635,8 +635,7 @@ impl RateLimiter {
                     bucket: None,
                 });
             };
-            let stored = Bucket::decode(&bytes);
-            let tokens = match stored {
+            let tokens = match Bucket::decode(&bytes) {
                 Some(b) if b.key_hash == slot.key_hash => {
                     return Located {
                         store_key,
@@ -657,31 +656,28 @@ impl RateLimiter {
             };
             if u128::from(tokens) >= capacity(limit) {
                 free = Some(taken_over);
-                continue;
-            }
-            if i == 0 {
-                home = Some(Located {
-                    bucket: stored,
-                    ..taken_over.clone()
-                });
-            }
-            if tokens >= UNIT as u64 && fullest.as_ref().is_none_or(|(t, _)| tokens > *t) {
+            } else if fullest.as_ref().is_none_or(|(t, _)| tokens > *t) {
                 fullest = Some((tokens, taken_over));
             }
         }
         if let Some(free) = free {
             return free;
         }
-        if let Some((_, taken_over)) = fullest {
-            counters.increment(&limit.counters.evicted, 1);
-            return taken_over;
-        }
-        counters.increment(&limit.counters.table_full, 1);
-        home.unwrap_or_else(|| Located {
-            store_key: format!("{}{}", limit.store_prefix, slot.home),
-            cas: None,
-            bucket: None,
-        })
+        let Some((tokens, taken_over)) = fullest else {
+            // Only without any probe; a fresh home slot is the safe answer.
+            return Located {
+                store_key: format!("{}{}", limit.store_prefix, slot.home),
+                cas: None,
+                bucket: None,
+            };
+        };
+        let counter = if tokens >= UNIT as u64 {
+            &limit.counters.evicted
+        } else {
+            &limit.counters.table_full
+        };
+        counters.increment(counter, 1);
+        taken_over
     }
 
     /// One optimistic pass over all slots. `None` means a CAS conflict: start again.
@@ -1048,18 +1044,23 @@ mod tests {
     }
 
     #[test]
-    fn colliding_keys_share_a_slot_conservatively_and_reuse_idle_slots() {
+    fn a_one_slot_table_forgets_the_other_key_and_reuses_idle_slots() {
         let limiter = limiter(
             r#"{"max_buckets": 1, "limits": [{"name": "c", "key": "request.headers['x-api-key']", "requests": 1, "period_s": 10}]}"#,
         );
         let store = MemoryStore::default();
         let mut counters = MemoryCounters::default();
         assert!(admitted(&run(&limiter, &store, &mut counters, "a", 0.0)));
-        // One slot: `b` shares `a`'s empty bucket while it refills.
-        assert!(!admitted(&run(&limiter, &store, &mut counters, "b", 1.0)));
+        assert!(!admitted(&run(&limiter, &store, &mut counters, "a", 0.5)));
+        // One slot, `a` being limited: the table is truly full, `b` is not charged to `a`'s
+        // bucket; `a` is forgotten (counted).
+        assert!(admitted(&run(&limiter, &store, &mut counters, "b", 1.0)));
         assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 1);
-        // Once `a`'s bucket is full again the slot is reused by `b`.
-        assert!(admitted(&run(&limiter, &store, &mut counters, "b", 10.0)));
+        assert!(!admitted(&run(&limiter, &store, &mut counters, "b", 1.5)));
+        // Once `b`'s bucket is full again the slot is free: no counter moves.
+        assert!(admitted(&run(&limiter, &store, &mut counters, "a", 12.0)));
+        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 1);
+        assert_eq!(counters.get("portcullis.ratelimit.c.evicted"), 0);
     }
 
     #[test]
@@ -1109,7 +1110,7 @@ mod tests {
         for key in ["a", "b", "c"] {
             assert!(admitted(&run(&limiter, &store, &mut counters, key, 0.0)));
         }
-        // All three active: each is refused, nobody shares (three slots, three keys).
+        // All three active: each meets its own empty bucket (three slots, three keys).
         for key in ["a", "b", "c"] {
             assert!(
                 !admitted(&run(&limiter, &store, &mut counters, key, 1.0)),
@@ -1117,28 +1118,27 @@ mod tests {
             );
         }
         assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 0);
-        // A fourth key finds no free slot: it shares, conservatively.
-        assert!(!admitted(&run(&limiter, &store, &mut counters, "d", 1.0)));
+        // A fourth key finds every slot limiting its key: it gets a bucket of its own anyway.
+        assert!(admitted(&run(&limiter, &store, &mut counters, "d", 1.0)));
         assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 1);
     }
 
     #[test]
-    fn a_full_table_forgets_the_fullest_bucket_but_never_a_limited_one() {
+    fn a_full_table_forgets_the_fullest_bucket_first() {
         let limiter = limiter(
-            r#"{"max_buckets": 1, "limits": [{"name": "c", "key": "request.headers['x-api-key']", "requests": 1, "period_s": 100, "burst": 2, "batch": 1}]}"#,
+            r#"{"max_buckets": 2, "limits": [{"name": "c", "key": "request.headers['x-api-key']", "requests": 1, "period_s": 100, "burst": 2, "batch": 1}]}"#,
         );
         let store = MemoryStore::default();
         let mut counters = MemoryCounters::default();
+        // `a` spends one token of two, `b` both.
         assert!(admitted(&run(&limiter, &store, &mut counters, "a", 0.0)));
-        // `a` holds one token of two: forgetting it gives `a` one token back at most.
         assert!(admitted(&run(&limiter, &store, &mut counters, "b", 0.0)));
+        assert!(admitted(&run(&limiter, &store, &mut counters, "b", 0.0)));
+        // `c` takes `a`'s slot (the most tokens: `a` gets back one token at most), not `b`'s.
+        assert!(admitted(&run(&limiter, &store, &mut counters, "c", 0.0)));
         assert_eq!(counters.get("portcullis.ratelimit.c.evicted"), 1);
-        assert!(admitted(&run(&limiter, &store, &mut counters, "b", 0.0)));
-        // `b` is now being limited: a newcomer shares its bucket rather than freeing `b`.
+        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 0);
         assert!(!admitted(&run(&limiter, &store, &mut counters, "b", 0.0)));
-        assert!(!admitted(&run(&limiter, &store, &mut counters, "a", 0.0)));
-        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 1);
-        assert_eq!(counters.get("portcullis.ratelimit.c.evicted"), 1);
     }
 
     #[test]
