@@ -6,7 +6,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 cargo build --release --target wasm32-wasip1 -p portcullis-filter >&2
 mkdir -p out
-raw="target/wasm32-wasip1/release/portcullis_filter.wasm"
+# Cargo puts it under CARGO_TARGET_DIR when that is set (e.g. a target directory shared by
+# several worktrees).
+raw="${CARGO_TARGET_DIR:-target}/wasm32-wasip1/release/portcullis_filter.wasm"
 wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
   --enable-mutable-globals --enable-multivalue --enable-reference-types \
   "$raw" -o out/portcullis.wasm
