@@ -750,7 +750,7 @@ pub enum Extracted<'r> {
     Several,
 }
 
-/// A second token was found: the search ends there.
+/// A second token, or a token next to another value of its location: the search ends there.
 struct SecondToken;
 
 /// Collects candidates across a provider's locations.
