@@ -252,6 +252,8 @@ pub fn parse_compact(
         return Err(Invalid::new("malformed", "header nests too deeply"));
     }
     let header = parse_json_object(&header_bytes, "header")?;
+    // From here on, a registered parameter that is present has its type: a `kid` that is
+    // not a string, say, has already been refused rather than read as absent.
     check_header_types(&header)?;
     let alg = match header.get("alg") {
         Some(Value::String(name)) => {
