@@ -196,6 +196,157 @@ class TokenAttackTest(EnvoyTestCase):
         self.assertNotIn(good.split(".")[2], log, "no token in the logs")
 
 
+def signed(header_text, payload_text, kid="demo-rsa-1"):
+    """A JWS over header and payload given as JSON text (so a member can appear twice),
+    signed with the demo key by PyJWT's own RSA code."""
+    from jwt.algorithms import get_default_algorithms
+    key, alg = KEYS[kid]
+    signing_input = f"{b64(header_text.encode())}.{b64(payload_text.encode())}"
+    signature = get_default_algorithms()[alg].sign(signing_input.encode(), key)
+    return f"{signing_input}.{b64(signature)}"
+
+
+def claims_text(*extra):
+    """Valid claims for the example policy as JSON text, `extra` members first: a parser that
+    keeps the last of repeated members sees the valid ones."""
+    body = json.dumps(claims(sub="alice", scope="read"), separators=(",", ":"))
+    return "{" + "".join(f"{member}," for member in extra) + body[1:]
+
+
+def raw_request(port, path, headers):
+    """A GET with `headers` as (name, value) pairs sent as given, repeats included."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.putrequest("GET", path)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+class OneReadingTest(EnvoyTestCase):
+    """Tokens that a second JSON parser or a second extractor could read differently are
+    refused (issue 13 §2): repeated member names, registered claims of the wrong type, and
+    more than one token in a request."""
+
+    @classmethod
+    def setUpClass(cls):
+        config = copy.deepcopy(envoyproc.bundled_config())
+        provider = config["jwt"]["providers"][0]
+        provider["from_headers"] = [{"name": "authorization", "value_prefix": "Bearer "}, {"name": "x-token"}]
+        provider["from_params"] = ["access_token"]
+        provider["from_cookies"] = ["session"]
+        cls.plugin_config = config
+        super().setUpClass()
+
+    def get(self, path="/api/orders", headers=()):
+        return raw_request(self.envoy.port, path, list(headers))
+
+    def counter(self, name):
+        full = f"wasmcustom.portcullis.jwt.local.{name}"
+        return self.envoy.stats(full).get(full) or 0
+
+    def test_repeated_members_and_wrong_types_are_invalid_tokens(self):
+        good_header = '{"alg":"RS256","typ":"JWT","kid":"demo-rsa-1"}'
+        # The control: the same construction without a repeat passes.
+        status, _, body = self.get(headers=[("authorization", f"Bearer {signed(good_header, claims_text())}")])
+        self.assertEqual(status, 200, body[:300])
+        past = int(time.time()) - 3600
+        duplicate = "repeats a member name"
+        cases = {
+            "kid twice (the last one is the real key)": (
+                '{"alg":"RS256","kid":"nope","kid":"demo-rsa-1"}', claims_text(), f"header {duplicate}"),
+            "alg twice": ('{"alg":"HS256","alg":"RS256","kid":"demo-rsa-1"}', claims_text(), f"header {duplicate}"),
+            "alg twice, once escaped": (
+                '{"alg":"HS256","\\u0061lg":"RS256","kid":"demo-rsa-1"}', claims_text(), f"header {duplicate}"),
+            "sub twice": (good_header, claims_text('"sub":"root"'), f"payload {duplicate}"),
+            "exp twice (an expired one first)": (good_header, claims_text(f'"exp":{past}'), f"payload {duplicate}"),
+            "iss twice": (good_header, claims_text('"iss":"https://evil.example"'), f"payload {duplicate}"),
+            "aud twice": (good_header, claims_text('"aud":"someone-else"'), f"payload {duplicate}"),
+            "a nested member twice": (good_header, claims_text('"org":{"team":"red","team":"blue"}'),
+                                      f"payload {duplicate}"),
+            "aud array holding a number": (good_header, claims_text().replace(
+                '"aud":"portcullis-demo"', '"aud":["portcullis-demo",5]'), "aud must be a string or an array of strings"),
+            "aud array with a number first": (good_header, claims_text().replace(
+                '"aud":"portcullis-demo"', '"aud":[5,"portcullis-demo"]'), "aud must be a string or an array of strings"),
+            "aud null": (good_header, claims_text().replace('"aud":"portcullis-demo"', '"aud":null'),
+                         "aud must be a string or an array of strings"),
+            "sub a number": (good_header, claims_text().replace('"sub":"alice"', '"sub":7'), "sub must be a string"),
+            "jti a number": (good_header, claims_text('"jti":1'), "jti must be a string"),
+            "iat a string": (good_header, claims_text().replace('"iat":', '"iat":"now","x":'), "iat must be a number"),
+            "typ a number": ('{"alg":"RS256","typ":1,"kid":"demo-rsa-1"}', claims_text(), "typ must be a string"),
+            "x5c a string": ('{"alg":"RS256","x5c":"MII","kid":"demo-rsa-1"}', claims_text(),
+                             "x5c must be a non-empty array of strings"),
+        }
+        before = {code: self.counter(f"invalid.{code}") for code in ("duplicate_member", "malformed")}
+        for name, (header, payload, reason) in cases.items():
+            with self.subTest(name):
+                token = signed(header, payload)
+                status, hdrs, body = self.get(headers=[("authorization", f"Bearer {token}")])
+                self.assertEqual(status, 401, body[:300])
+                self.assertEqual(json.loads(body), {"error": "invalid_token", "reason": reason})
+                self.assertEqual(hdrs["www-authenticate"],
+                                 f'Bearer realm="portcullis", error="invalid_token", error_description="{reason}"')
+        duplicates = sum(1 for _, _, r in cases.values() if r.endswith(duplicate))
+        self.assertTrue(envoyproc.eventually(
+            lambda: self.counter("invalid.duplicate_member") - before["duplicate_member"] == duplicates
+            and self.counter("invalid.malformed") - before["malformed"] == len(cases) - duplicates),
+            "counters portcullis.jwt.local.invalid.{duplicate_member,malformed}")
+        self.assertTrue(self.envoy.alive())
+
+    def test_more_than_one_token_is_an_invalid_request(self):
+        t = mint.mint(KEYS, {"sub": "alice"})
+        u = mint.mint(KEYS, {"sub": "bob"}, kid="demo-ec-1")
+        bearer_t = ("authorization", f"Bearer {t}")
+        # Each location on its own works (and the second token is a valid one too).
+        for name, path, headers in [
+            ("header", "/api/orders", [bearer_t]),
+            ("the other token", "/api/orders", [("authorization", f"Bearer {u}")]),
+            ("custom header", "/api/orders", [("x-token", t)]),
+            ("query parameter", f"/api/orders?access_token={t}", []),
+            ("cookie", "/api/orders", [("cookie", f"a=b; session={t}")]),
+        ]:
+            with self.subTest(f"one token: {name}"):
+                status, _, body = self.get(path, headers)
+                self.assertEqual(status, 200, body[:300])
+        several = [
+            # Envoy joins a repeated Authorization header into one value with ",".
+            ("authorization header twice, same token", "/api/orders", [bearer_t, bearer_t]),
+            ("authorization header twice, two tokens", "/api/orders", [bearer_t, ("authorization", f"Bearer {u}")]),
+            ("two tokens in one authorization header", "/api/orders", [("authorization", f"Bearer {t}, Bearer {u}")]),
+            ("a bearer token next to Basic credentials", "/api/orders", [bearer_t, ("authorization", "Basic dTpw")]),
+            ("custom header twice", "/api/orders", [("x-token", t), ("x-token", u)]),
+            ("query parameter twice", f"/api/orders?access_token={t}&access_token={t}", []),
+            ("query parameter twice, once percent-encoded", f"/api/orders?access%5Ftoken={u}&access_token={t}", []),
+            ("cookie twice", "/api/orders", [("cookie", f"session={t}; session={u}")]),
+            ("cookie header twice", "/api/orders", [("cookie", f"session={t}"), ("cookie", f"session={t}")]),
+            ("header and query parameter", f"/api/orders?access_token={t}", [bearer_t]),
+            ("header and cookie", "/api/orders", [bearer_t, ("cookie", f"session={u}")]),
+            ("two token headers", "/api/orders", [bearer_t, ("x-token", t)]),
+            # `allow_missing` (the example's public paths): two tokens are not "no token".
+            ("two tokens on a public path", "/public/hello", [bearer_t, bearer_t]),
+        ]
+        before = self.counter("multiple_tokens")
+        description = "more than one token in the request"
+        for name, path, headers in several:
+            with self.subTest(name):
+                status, hdrs, body = self.get(path, headers)
+                self.assertEqual(status, 401, body[:300])
+                doc = json.loads(body)
+                self.assertEqual(doc["error"], "invalid_request")
+                self.assertEqual(doc["reason"], description)
+                self.assertEqual(hdrs["www-authenticate"],
+                                 f'Bearer realm="portcullis", error="invalid_request", error_description="{description}"')
+                self.assertNotIn(t[-20:], body.decode(errors="replace"))
+        self.assertTrue(envoyproc.eventually(lambda: self.counter("multiple_tokens") - before == len(several)),
+                        f"counter portcullis.jwt.local.multiple_tokens: {self.counter('multiple_tokens') - before}")
+        self.assertTrue(self.envoy.alive())
+
+
 class BadConfigurationTest(unittest.TestCase):
     """A broken plugin configuration makes Envoy refuse it, with the filter's message."""
 

@@ -167,6 +167,38 @@ fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Optio
     }
 }
 
+/// Checks the JSON type of every registered claim present (RFC 7519 4.1): `iss`, `sub` and
+/// `jti` strings, `aud` a string or an array of strings, `exp`, `nbf` and `iat` numbers.
+/// `null` is a wrong type, not an absent claim. A claim of the wrong type makes the whole
+/// token malformed — it is never skipped or filtered — so no other JWT library can read a
+/// registered claim differently. Run on every token, whatever the provider checks.
+pub fn check_claim_types(claims: &Map<String, Value>) -> Result<(), Invalid> {
+    for name in ["iss", "sub", "jti"] {
+        if claims.get(name).is_some_and(|v| !v.is_string()) {
+            return Err(Invalid::new(
+                "malformed",
+                format!("{name} must be a string"),
+            ));
+        }
+    }
+    for name in ["exp", "nbf", "iat"] {
+        if claims.get(name).is_some_and(|v| !v.is_number()) {
+            return Err(Invalid::new(
+                "malformed",
+                format!("{name} must be a number"),
+            ));
+        }
+    }
+    match claims.get("aud") {
+        None | Some(Value::String(_)) => Ok(()),
+        Some(Value::Array(auds)) if auds.iter().all(Value::is_string) => Ok(()),
+        Some(_) => Err(Invalid::new(
+            "malformed",
+            "aud must be a string or an array of strings",
+        )),
+    }
+}
+
 /// Sanitises text for `error_description` (no quotes, backslashes or control characters).
 pub fn sanitize(text: &str) -> String {
     text.chars()
@@ -187,6 +219,7 @@ pub fn check_claims(
     rules: &ClaimRules,
     now: i64,
 ) -> Result<Option<i64>, Invalid> {
+    check_claim_types(claims)?;
     let skew = i64::try_from(rules.clock_skew_s).unwrap_or(i64::MAX);
     let exp = numeric_date(claims, "exp")?;
     let nbf = numeric_date(claims, "nbf")?;
@@ -222,16 +255,32 @@ pub fn check_claims(
     match claims.get("iss") {
         Some(Value::String(iss)) if *iss == rules.issuer => {}
         Some(Value::String(_)) => return Err(Invalid::new("wrong_issuer", "wrong issuer")),
-        _ => return Err(Invalid::new("wrong_issuer", "missing issuer")),
+        None => return Err(Invalid::new("wrong_issuer", "missing issuer")),
+        Some(_) => return Err(Invalid::new("malformed", "iss must be a string")),
     }
     if !rules.audiences.is_empty() {
         let ok = match claims.get("aud") {
             Some(Value::String(aud)) => rules.audiences.contains(aud),
-            Some(Value::Array(auds)) => auds
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| rules.audiences.iter().any(|want| want == a)),
-            _ => false,
+            Some(Value::Array(auds)) => {
+                let mut any = false;
+                for aud in auds {
+                    let Some(aud) = aud.as_str() else {
+                        return Err(Invalid::new(
+                            "malformed",
+                            "aud must be a string or an array of strings",
+                        ));
+                    };
+                    any |= rules.audiences.iter().any(|want| want == aud);
+                }
+                any
+            }
+            None => false,
+            Some(_) => {
+                return Err(Invalid::new(
+                    "malformed",
+                    "aud must be a string or an array of strings",
+                ))
+            }
         };
         if !ok {
             return Err(Invalid::new("wrong_audience", "audience not allowed"));
@@ -248,7 +297,10 @@ pub fn check_claims(
     if let Some(subjects) = &rules.subjects {
         match claims.get("sub") {
             Some(Value::String(sub)) if subjects.allows(sub) => {}
-            _ => return Err(Invalid::new("wrong_subject", "subject not allowed")),
+            None | Some(Value::String(_)) => {
+                return Err(Invalid::new("wrong_subject", "subject not allowed"))
+            }
+            Some(_) => return Err(Invalid::new("malformed", "sub must be a string")),
         }
     }
     Ok(exp)
@@ -340,8 +392,62 @@ mod tests {
         assert_eq!(with("iss", json!("other")), Err("wrong_issuer"));
         assert_eq!(with("aud", json!("other")), Err("wrong_audience"));
         assert_eq!(with("sub", json!("admin")), Err("wrong_subject"));
-        assert_eq!(with("sub", Value::Null), Err("missing_claim"));
+        assert_eq!(with("sub", Value::Null), Err("malformed"));
+        let mut no_sub = ok.clone();
+        no_sub.as_object_mut().map(|c| c.remove("sub"));
+        assert_eq!(check(no_sub), Err("missing_claim"));
         assert_eq!(with("exp", json!("soon")), Err("malformed"));
         assert!(with("exp", json!(1_000_050.5)).is_ok());
+    }
+
+    #[test]
+    fn registered_claims_of_a_wrong_type_are_malformed_never_skipped() {
+        let now = 1_000_000;
+        let ok = json!({"iss": "iss", "aud": ["x", "aud"], "sub": "user:1", "exp": now + 100,
+                        "nbf": now, "iat": now, "jti": "j"});
+        let with = |k: &str, v: Value| {
+            let mut c = ok.clone();
+            c[k] = v;
+            c.as_object().cloned().unwrap_or_default()
+        };
+        assert_eq!(check_claim_types(&with("jti", json!("j"))), Ok(()));
+        let wrong = [
+            ("aud", json!(["aud", 5])),
+            ("aud", json!([5, "aud"])),
+            ("aud", json!(["aud", null])),
+            ("aud", json!(["aud", ["aud"]])),
+            ("aud", json!({"aud": true})),
+            ("aud", json!(5)),
+            ("aud", Value::Null),
+            ("iss", json!(["iss"])),
+            ("iss", Value::Null),
+            ("sub", json!(1)),
+            ("sub", json!({"id": "user:1"})),
+            ("jti", json!(7)),
+            ("exp", json!("1000100")),
+            ("exp", Value::Null),
+            ("nbf", json!(true)),
+            ("iat", json!([now])),
+        ];
+        let mut open = rules();
+        open.audiences.clear();
+        open.subjects = None;
+        open.required.clear();
+        for (name, value) in wrong {
+            let claims = with(name, value.clone());
+            let malformed = Some("malformed");
+            let code = check_claim_types(&claims).err().map(|e| e.code);
+            assert_eq!(code, malformed, "{name}: {value}");
+            // Even a provider that checks no audience, subject or claim refuses them.
+            let code = check_claims(&claims, &open, now).err().map(|e| e.code);
+            assert_eq!(code, malformed, "{name}: {value}");
+            let code = check_claims(&claims, &rules(), now).err().map(|e| e.code);
+            assert_eq!(code, malformed, "{name}: {value}");
+        }
+        // Absent is not a wrong type; an array of strings is the other form of `aud`.
+        let mut bare = with("aud", json!([]));
+        bare.retain(|k, _| k == "iss");
+        assert_eq!(check_claim_types(&bare), Ok(()));
+        assert!(check_claims(&with("aud", json!(["aud"])), &rules(), now).is_ok());
     }
 }

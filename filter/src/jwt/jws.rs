@@ -5,6 +5,7 @@
 //! decoded once per key set here, whereas `jsonwebtoken::crypto::verify` rebuilds the key
 //! and re-decodes base64 on every call (costly on wasm32, where every µs counts).
 
+use super::json::{parse_object, JsonError};
 use super::keys::{ecdsa_raw_to_der, Jwk, KeyMaterial};
 use crate::ports::HostCrypto;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -153,6 +154,79 @@ pub struct ParsedJws<'t> {
 /// (`b64: false` (RFC 7797) is refused; `jwk`/`jku`/`x5u`/`x5c` are never trusted.)
 const UNDERSTOOD_CRIT: &[&str] = &[];
 
+/// Parses a decoded header or payload: one JSON object, no member name repeated at any
+/// depth (see [`super::json`]). `part` names the segment in the reason.
+pub fn parse_json_object(bytes: &[u8], part: &str) -> Result<Map<String, Value>, Invalid> {
+    parse_object(bytes).map_err(|e| match e {
+        JsonError::DuplicateMember => {
+            Invalid::new("duplicate_member", format!("{part} repeats a member name"))
+        }
+        JsonError::NotAnObject => Invalid::new("malformed", format!("{part} is not a JSON object")),
+    })
+}
+
+/// A JSON type a registered header parameter may have.
+#[derive(Clone, Copy)]
+enum ParamType {
+    String,
+    /// A non-empty array of strings.
+    Strings,
+    Object,
+    Bool,
+}
+
+impl ParamType {
+    fn fits(self, value: &Value) -> bool {
+        match self {
+            ParamType::String => value.is_string(),
+            ParamType::Strings => value
+                .as_array()
+                .is_some_and(|a| !a.is_empty() && a.iter().all(Value::is_string)),
+            ParamType::Object => value.is_object(),
+            ParamType::Bool => value.is_boolean(),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            ParamType::String => "a string",
+            ParamType::Strings => "a non-empty array of strings",
+            ParamType::Object => "an object",
+            ParamType::Bool => "a boolean",
+        }
+    }
+}
+
+/// Registered header parameters and their types (RFC 7515 4.1, RFC 7797 3).
+const HEADER_TYPES: [(&str, ParamType); 12] = [
+    ("alg", ParamType::String),
+    ("kid", ParamType::String),
+    ("typ", ParamType::String),
+    ("cty", ParamType::String),
+    ("jku", ParamType::String),
+    ("x5u", ParamType::String),
+    ("x5t", ParamType::String),
+    ("x5t#S256", ParamType::String),
+    ("jwk", ParamType::Object),
+    ("x5c", ParamType::Strings),
+    ("crit", ParamType::Strings),
+    ("b64", ParamType::Bool),
+];
+
+/// A registered header parameter of another type is malformed, even one this filter never
+/// reads (`jku`, `x5c`...): another JOSE library in the request's path might read it.
+fn check_header_types(header: &Map<String, Value>) -> Result<(), Invalid> {
+    for (name, kind) in HEADER_TYPES {
+        if header.get(name).is_some_and(|v| !kind.fits(v)) {
+            return Err(Invalid::new(
+                "malformed",
+                format!("{name} must be {}", kind.describe()),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Splits and decodes a compact JWS and checks its header. Limits: `max_bytes` on the whole
 /// token, `max_depth` on the header's JSON nesting.
 pub fn parse_compact(
@@ -177,8 +251,10 @@ pub fn parse_compact(
     if !json_depth_ok(&header_bytes, max_depth.min(8)) {
         return Err(Invalid::new("malformed", "header nests too deeply"));
     }
-    let header: Map<String, Value> = serde_json::from_slice(&header_bytes)
-        .map_err(|_| Invalid::new("malformed", "header is not a JSON object"))?;
+    let header = parse_json_object(&header_bytes, "header")?;
+    // From here on, a registered parameter that is present has its type: a `kid` that is
+    // not a string, say, has already been refused rather than read as absent.
+    check_header_types(&header)?;
     let alg = match header.get("alg") {
         Some(Value::String(name)) => {
             if name.eq_ignore_ascii_case("none") {
@@ -190,20 +266,12 @@ pub fn parse_compact(
         _ => return Err(Invalid::new("malformed", "header has no alg")),
     };
     let kid = match header.get("kid") {
-        None => None,
         Some(Value::String(kid)) => Some(kid.clone()),
-        Some(_) => return Err(Invalid::new("malformed", "kid is not a string")),
+        _ => None,
     };
-    if let Some(crit) = header.get("crit") {
-        let names = crit
-            .as_array()
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| Invalid::new("malformed", "crit must be a non-empty array"))?;
+    if let Some(Value::Array(names)) = header.get("crit") {
         for name in names {
-            let name = name
-                .as_str()
-                .ok_or_else(|| Invalid::new("malformed", "crit entries must be strings"))?;
-            if !UNDERSTOOD_CRIT.contains(&name) {
+            if !UNDERSTOOD_CRIT.contains(&name.as_str().unwrap_or_default()) {
                 return Err(Invalid::new(
                     "unsupported_crit",
                     "unsupported critical header parameter",
@@ -211,13 +279,11 @@ pub fn parse_compact(
             }
         }
     }
-    if let Some(b64) = header.get("b64") {
-        if b64 != &Value::Bool(true) {
-            return Err(Invalid::new(
-                "unsupported_crit",
-                "unencoded payloads are not accepted",
-            ));
-        }
+    if header.get("b64") == Some(&Value::Bool(false)) {
+        return Err(Invalid::new(
+            "unsupported_crit",
+            "unencoded payloads are not accepted",
+        ));
     }
     let payload =
         b64url_decode(p).ok_or_else(|| Invalid::new("malformed", "payload is not base64url"))?;
@@ -539,6 +605,72 @@ mod tests {
         assert_eq!(
             parse_compact(&token, 8192, 32).err().map(|e| e.code),
             Some("unsupported_crit")
+        );
+    }
+
+    fn header_code(header: &str) -> Result<Alg, &'static str> {
+        let token = format!("{}.e30.AAAA", b64url_encode(header.as_bytes()));
+        parse_compact(&token, 8192, 32)
+            .map(|jws| jws.alg)
+            .map_err(|e| e.code)
+    }
+
+    #[test]
+    fn a_header_repeating_a_member_is_refused() {
+        for header in [
+            r#"{"alg":"HS256","alg":"RS256"}"#,
+            r#"{"alg":"RS256","kid":"nope","kid":"k1"}"#,
+            r#"{"alg":"RS256","kid":"a","kid":"b"}"#,
+            r#"{"alg":"RS256","jwk":{"kty":"oct","kty":"RSA"}}"#,
+            r#"{"alg":"RS256","typ":"JWT","typ":"JWT"}"#,
+        ] {
+            assert_eq!(header_code(header), Err("duplicate_member"), "{header}");
+        }
+        let token = format!(
+            "{}.e30.AAAA",
+            b64url_encode(br#"{"alg":"RS256","alg":"RS256"}"#)
+        );
+        assert_eq!(
+            parse_compact(&token, 8192, 32).err().map(|e| e.detail),
+            Some("header repeats a member name".to_owned())
+        );
+        assert_eq!(header_code(r#"{"alg":"RS256","kid":"k1"}"#), Ok(Alg::RS256));
+    }
+
+    #[test]
+    fn registered_header_parameters_of_a_wrong_type_are_malformed() {
+        for header in [
+            r#"{"alg":["RS256"]}"#,
+            r#"{"alg":"RS256","kid":5}"#,
+            r#"{"alg":"RS256","kid":null}"#,
+            r#"{"alg":"RS256","typ":1}"#,
+            r#"{"alg":"RS256","cty":["JWT"]}"#,
+            r#"{"alg":"RS256","jku":{}}"#,
+            r#"{"alg":"RS256","x5u":false}"#,
+            r#"{"alg":"RS256","x5t":1}"#,
+            r#"{"alg":"RS256","x5t#S256":null}"#,
+            r#"{"alg":"RS256","jwk":"key"}"#,
+            r#"{"alg":"RS256","x5c":"MII"}"#,
+            r#"{"alg":"RS256","x5c":[]}"#,
+            r#"{"alg":"RS256","x5c":["MII",1]}"#,
+            r#"{"alg":"RS256","crit":[]}"#,
+            r#"{"alg":"RS256","crit":"exp"}"#,
+            r#"{"alg":"RS256","crit":["b64",1]}"#,
+            r#"{"alg":"RS256","b64":"false"}"#,
+            r#"{"alg":"RS256","b64":0}"#,
+        ] {
+            assert_eq!(header_code(header), Err("malformed"), "{header}");
+        }
+        // Right types: parameters the filter does not use are not refused for existing.
+        assert_eq!(
+            header_code(
+                r#"{"alg":"ES256","kid":"k","typ":"JWT","cty":"x","jku":"https://a","x5u":"https://b","x5t":"t","x5t#S256":"t","x5c":["MII"],"jwk":{},"b64":true}"#
+            ),
+            Ok(Alg::ES256)
+        );
+        assert_eq!(
+            header_code(r#"{"alg":"RS256","b64":false}"#),
+            Err("unsupported_crit")
         );
     }
 

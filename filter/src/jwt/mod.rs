@@ -7,6 +7,7 @@
 pub mod cache;
 pub mod claims;
 pub mod config;
+pub mod json;
 pub mod jws;
 pub mod keys;
 pub mod remote;
@@ -22,12 +23,13 @@ use crate::expr::{Activation, Expr, JwtAttributes};
 use crate::ports::{Counters, HostCrypto};
 use crate::request::{HostAttribute, RequestView};
 use claims::{
-    check_claims, header_value, sanitize, unix_seconds, ClaimPath, ClaimRules, SubjectRule,
+    check_claim_types, check_claims, header_value, sanitize, unix_seconds, ClaimPath, ClaimRules,
+    SubjectRule,
 };
 use config::{JwksSource, ProviderConfig, RequirementConfig};
-use jws::{json_depth_ok, verify_compact_with, Invalid};
+use jws::{json_depth_ok, parse_json_object, verify_compact_with, Invalid};
 use keys::{KeyPolicy, KeySet};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -115,6 +117,7 @@ struct Provider {
     cache_scope: String,
     c_ok: String,
     c_missing: String,
+    c_multiple_tokens: String,
     c_invalid: String,
     c_cache_hit: String,
     c_cache_miss: String,
@@ -149,6 +152,9 @@ const REALM: &str = "portcullis";
 
 /// `Retry-After` of a 503 `keys_unavailable`, in seconds.
 pub const KEYS_RETRY_AFTER_S: u32 = 2;
+
+/// The `invalid_request` reason, also its `error_description` (nothing to escape).
+const MULTIPLE_TOKENS: &str = "more than one token in the request";
 
 /// Where a token was found: what `forward: false` removes before the request goes upstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +209,8 @@ impl TokenLocation {
 #[derive(Debug, Clone)]
 enum ProviderResult {
     Missing,
+    /// More than one token in the provider's locations ([`Extracted::Several`]).
+    MultipleTokens,
     Verified(Arc<VerifiedToken>, TokenLocation),
     Invalid(Invalid),
     Pending,
@@ -213,6 +221,7 @@ enum ProviderResult {
 enum Eval {
     Pass(Vec<usize>),
     Missing,
+    MultipleTokens,
     Invalid(Invalid),
     Pending(Vec<String>),
     Unavailable,
@@ -431,6 +440,21 @@ impl Authenticator {
                 )],
                 subject: None,
             }),
+            // RFC 6750 3.1, with 401 rather than the 400 it suggests: every answer of
+            // authentication is a 401, as in Envoy's jwt_authn.
+            Eval::MultipleTokens => AuthnOutcome::Fail(Deny {
+                status: 401,
+                error: "invalid_request",
+                reason: MULTIPLE_TOKENS.to_owned(),
+                rule,
+                headers: vec![(
+                    "www-authenticate".to_owned(),
+                    format!(
+                        "Bearer realm=\"{REALM}\", error=\"invalid_request\", error_description=\"{MULTIPLE_TOKENS}\""
+                    ),
+                )],
+                subject: None,
+            }),
             Eval::Invalid(invalid) => {
                 let description = sanitize(&invalid.detail);
                 AuthnOutcome::Fail(Deny {
@@ -475,6 +499,7 @@ impl Authenticator {
             Requirement::Provider(i) => match self.provider_result(*i, request, env, memo) {
                 ProviderResult::Verified(..) => Eval::Pass(vec![*i]),
                 ProviderResult::Missing => Eval::Missing,
+                ProviderResult::MultipleTokens => Eval::MultipleTokens,
                 ProviderResult::Invalid(e) => Eval::Invalid(e),
                 ProviderResult::Pending => Eval::Pending(self.name_of(*i)),
                 ProviderResult::Unavailable => Eval::Unavailable,
@@ -510,6 +535,7 @@ impl Authenticator {
                     let r = match self.provider_result(i, request, env, memo) {
                         ProviderResult::Verified(..) => return Eval::Pass(vec![i]),
                         ProviderResult::Missing => Eval::Missing,
+                        ProviderResult::MultipleTokens => Eval::MultipleTokens,
                         ProviderResult::Invalid(e) => Eval::Invalid(e),
                         ProviderResult::Pending => Eval::Pending(self.name_of(i)),
                         ProviderResult::Unavailable => Eval::Unavailable,
@@ -518,7 +544,9 @@ impl Authenticator {
                 }
                 match combine_failures(results) {
                     Eval::Missing => Eval::Pass(Vec::new()),
-                    Eval::Invalid(_) | Eval::Unavailable if lenient => Eval::Pass(Vec::new()),
+                    Eval::Invalid(_) | Eval::MultipleTokens | Eval::Unavailable if lenient => {
+                        Eval::Pass(Vec::new())
+                    }
                     other => other,
                 }
             }
@@ -559,9 +587,16 @@ impl Authenticator {
         request: &RequestView,
         env: &mut AuthnEnv<'_>,
     ) -> ProviderResult {
-        let Some((token, source)) = extract(&p.sources, request) else {
-            env.counters.increment(&p.c_missing, 1);
-            return ProviderResult::Missing;
+        let (token, source) = match extract(&p.sources, request) {
+            Extracted::One(token, source) => (token, source),
+            Extracted::Missing => {
+                env.counters.increment(&p.c_missing, 1);
+                return ProviderResult::Missing;
+            }
+            Extracted::Several => {
+                env.counters.increment(&p.c_multiple_tokens, 1);
+                return ProviderResult::MultipleTokens;
+            }
         };
         let now = unix_seconds(env.now);
         let (keys, generation) = match &p.keys {
@@ -632,15 +667,18 @@ impl Authenticator {
 }
 
 /// Most relevant failure among alternatives: pending keys (the token may yet verify), then
-/// unavailable keys, then the first invalid token, else missing.
+/// several tokens (a malformed request, whatever the keys), then unavailable keys, then the
+/// first invalid token, else missing.
 fn combine_failures(results: Vec<Eval>) -> Eval {
     let mut pending = Vec::new();
+    let mut multiple = false;
     let mut unavailable = false;
     let mut invalid = None;
     for r in results {
         match r {
             Eval::Pass(u) => return Eval::Pass(u),
             Eval::Pending(p) => pending.extend(p),
+            Eval::MultipleTokens => multiple = true,
             Eval::Unavailable => unavailable = true,
             Eval::Invalid(e) => {
                 if invalid.is_none() {
@@ -654,6 +692,8 @@ fn combine_failures(results: Vec<Eval>) -> Eval {
         pending.sort();
         pending.dedup();
         Eval::Pending(pending)
+    } else if multiple {
+        Eval::MultipleTokens
     } else if unavailable {
         Eval::Unavailable
     } else if let Some(e) = invalid {
@@ -682,8 +722,9 @@ fn verify_token(
             if !json_depth_ok(&jws.payload, p.max_json_depth) {
                 return Err(Invalid::new("malformed", "payload nests too deeply"));
             }
-            let claims: Map<String, Value> = serde_json::from_slice(&jws.payload)
-                .map_err(|_| Invalid::new("malformed", "payload is not a JSON object"))?;
+            let claims = parse_json_object(&jws.payload, "payload")?;
+            // Malformed for every provider, so refused before the issuer filter and any crypto.
+            check_claim_types(&claims)?;
             // Cheap issuer filter before any crypto (several providers may share a header).
             if claims.get("iss").and_then(Value::as_str) != Some(p.rules.issuer.as_str()) {
                 return Err(Invalid::new("wrong_issuer", "wrong issuer"));
@@ -711,26 +752,88 @@ fn verify_token(
     })
 }
 
-/// Finds the provider's token: headers first (in configured order), then query
-/// parameters, then cookies. Returns the token and where it was found. Public only so the
+/// What a provider's token locations hold in one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Extracted<'r> {
+    Missing,
+    /// Exactly one token, and where it was.
+    One(Cow<'r, str>, TokenLocation),
+    /// More than one candidate: a token header with several values (Envoy joins a repeated
+    /// header with `,`), a repeated parameter or cookie, or tokens in two locations. Which
+    /// one is "the" token is a guess another component could make differently, and RFC 6750
+    /// 2 allows one method per request: the request is refused (`invalid_request`).
+    Several,
+}
+
+/// A second token, or a token next to another value of its location: the search ends there.
+struct SecondToken;
+
+/// Collects candidates across a provider's locations.
+struct Candidates<'r> {
+    first: Option<(Cow<'r, str>, TokenLocation)>,
+}
+
+impl<'r> Candidates<'r> {
+    /// Fails on the second candidate.
+    fn add(
+        &mut self,
+        token: Cow<'r, str>,
+        location: impl FnOnce() -> TokenLocation,
+    ) -> Result<(), SecondToken> {
+        if self.first.is_some() {
+            return Err(SecondToken);
+        }
+        self.first = Some((token, location()));
+        Ok(())
+    }
+}
+
+/// Finds the provider's token in every configured location (headers, then query
+/// parameters, then cookies) and makes sure there is only one. Public only so the
 /// benchmarks can time this stage on its own.
-pub fn extract<'r>(
+pub fn extract<'r>(sources: &[TokenSource], request: &'r RequestView) -> Extracted<'r> {
+    match find_candidates(sources, request) {
+        Ok(Candidates { first: None }) => Extracted::Missing,
+        Ok(Candidates {
+            first: Some((token, location)),
+        }) => Extracted::One(token, location),
+        Err(SecondToken) => Extracted::Several,
+    }
+}
+
+fn find_candidates<'r>(
     sources: &[TokenSource],
     request: &'r RequestView,
-) -> Option<(Cow<'r, str>, TokenLocation)> {
+) -> Result<Candidates<'r>, SecondToken> {
+    let mut found = Candidates { first: None };
     for source in sources {
+        // Values of this location, and how many of them are tokens: a token next to any
+        // other value of the same location (`Bearer t, Basic x`, `?access_token=t&access_token=%`)
+        // is one value too many.
+        let mut values = 0usize;
+        let mut tokens = 0usize;
         match source {
             TokenSource::Header { name, prefix } => {
                 for v in request.headers.values_ignore_case(name) {
-                    let rest = match prefix {
-                        None => Some(v),
-                        Some(prefix) => v
-                            .get(..prefix.len())
-                            .filter(|head| head.eq_ignore_ascii_case(prefix))
-                            .and_then(|_| v.get(prefix.len()..)),
-                    };
-                    if let Some(token) = rest.map(str::trim).filter(|t| !t.is_empty()) {
-                        return Some((Cow::Borrowed(token), TokenLocation::Header(name.clone())));
+                    // A token never contains `,` (RFC 6750 b64token), so splitting undoes
+                    // Envoy's merge of a repeated header and can't cut a token in two.
+                    for element in v.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                        values += 1;
+                        let token = match prefix {
+                            None => Some(element),
+                            Some(prefix) => element
+                                .get(..prefix.len())
+                                .filter(|head| head.eq_ignore_ascii_case(prefix))
+                                .and_then(|_| element.get(prefix.len()..))
+                                .map(str::trim)
+                                .filter(|t| !t.is_empty()),
+                        };
+                        if let Some(token) = token {
+                            tokens += 1;
+                            found.add(Cow::Borrowed(token), || {
+                                TokenLocation::Header(name.clone())
+                            })?;
+                        }
                     }
                 }
             }
@@ -742,10 +845,13 @@ pub fn extract<'r>(
                 let query = query.split('#').next().unwrap_or_default();
                 for pair in query.split('&') {
                     let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    if percent_decode(k).as_deref() == Some(param.as_str()) {
-                        if let Some(token) = percent_decode(v).filter(|t| !t.is_empty()) {
-                            return Some((Cow::Owned(token), TokenLocation::Param(param.clone())));
-                        }
+                    if v.is_empty() || percent_decode(k).as_deref() != Some(param.as_str()) {
+                        continue;
+                    }
+                    values += 1;
+                    if let Some(token) = percent_decode(v).filter(|t| !t.is_empty()) {
+                        tokens += 1;
+                        found.add(Cow::Owned(token), || TokenLocation::Param(param.clone()))?;
                     }
                 }
             }
@@ -755,18 +861,22 @@ pub fn extract<'r>(
                         if let Some((name, value)) = pair.trim().split_once('=') {
                             let value = value.trim().trim_matches('"');
                             if name.trim() == cookie && !value.is_empty() {
-                                return Some((
-                                    Cow::Borrowed(value),
-                                    TokenLocation::Cookie(cookie.clone()),
-                                ));
+                                values += 1;
+                                tokens += 1;
+                                found.add(Cow::Borrowed(value), || {
+                                    TokenLocation::Cookie(cookie.clone())
+                                })?;
                             }
                         }
                     }
                 }
             }
         }
+        if tokens > 0 && values > 1 {
+            return Err(SecondToken);
+        }
     }
-    None
+    Ok(found)
 }
 
 fn percent_decode(text: &str) -> Option<String> {
@@ -1019,6 +1129,13 @@ fn compile_provider(pc: &ProviderConfig, field: &str, epoch: u64) -> Result<Prov
                 "not a valid header name",
             ));
         }
+        if h.value_prefix.as_deref().is_some_and(|p| p.contains(',')) {
+            // `,` separates the values of a repeated header (see `find_candidates`).
+            return Err(ConfigError::new(
+                format!("{field}.from_headers[{j}].value_prefix"),
+                "must not contain `,`",
+            ));
+        }
         sources.push(TokenSource::Header {
             name: lower,
             prefix: h.value_prefix.clone().filter(|p| !p.is_empty()),
@@ -1113,6 +1230,7 @@ fn compile_provider(pc: &ProviderConfig, field: &str, epoch: u64) -> Result<Prov
         cache_scope: format!("{name}\0{epoch}"),
         c_ok: counter("ok"),
         c_missing: counter("missing"),
+        c_multiple_tokens: counter("multiple_tokens"),
         c_invalid: counter("invalid"),
         c_cache_hit: counter("cache_hit"),
         c_cache_miss: counter("cache_miss"),

@@ -222,7 +222,8 @@ fn missing_and_invalid_answers() {
         (json!({"nbf": NOW + 1000}), "not_yet_valid"),
         (json!({"iss": "https://evil"}), "wrong_issuer"),
         (json!({"aud": ["other"]}), "wrong_audience"),
-        (json!({"sub": null}), "missing_claim"),
+        // `null` is a wrong type for a registered claim, not an absent one.
+        (json!({"sub": null}), "malformed"),
     ];
     for (patch, code) in cases {
         let mut c = claims();
@@ -251,6 +252,14 @@ fn missing_and_invalid_answers() {
             "{code}"
         );
     }
+    let mut no_sub = claims();
+    no_sub.as_object_mut().map(|c| c.remove("sub"));
+    let d = deny(w.run(&a, &bearer(&token(&no_sub))));
+    assert_eq!(d.reason, "missing claim sub");
+    assert_eq!(
+        w.counters.get("portcullis.jwt.local.invalid.missing_claim"),
+        1
+    );
     assert_eq!(w.cache.len(), 0, "failures are never cached");
 
     // Tampered signature.
@@ -277,7 +286,8 @@ fn missing_and_invalid_answers() {
     deny(w.run(&a, &bearer(&none)));
     assert_eq!(w.counters.get("portcullis.jwt.local.invalid.alg_none"), 1);
     deny(w.run(&a, &bearer("garbage")));
-    assert_eq!(w.counters.get("portcullis.jwt.local.invalid.malformed"), 1);
+    // The second: `sub: null` above.
+    assert_eq!(w.counters.get("portcullis.jwt.local.invalid.malformed"), 2);
     // Too large.
     let big = "a".repeat(9000);
     deny(w.run(&a, &bearer(&big)));
@@ -700,4 +710,517 @@ fn requirement_rules_see_the_request() {
     assert!(tok.is_none());
     let d = deny(w.run(&a, &RequestView::new("GET", "/private", &[])));
     assert_eq!((d.error, d.rule), ("missing_token", None));
+}
+
+/// Signs header and claims given as JSON text, so they can say what `json!` can't (a member
+/// twice).
+fn sign_ed_raw(header: &str, claims: &str) -> String {
+    use ed25519_dalek::Signer;
+    let input = format!(
+        "{}.{}",
+        b64url_encode(header.as_bytes()),
+        b64url_encode(claims.as_bytes())
+    );
+    let sig = ed_key().sign(input.as_bytes());
+    format!("{input}.{}", b64url_encode(&sig.to_bytes()))
+}
+
+/// `claims()` as text with `extra` members spliced in at the front (before the originals,
+/// so serde_json's "last one wins" would pick the good value).
+fn claims_text_with(extra: &str) -> String {
+    let text = claims().to_string();
+    format!("{{{extra},{}", text.get(1..).unwrap_or_default())
+}
+
+#[test]
+fn signed_tokens_repeating_a_member_are_refused_with_their_own_reason() {
+    let a = auth(base_config());
+    let mut w = World::new();
+    let good_header = r#"{"alg":"EdDSA","kid":"k1"}"#;
+    // The control: the same construction without a repeat passes.
+    pass(w.run(
+        &a,
+        &bearer(&sign_ed_raw(good_header, &claims_text_with(r#""jti":"1""#))),
+    ));
+    let past = NOW - 3600;
+    let cases = [
+        (
+            r#"{"alg":"EdDSA","kid":"nope","kid":"k1"}"#.to_owned(),
+            claims().to_string(),
+            "header",
+        ),
+        (
+            r#"{"alg":"HS256","alg":"EdDSA","kid":"k1"}"#.to_owned(),
+            claims().to_string(),
+            "header",
+        ),
+        (
+            good_header.to_owned(),
+            claims_text_with(r#""sub":"user:root""#),
+            "payload",
+        ),
+        (
+            good_header.to_owned(),
+            claims_text_with(&format!(r#""exp":{past}"#)),
+            "payload",
+        ),
+        (
+            good_header.to_owned(),
+            claims_text_with(r#""iss":"https://evil""#),
+            "payload",
+        ),
+        (
+            good_header.to_owned(),
+            claims_text_with(r#""aud":"someone-else""#),
+            "payload",
+        ),
+        (
+            good_header.to_owned(),
+            claims_text_with(r#""\u0073ub":"user:root""#),
+            "payload",
+        ),
+        // Nested: the policy-visible `org.team` could be either.
+        (
+            good_header.to_owned(),
+            claims()
+                .to_string()
+                .replace(r#""team":"blue""#, r#""team":"red","team":"blue""#),
+            "payload",
+        ),
+        (
+            good_header.to_owned(),
+            claims_text_with(r#""groups":[{"n":"a","n":"b"}]"#),
+            "payload",
+        ),
+    ];
+    for (i, (header, payload, part)) in cases.iter().enumerate() {
+        let t = sign_ed_raw(header, payload);
+        let d = deny(w.run(&a, &bearer(&t)));
+        assert_eq!((d.status, d.error), (401, "invalid_token"), "case {i}");
+        assert_eq!(
+            d.reason,
+            format!("{part} repeats a member name"),
+            "case {i}"
+        );
+        assert_eq!(
+            d.headers,
+            vec![(
+                "www-authenticate".to_owned(),
+                format!("Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{part} repeats a member name\"")
+            )]
+        );
+    }
+    assert_eq!(
+        w.counters
+            .get("portcullis.jwt.local.invalid.duplicate_member"),
+        cases.len() as i64
+    );
+    assert_eq!(w.counters.get("portcullis.jwt.local.ok"), 1);
+}
+
+#[test]
+fn signed_tokens_with_a_registered_claim_of_a_wrong_type_are_malformed() {
+    // No audience check configured: `aud` is still type-checked.
+    let mut c = base_config();
+    c["providers"][0]["audiences"] = json!([]);
+    for config in [base_config(), c] {
+        let a = auth(config);
+        let mut w = World::new();
+        let cases = [
+            ("aud", json!(["portcullis-demo", 5])),
+            ("aud", json!([5, "portcullis-demo"])),
+            ("aud", json!(["portcullis-demo", {"x": 1}])),
+            ("aud", json!(null)),
+            ("sub", json!(42)),
+            ("jti", json!(["a"])),
+            ("iat", json!("now")),
+            ("nbf", json!(false)),
+            ("iss", json!([ISS])),
+        ];
+        for (name, value) in &cases {
+            let mut bad = claims();
+            bad[*name] = value.clone();
+            let d = deny(w.run(&a, &bearer(&token(&bad))));
+            assert_eq!(d.error, "invalid_token", "{name}: {value}");
+            assert!(d.reason.starts_with(name), "{name}: {}", d.reason);
+        }
+        assert_eq!(
+            w.counters.get("portcullis.jwt.local.invalid.malformed"),
+            cases.len() as i64
+        );
+        // Refused before the issuer filter, the signature and every other check.
+        assert_eq!(
+            w.counters.get("portcullis.jwt.local.invalid.wrong_issuer"),
+            0
+        );
+        let mut good = claims();
+        good["aud"] = json!(["x", "portcullis-demo"]);
+        pass(w.run(&a, &bearer(&token(&good))));
+    }
+}
+
+fn multi_config() -> Value {
+    let mut c = base_config();
+    c["providers"][0]["from_headers"] = json!([
+        {"name": "authorization", "value_prefix": "Bearer "},
+        {"name": "x-token"}
+    ]);
+    c["providers"][0]["from_params"] = json!(["access_token"]);
+    c["providers"][0]["from_cookies"] = json!(["session"]);
+    c
+}
+
+#[test]
+fn more_than_one_token_is_an_invalid_request() {
+    let a = auth(multi_config());
+    let mut w = World::new();
+    let t = token(&claims());
+    let mut other = claims();
+    other["sub"] = json!("user:bob");
+    let u = token(&other);
+    let req = |path: &str, headers: &[(&str, &str)]| RequestView::new("GET", path, headers);
+    let bearer_t = format!("Bearer {t}");
+    let several: Vec<(&str, RequestView)> = vec![
+        (
+            "merged header, same token",
+            req(
+                "/",
+                &[("authorization", &format!("Bearer {t}, Bearer {t}"))],
+            ),
+        ),
+        (
+            "merged header, no space",
+            req("/", &[("authorization", &format!("Bearer {t},Bearer {u}"))]),
+        ),
+        (
+            "header twice",
+            req(
+                "/",
+                &[
+                    ("authorization", &bearer_t),
+                    ("Authorization", &format!("Bearer {u}")),
+                ],
+            ),
+        ),
+        (
+            "bearer next to another scheme",
+            req(
+                "/",
+                &[("authorization", &format!("Bearer {t}, Basic dXNlcjpwdw=="))],
+            ),
+        ),
+        (
+            "bearer next to another scheme, two entries",
+            req(
+                "/",
+                &[
+                    ("authorization", "Basic dXNlcjpwdw=="),
+                    ("authorization", &bearer_t),
+                ],
+            ),
+        ),
+        (
+            "custom header twice",
+            req("/", &[("x-token", &t), ("x-token", &u)]),
+        ),
+        (
+            "custom header merged",
+            req("/", &[("x-token", &format!("{t},{u}"))]),
+        ),
+        (
+            "param twice",
+            req(&format!("/?access_token={t}&access_token={u}"), &[]),
+        ),
+        (
+            "param twice, once percent-encoded",
+            req(&format!("/?access%5Ftoken={t}&a=1&access_token={t}"), &[]),
+        ),
+        (
+            "param next to an undecodable one",
+            req(&format!("/?access_token={t}&access_token=%FF"), &[]),
+        ),
+        (
+            "cookie twice",
+            req(
+                "/",
+                &[("cookie", &format!("session={t}; a=b; session={u}"))],
+            ),
+        ),
+        (
+            "cookie in two headers",
+            req(
+                "/",
+                &[
+                    ("cookie", &format!("session={t}")),
+                    ("cookie", &format!("session={t}")),
+                ],
+            ),
+        ),
+        (
+            "header and param",
+            req(
+                &format!("/?access_token={t}"),
+                &[("authorization", &bearer_t)],
+            ),
+        ),
+        (
+            "header and cookie",
+            req(
+                "/",
+                &[
+                    ("authorization", &bearer_t),
+                    ("cookie", &format!("session={t}")),
+                ],
+            ),
+        ),
+        (
+            "two headers",
+            req("/", &[("authorization", &bearer_t), ("x-token", &t)]),
+        ),
+        (
+            "a token and garbage",
+            req("/", &[("authorization", &bearer_t), ("x-token", "garbage")]),
+        ),
+    ];
+    for (name, request) in &several {
+        let d = deny(w.run(&a, request));
+        assert_eq!((d.status, d.error), (401, "invalid_request"), "{name}");
+        assert_eq!(d.reason, "more than one token in the request");
+        assert_eq!(
+            d.headers,
+            vec![(
+                "www-authenticate".to_owned(),
+                "Bearer realm=\"portcullis\", error=\"invalid_request\", error_description=\"more than one token in the request\"".to_owned()
+            )],
+            "{name}"
+        );
+        assert!(!d.body(false).contains(&t) && !d.body(false).contains(&u));
+        assert_eq!(
+            serde_json::from_str::<Value>(&d.body(true)).ok(),
+            Some(
+                json!({"error": "invalid_request", "reason": "more than one token in the request"})
+            )
+        );
+    }
+    assert_eq!(
+        w.counters.get("portcullis.jwt.local.multiple_tokens"),
+        several.len() as i64
+    );
+    assert_eq!(
+        w.counters.get("portcullis.jwt.local.ok"),
+        0,
+        "no token was verified"
+    );
+
+    // One token, wherever it is, and other values that are no token: one candidate.
+    let one: Vec<(&str, RequestView)> = vec![
+        ("plain", req("/", &[("authorization", &bearer_t)])),
+        (
+            "an empty merged value",
+            req("/", &[("authorization", &format!("Bearer {t},"))]),
+        ),
+        (
+            "an empty second entry",
+            req("/", &[("authorization", &bearer_t), ("authorization", "")]),
+        ),
+        (
+            "an empty param",
+            req(&format!("/?access_token=&access_token={t}"), &[]),
+        ),
+        (
+            "an empty cookie and others",
+            req(
+                "/",
+                &[("cookie", &format!("session=; a=b; session={t}; c=d"))],
+            ),
+        ),
+        (
+            "an unrelated header",
+            req("/", &[("x-tokens", &t), ("x-token", &t)]),
+        ),
+    ];
+    for (name, request) in &one {
+        let (tok, _) = pass(w.run(&a, request));
+        assert!(tok.is_some(), "{name}");
+    }
+    // No token at all, even in a header holding several values: missing.
+    let d = deny(w.run(&a, &req("/", &[("authorization", "Basic a, Basic b")])));
+    assert_eq!(d.error, "missing_token");
+}
+
+#[test]
+fn several_tokens_under_each_requirement() {
+    let t = token(&claims());
+    let twice = RequestView::new(
+        "GET",
+        "/",
+        &[("authorization", &format!("Bearer {t}, Bearer {t}"))],
+    );
+    let mut c = base_config();
+    c["requirements"] =
+        json!([{"name": "maybe", "when": "true", "require": {"allow_missing": {}}}]);
+    let d = deny(World::new().run(&auth(c.clone()), &twice));
+    assert_eq!(
+        (d.error, d.rule.as_deref()),
+        ("invalid_request", Some("maybe"))
+    );
+    // `allow_missing_or_failed` lets the request through, but with no token.
+    c["requirements"][0]["require"] = json!({"allow_missing_or_failed": {}});
+    let (tok, _) = pass(World::new().run(&auth(c.clone()), &twice));
+    assert!(tok.is_none());
+    // Another provider (another header) with one valid token still satisfies `any_of`; when
+    // every alternative fails, the several tokens are what the answer reports.
+    let mut second = c["providers"][0].clone();
+    second["name"] = json!("other");
+    second["from_headers"] = json!([{"name": "x-other"}]);
+    c["providers"]
+        .as_array_mut()
+        .into_iter()
+        .for_each(|p| p.push(second.clone()));
+    c["requirements"][0]["require"] =
+        json!({"any_of": [{"provider": "local"}, {"provider": "other"}]});
+    let a = auth(c);
+    let both = RequestView::new(
+        "GET",
+        "/",
+        &[
+            ("authorization", &format!("Bearer {t}, Bearer {t}")),
+            ("x-other", &t),
+        ],
+    );
+    let (tok, _) = pass(World::new().run(&a, &both));
+    assert_eq!(tok.map(|t| t.provider.clone()).as_deref(), Some("other"));
+    let bad_other = RequestView::new(
+        "GET",
+        "/",
+        &[
+            ("authorization", &format!("Bearer {t}, Bearer {t}")),
+            ("x-other", "garbage"),
+        ],
+    );
+    assert_eq!(
+        deny(World::new().run(&a, &bad_other)).error,
+        "invalid_request"
+    );
+}
+
+#[test]
+fn a_value_prefix_with_a_comma_is_a_config_error() {
+    let mut c = base_config();
+    c["providers"][0]["from_headers"] =
+        json!([{"name": "authorization", "value_prefix": "Bearer,"}]);
+    assert_eq!(
+        compile(c).err().map(|e| e.field).as_deref(),
+        Some("jwt.providers[0].from_headers[0].value_prefix")
+    );
+}
+
+mod jose_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Object member names, a few of them shared so that repeats come up.
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof!["(alg|kid|sub|exp|aud)", "[a-z]{1,3}"]
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[a-z]{0,4}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::vec((name(), inner), 0..4)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// JSON text of `value` with the last member of its first non-empty object (depth-first)
+    /// written twice.
+    fn with_a_repeat(value: &Value) -> Option<String> {
+        match value {
+            Value::Object(map) => {
+                let mut members: Vec<String> = Vec::new();
+                let mut repeated = false;
+                for (k, v) in map {
+                    let v_text = if repeated { None } else { with_a_repeat(v) };
+                    repeated |= v_text.is_some();
+                    members.push(format!(
+                        "{}:{}",
+                        Value::from(k.as_str()),
+                        v_text.unwrap_or_else(|| v.to_string())
+                    ));
+                }
+                if !repeated {
+                    let last = members.last().cloned()?;
+                    members.push(last);
+                }
+                Some(format!("{{{}}}", members.join(",")))
+            }
+            Value::Array(items) => {
+                let mut parts: Vec<String> = Vec::new();
+                let mut repeated = false;
+                for v in items {
+                    let text = if repeated { None } else { with_a_repeat(v) };
+                    repeated |= text.is_some();
+                    parts.push(text.unwrap_or_else(|| v.to_string()));
+                }
+                repeated.then(|| format!("[{}]", parts.join(",")))
+            }
+            _ => None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn strict_parsing_agrees_with_serde_json_on_unique_names(members in proptest::collection::vec((name(), json_value()), 0..6)) {
+            let object = Value::Object(members.into_iter().collect());
+            let text = object.to_string();
+            prop_assert_eq!(json::parse_object(text.as_bytes()).map(Value::Object), Ok(object));
+        }
+
+        #[test]
+        fn any_repeat_at_any_depth_is_refused(members in proptest::collection::vec((name(), json_value()), 1..6)) {
+            let object = Value::Object(members.into_iter().collect());
+            let text = with_a_repeat(&object);
+            prop_assert!(text.is_some());
+            let text = text.unwrap_or_default();
+            prop_assert_eq!(json::parse_object(text.as_bytes()), Err(json::JsonError::DuplicateMember), "{}", text);
+            // And through a signed token, as the payload.
+            let a = auth(base_config());
+            let d = deny(World::new().run(&a, &bearer(&sign_ed_raw(r#"{"alg":"EdDSA","kid":"k1"}"#, &text))));
+            prop_assert_eq!(d.reason, "payload repeats a member name");
+        }
+
+        #[test]
+        fn a_second_token_anywhere_is_an_invalid_request(
+            places in proptest::collection::vec(0usize..5, 2..5),
+            spaces in "[ ]{0,2}",
+        ) {
+            let t = token(&claims());
+            let mut headers: Vec<(String, String)> = Vec::new();
+            let mut query = Vec::new();
+            for place in &places {
+                match place {
+                    0 => headers.push(("authorization".into(), format!("Bearer{spaces} {t}"))),
+                    1 => headers.push(("x-token".into(), t.clone())),
+                    2 => query.push(format!("access_token={t}")),
+                    3 => headers.push(("cookie".into(), format!("a=1;{spaces}session={t}"))),
+                    _ => headers.push(("authorization".into(), format!("bearer {t},{spaces}Bearer {t}"))),
+                }
+            }
+            let path = format!("/?{}", query.join("&"));
+            let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let a = auth(multi_config());
+            let mut w = World::new();
+            let d = deny(w.run(&a, &RequestView::new("GET", &path, &pairs)));
+            prop_assert_eq!(d.error, "invalid_request");
+            prop_assert_eq!(w.counters.get("portcullis.jwt.local.multiple_tokens"), 1);
+        }
+    }
 }
