@@ -26,7 +26,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(expr) => expr,
         Err(error) => {
             let again = Expr::compile(&source).err();
-            assert_eq!(again.as_ref().map(ToString::to_string), Some(error.to_string()));
+            assert_eq!(
+                again.as_ref().map(ToString::to_string),
+                Some(error.to_string())
+            );
             return;
         }
     };

@@ -52,13 +52,23 @@ fuzz_target!(|data: &[u8]| {
     let request = RequestView::new(
         "GET",
         "/api/orders?access_token=x",
-        &[("x-tenant", "acme"), ("authorization", "Bearer a.b.c"), ("user-agent", "legacy-cli/1")],
+        &[
+            ("x-tenant", "acme"),
+            ("authorization", "Bearer a.b.c"),
+            ("user-agent", "legacy-cli/1"),
+        ],
     )
-    .with_attribute(HostAttribute::SourceAddress, AttributeValue::String("10.0.0.1:5000".into()))
+    .with_attribute(
+        HostAttribute::SourceAddress,
+        AttributeValue::String("10.0.0.1:5000".into()),
+    )
     .with_attribute(HostAttribute::ConnectionMtls, AttributeValue::Bool(true));
     let outcome = run(&first, &request);
     assert_eq!(outcome, run(&second, &request));
-    if let portcullis_filter::decision::Outcome::Decided(portcullis_filter::decision::Decision::Deny(deny)) = &outcome {
+    if let portcullis_filter::decision::Outcome::Decided(
+        portcullis_filter::decision::Decision::Deny(deny),
+    ) = &outcome
+    {
         let _ = portcullis_filter::pipeline::render_deny(&first, deny);
     }
 });

@@ -11,7 +11,10 @@ fn summary(set: &Result<KeySet, portcullis_filter::jwt::keys::KeyError>) -> Stri
         Ok(set) => format!(
             "{} keys {:?}, skipped {:?}",
             set.keys.len(),
-            set.keys.iter().map(|k| (&k.kid, k.is_symmetric())).collect::<Vec<_>>(),
+            set.keys
+                .iter()
+                .map(|k| (&k.kid, k.is_symmetric()))
+                .collect::<Vec<_>>(),
             set.skipped
         ),
         Err(e) => format!("error {e}"),
@@ -21,11 +24,17 @@ fn summary(set: &Result<KeySet, portcullis_filter::jwt::keys::KeyError>) -> Stri
 fuzz_target!(|data: &[u8]| {
     for (policy, depth) in [(KeyPolicy::Remote, 16), (KeyPolicy::Inline, 32)] {
         let first = KeySet::parse(data, policy, depth);
-        assert_eq!(summary(&first), summary(&KeySet::parse(data, policy, depth)));
+        assert_eq!(
+            summary(&first),
+            summary(&KeySet::parse(data, policy, depth))
+        );
         // `from_value` is the path of a JWKS object inlined in the configuration.
         if let (Ok(set), Ok(value)) = (&first, serde_json::from_slice::<serde_json::Value>(data)) {
             let via_value = KeySet::from_value(&value, policy);
-            assert_eq!(via_value.as_ref().map(|s| s.keys.len()).ok(), Some(set.keys.len()));
+            assert_eq!(
+                via_value.as_ref().map(|s| s.keys.len()).ok(),
+                Some(set.keys.len())
+            );
         }
     }
 });

@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use portcullis_filter::expr::Activation;
-use portcullis_filter::jwt::{AuthnEnv, AuthnOutcome, Authenticator, JwtConfig, RemoteKeys};
+use portcullis_filter::jwt::{Authenticator, AuthnEnv, AuthnOutcome, JwtConfig, RemoteKeys};
 use portcullis_filter::ports::memory::MemoryCounters;
 use portcullis_filter::ports::NoHostCrypto;
 use portcullis_filter::request::RequestView;
@@ -35,8 +35,7 @@ fn authenticator() -> &'static Authenticator {
                 "issuer": "https://issuer",
                 "jwks": {"inline": {"keys": [
                     {"kty": "OKP", "crv": "Ed25519", "kid": "ed",
-                     "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
-                    {"kty": "oct", "kid": "hs", "alg": "HS256", "k": HMAC_KEY_B64URL}
+                     "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
                 ]}},
                 "from_params": ["access_token"],
                 "from_cookies": ["session"],
@@ -45,8 +44,20 @@ fn authenticator() -> &'static Authenticator {
                 "forward_payload_header": "x-payload",
                 "claim_to_headers": [{"claim": "[\"a.b\"].c", "header": "x-c"},
                                      {"claim": "groups", "header": "x-groups"}]
+            }, {
+                // Secrets may not share a key set with public keys (algorithm confusion).
+                "name": "hmac",
+                "issuer": "https://issuer",
+                "jwks": {"inline": {"keys": [
+                    {"kty": "oct", "kid": "hs", "alg": "HS256", "k": HMAC_KEY_B64URL}
+                ]}},
+                "from_params": ["access_token"],
+                "algorithms": ["HS256"],
+                "max_lifetime_s": 7200
             }],
-            "default_requirement": {"any_of": ["local", "fuzz"]}
+            "default_requirement": {"any_of": [
+                {"provider": "local"}, {"provider": "fuzz"}, {"provider": "hmac"}
+            ]}
         }))
         .expect("config");
         Authenticator::compile(&config).expect("compile")
@@ -56,9 +67,14 @@ fn authenticator() -> &'static Authenticator {
 /// What must not change between a verification and a cache hit.
 fn summary(outcome: &AuthnOutcome) -> String {
     match outcome {
-        AuthnOutcome::Pass { token, request_headers } => format!(
+        AuthnOutcome::Pass {
+            token,
+            request_headers,
+        } => format!(
             "pass {:?} {:?} {request_headers:?}",
-            token.as_ref().map(|t| (&t.provider, t.exp, &t.header_edits)),
+            token
+                .as_ref()
+                .map(|t| (&t.provider, t.exp, &t.header_edits)),
             token.as_ref().map(|t| &t.attributes.provider),
         ),
         AuthnOutcome::Fail(deny) => format!("fail {deny:?}"),

@@ -13,7 +13,9 @@ use portcullis_filter::jwt::config::FetchTiming;
 use portcullis_filter::jwt::{JwksSync, RemoteKeys, RemoteKind, RemoteSpec};
 use portcullis_filter::ports::memory::MemoryCounters;
 use portcullis_filter::ports::{SharedStore, StoreError};
-use portcullis_filter::ratelimit::{LimitConfig, LocalTokens, RateLimitConfig, RateLimiter, RateVerdict};
+use portcullis_filter::ratelimit::{
+    LimitConfig, LocalTokens, RateLimitConfig, RateLimiter, RateVerdict,
+};
 use portcullis_filter::request::RequestView;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -49,7 +51,9 @@ impl SharedStore for FuzzStore<'_> {
             return Err(StoreError::CasMismatch);
         }
         let next = current.unwrap_or(0).wrapping_add(1).max(1);
-        self.written.borrow_mut().insert(key.to_owned(), (value.to_vec(), next));
+        self.written
+            .borrow_mut()
+            .insert(key.to_owned(), (value.to_vec(), next));
         Ok(())
     }
 }
@@ -90,7 +94,12 @@ fn specs() -> Vec<RemoteSpec> {
         timing: FetchTiming::default(),
     };
     vec![
-        spec("remote", RemoteKind::Jwks { path: "/jwks.json".into() }),
+        spec(
+            "remote",
+            RemoteKind::Jwks {
+                path: "/jwks.json".into(),
+            },
+        ),
         spec(
             "oidc",
             RemoteKind::Oidc {
@@ -124,7 +133,10 @@ fuzz_target!(|data: &[u8]| {
             now + Duration::from_millis(step * 400),
             &mut counters,
         );
-        assert!(matches!(verdict, RateVerdict::Admit { .. } | RateVerdict::Limited(_)));
+        assert!(matches!(
+            verdict,
+            RateVerdict::Admit { .. } | RateVerdict::Limited(_)
+        ));
     }
 
     let specs = specs();
@@ -136,8 +148,20 @@ fuzz_target!(|data: &[u8]| {
         assert!(calls.len() <= providers);
         let mut more = Vec::new();
         for call in calls {
-            let body = if call.path.contains("openid") { discovery } else { jwks };
-            more.extend(sync.on_response(&call.provider, Some(200), Some(body), now, &store, &mut keys, &mut counters));
+            let body = if call.path.contains("openid") {
+                discovery
+            } else {
+                jwks
+            };
+            more.extend(sync.on_response(
+                &call.provider,
+                Some(200),
+                Some(body),
+                now,
+                &store,
+                &mut keys,
+                &mut counters,
+            ));
         }
         calls = more;
     }

@@ -29,12 +29,25 @@ fn header_maps(data: &[u8]) {
     assert_eq!(deserialize_map(&serialize_map(&pairs)), pairs);
     // Lookups walk the same spans as iteration: every pair's name finds its first value.
     for (name, _) in &lowered {
-        let first = lowered.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let first = lowered
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str());
         assert_eq!(headers.get(name), first);
-        assert_eq!(headers.values(name).count(), lowered.iter().filter(|(n, _)| n == name).count());
+        assert_eq!(
+            headers.values(name).count(),
+            lowered.iter().filter(|(n, _)| n == name).count()
+        );
     }
-    let request = RequestView { headers, attributes: Vec::new() };
-    let _ = (request.method(), request.path(), request.header("authorization"));
+    let request = RequestView {
+        headers,
+        attributes: Vec::new(),
+    };
+    let _ = (
+        request.method(),
+        request.path(),
+        request.header("authorization"),
+    );
 }
 
 fn properties(data: &[u8]) {
@@ -42,14 +55,19 @@ fn properties(data: &[u8]) {
         let _ = attribute.property_path();
         let decoded = AttributeValue::decode(attribute.kind(), data);
         match (attribute.kind(), decoded) {
-            (AttributeKind::String, Some(AttributeValue::String(s))) => assert_eq!(s.as_bytes(), data),
+            (AttributeKind::String, Some(AttributeValue::String(s))) => {
+                assert_eq!(s.as_bytes(), data)
+            }
             (AttributeKind::Int, Some(AttributeValue::Int(i))) => assert_eq!(i.to_le_bytes(), data),
             (AttributeKind::Bool, Some(AttributeValue::Bool(b))) => {
                 assert_eq!(data.len(), 1);
                 assert_eq!(b, data[0] != 0);
             }
             (AttributeKind::Timestamp, Some(AttributeValue::Timestamp(t))) => {
-                let nanos = t.duration_since(UNIX_EPOCH).expect("after the epoch").as_nanos();
+                let nanos = t
+                    .duration_since(UNIX_EPOCH)
+                    .expect("after the epoch")
+                    .as_nanos();
                 assert_eq!(i64::try_from(nanos).expect("fits").to_le_bytes(), data);
             }
             (_, None) => {}
@@ -61,5 +79,8 @@ fn properties(data: &[u8]) {
 fuzz_target!(|data: &[u8]| {
     header_maps(data);
     properties(data);
-    assert_eq!(verify_signature_result(data), data.starts_with(&[0x08, 0x01]));
+    assert_eq!(
+        verify_signature_result(data),
+        data.starts_with(&[0x08, 0x01])
+    );
 });
