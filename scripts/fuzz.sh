@@ -69,7 +69,9 @@ for target in "${targets[@]}"; do
     # The last status line: `#N DONE cov: C ft: F corp: ... exec/s: E ...`.
     grep -E '^#[0-9]+' "$log" | tail -n 1 >&2
   else
-    tail -n 40 "$log" >&2
+    # The panic (or libFuzzer's error) and where the input was saved; the rest is in the log.
+    grep -E -A 2 'panicked at|ERROR: libFuzzer|Test unit written|error(\[E[0-9]+\])?:' "$log" | head -n 30 >&2 \
+      || tail -n 40 "$log" >&2
     failed+=("$target")
   fi
 done
