@@ -27,6 +27,11 @@ cargo test --workspace 2>&1 | tee out/cargo-test.log
 echo "-- cargo test summary:"
 grep -E '^test result:' out/cargo-test.log
 
+step "fuzz smoke: every target builds and survives ${PORTCULLIS_FUZZ_SECONDS:-20} s (scripts/fuzz.sh)"
+# Catches a target that stops building or a decoder that crashes on its seeds or soon after;
+# the long campaigns are run by hand (docs/fuzzing.md).
+scripts/fuzz.sh "${PORTCULLIS_FUZZ_SECONDS:-20}"
+
 step "policy tests through the .wasm (portcullis test policies/)"
 # `cargo test --workspace` built the CLI for the harness's integration tests; building it
 # alone would resolve wasmtime's features differently and rebuild it.
