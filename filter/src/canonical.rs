@@ -248,6 +248,11 @@ fn walk(e: &IdedExpr, reads: &mut Reads) {
             reads.query_params.all = true;
         }
         Ast::Unspecified | Ast::Literal(_) | Ast::Ident(_) => {}
+        Ast::Select(s)
+            if s.test && matches!(&s.operand.expr, Ast::Ident(root) if root == "request") =>
+        {
+            // `has(request.useragent)`: a presence test reads no value.
+        }
         Ast::Select(s) => {
             if let Some(member) = request_member(e) {
                 match member {
@@ -590,6 +595,14 @@ mod tests {
         assert!(r.query_params.is_empty());
         let r = reads(r#""x-a" in request.headers && has(request.headers.b)"#);
         assert!(r.headers.is_empty(), "presence tests read no value");
+        let r = reads(r#"has(request.useragent) && request.useragent.startsWith("legacy-cli/")"#);
+        assert_eq!(r.headers.names.iter().collect::<Vec<_>>(), ["user-agent"]);
+        assert!(!r.headers.all && r.query_params.is_empty());
+        let r = reads(r#"size(request) > 0"#);
+        assert!(
+            r.headers.all && r.query_params.all,
+            "the whole request: everything is read"
+        );
         let r = reads(r#"request.headers.exists(k, k.startsWith("x-"))"#);
         assert!(r.headers.all);
         let r = reads(r#"request.query_params["tenant"] == "t""#);
