@@ -153,7 +153,7 @@ pub fn check_path(path: &str) -> Result<(), PathViolation> {
             b'\\' => return Err(PathViolation::Slash),
             b';' => return Err(PathViolation::Parameter),
             b'#' | b' ' => return Err(PathViolation::BadCharacter),
-            b if b < 0x20 || b >= 0x7f => return Err(PathViolation::BadCharacter),
+            b if !(0x20..0x7f).contains(&b) => return Err(PathViolation::BadCharacter),
             _ => i += 1,
         }
     }
