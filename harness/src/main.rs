@@ -221,7 +221,13 @@ struct Report {
 
 impl Report {
     /// One result: `case` is `None` for an error in the file as a whole.
-    fn add(&mut self, file: &str, case: Option<&str>, lines: Vec<String>, verdict: Option<Verdict>) {
+    fn add(
+        &mut self,
+        file: &str,
+        case: Option<&str>,
+        lines: Vec<String>,
+        verdict: Option<Verdict>,
+    ) {
         let ok = lines.is_empty();
         let name = format!("{file}::{}", case.unwrap_or("(load)"));
         if !self.json {
@@ -287,7 +293,8 @@ fn cmd_test(m: &ArgMatches) -> Result<bool, String> {
         }
     }
     if report.json {
-        let out = json!({"results": report.results, "passed": report.passed, "failed": report.failed});
+        let out =
+            json!({"results": report.results, "passed": report.passed, "failed": report.failed});
         println!(
             "{}",
             serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?

@@ -78,7 +78,7 @@ fn wasm() -> PathBuf {
 }
 
 fn run(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    Command::new(common::portcullis_cli())
         .args(args)
         .current_dir(cwd)
         .env("PORTCULLIS_WASM", wasm())
@@ -271,7 +271,13 @@ fn replay_counts_and_diffs() {
     assert!(text(&o).contains("1 requests differ"), "{}", text(&o));
 
     let o = run(
-        &["replay", "portcullis.yaml", "traffic.jsonl", "--against", "portcullis.yaml"],
+        &[
+            "replay",
+            "portcullis.yaml",
+            "traffic.jsonl",
+            "--against",
+            "portcullis.yaml",
+        ],
         &dir,
     );
     assert!(o.status.success(), "{}", text(&o));
@@ -282,7 +288,10 @@ fn replay_counts_and_diffs() {
 fn every_command_has_help_with_all_its_options() {
     let dir = scratch("help");
     let expected: [(&str, &[&str]); 5] = [
-        ("bundle", &["--output", "-o", "--envoy-snippet", "--wasm-path"]),
+        (
+            "bundle",
+            &["--output", "-o", "--envoy-snippet", "--wasm-path"],
+        ),
         ("test", &["--wasm", "--format"]),
         ("eval", &["--request", "--wasm"]),
         ("replay", &["--against", "--allow-differences", "--wasm"]),
@@ -294,7 +303,10 @@ fn every_command_has_help_with_all_its_options() {
         assert!(o.status.success(), "{command} --help: {}", text(&o));
         assert!(out.contains("Usage: portcullis"), "{command} --help: {out}");
         for option in options {
-            assert!(out.contains(option), "{command} --help lacks {option}: {out}");
+            assert!(
+                out.contains(option),
+                "{command} --help lacks {option}: {out}"
+            );
         }
     }
     let o = run(&["--help"], &dir);
@@ -314,7 +326,10 @@ fn bundle_errors_point_at_the_yaml_line_and_name_the_rule() {
     let config = std::fs::read_to_string(dir.join("portcullis.yaml")).unwrap();
     std::fs::write(
         dir.join("typo.yaml"),
-        config.replace("      allow: {file: admin.cel}", "      alow: {file: admin.cel}"),
+        config.replace(
+            "      allow: {file: admin.cel}",
+            "      alow: {file: admin.cel}",
+        ),
     )
     .unwrap();
     let o = run(&["bundle", "typo.yaml"], &dir);
@@ -327,7 +342,7 @@ fn bundle_errors_point_at_the_yaml_line_and_name_the_rule() {
         + 1;
     assert!(
         t.contains(&format!(
-            "typo.yaml:{line}:7: field `policy.rules[1]` (rule `admin`): unknown field `alow`"
+            "typo.yaml:{line}:7: field `policy.rules[1].alow` (rule `admin`): unknown field `alow`"
         )),
         "{t}"
     );
@@ -344,7 +359,7 @@ fn bundle_errors_point_at_the_yaml_line_and_name_the_rule() {
     let line = config.lines().count() + 3;
     assert!(
         t.contains(&format!(
-            "limits.yaml:{line}:55: field `rate_limits.limits[0].requests` (limit `per-user`): invalid type"
+            "limits.yaml:{line}:45: field `rate_limits.limits[0].requests` (limit `per-user`): invalid type"
         )),
         "{t}"
     );
@@ -378,7 +393,10 @@ fn bundle_errors_point_at_the_yaml_line_and_name_the_rule() {
     let o = run(&["bundle", "sub/portcullis.yaml"], &dir);
     let t = text(&o);
     assert!(t.contains("sub/portcullis.yaml:"), "{t}");
-    assert!(t.contains("(rule `admin`): CEL error at sub/admin.cel:"), "{t}");
+    assert!(
+        t.contains("(rule `admin`): CEL error at sub/admin.cel:"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -392,8 +410,14 @@ fn test_file_errors_name_the_line_and_the_case() {
     assert_eq!(o.status.code(), Some(1), "{t}");
     let file = "harness/tests/fixtures/asserts-nothing.test.yaml";
     assert!(t.contains(&format!("test {file}::good ... ok")), "{t}");
-    assert!(t.contains(&format!("test {file}::checks nothing ... FAILED")), "{t}");
-    assert!(t.contains(&format!("test {file}::misspelt ... FAILED")), "{t}");
+    assert!(
+        t.contains(&format!("test {file}::checks nothing ... FAILED")),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!("test {file}::misspelt ... FAILED")),
+        "{t}"
+    );
     assert!(
         t.contains(&format!(
             "{file}:10:5: field `cases[1].expect` (case `checks nothing`): the case asserts nothing"
@@ -402,24 +426,42 @@ fn test_file_errors_name_the_line_and_the_case() {
     );
     assert!(
         t.contains(&format!(
-            "{file}:14:7: field `cases[2].expect` (case `misspelt`): unknown field `stauts`"
+            "{file}:14:7: field `cases[2].expect.stauts` (case `misspelt`): unknown field `stauts`"
         )),
         "{t}"
     );
-    assert_eq!(t.trim_end().lines().last(), Some("1 passed, 2 failed"), "{t}");
+    assert_eq!(
+        t.trim_end().lines().last(),
+        Some("1 passed, 2 failed"),
+        "{t}"
+    );
 
     let dir = scratch("testfile");
-    std::fs::write(dir.join("top.test.yaml"), "config: portcullis.yaml\ncase:\n  - name: x\n").unwrap();
+    std::fs::write(
+        dir.join("top.test.yaml"),
+        "config: portcullis.yaml\ncase:\n  - name: x\n",
+    )
+    .unwrap();
     let o = run(&["test", "top.test.yaml"], &dir);
     let t = text(&o);
     assert!(t.contains("test top.test.yaml::(load) ... FAILED"), "{t}");
-    assert!(t.contains("top.test.yaml:2:1: field `(root)`: unknown field `case`"), "{t}");
+    assert!(
+        t.contains("top.test.yaml:2:1: field `case`: unknown field `case`"),
+        "{t}"
+    );
 
-    std::fs::write(dir.join("empty.test.yaml"), "config: portcullis.yaml\ncases: []\n").unwrap();
+    std::fs::write(
+        dir.join("empty.test.yaml"),
+        "config: portcullis.yaml\ncases: []\n",
+    )
+    .unwrap();
     let o = run(&["test", "empty.test.yaml"], &dir);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains("empty.test.yaml:2:1: field `cases`: no cases"), "{t}");
+    assert!(
+        t.contains("empty.test.yaml:2:1: field `cases`: no cases"),
+        "{t}"
+    );
 
     let o = run(&["test", "no-such-dir"], &dir);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));

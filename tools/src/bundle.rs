@@ -26,7 +26,8 @@ pub fn parse_document(text: &str) -> Result<Value, String> {
 
 /// Inlines `.cel` files and JWKS files; `base` is the directory paths are relative to.
 pub fn inline_files(value: &mut Value, base: &Path, origin: &Path) -> Result<(), String> {
-    walk(value, base, "", None).map_err(|e| format!("{}: field `{}`: {}", origin.display(), e.field, e.message))
+    walk(value, base, "", None)
+        .map_err(|e| format!("{}: field `{}`: {}", origin.display(), e.field, e.message))
 }
 
 /// A configuration error before it is located in the file.
@@ -99,9 +100,8 @@ pub fn validate(config: &Value) -> Result<(), String> {
 }
 
 fn compile(config: &Value) -> Result<(), portcullis_filter::config::ConfigError> {
-    let bytes = serde_json::to_vec(config).map_err(|e| {
-        portcullis_filter::config::ConfigError::new("(root)", e.to_string())
-    })?;
+    let bytes = serde_json::to_vec(config)
+        .map_err(|e| portcullis_filter::config::ConfigError::new("(root)", e.to_string()))?;
     portcullis_filter::config::Config::from_json(&bytes).map(|_| ())
 }
 

@@ -310,7 +310,10 @@ mod tests {
             parse_path("policy.rules[7].alow"),
             vec![key("policy"), key("rules"), Segment::Index(7), key("alow")]
         );
-        assert_eq!(parse_path("a[1][2]"), vec![key("a"), Segment::Index(1), Segment::Index(2)]);
+        assert_eq!(
+            parse_path("a[1][2]"),
+            vec![key("a"), Segment::Index(1), Segment::Index(2)]
+        );
         assert_eq!(parse_path("(root)"), vec![]);
         assert_eq!(parse_path("."), vec![]);
         assert_eq!(parse_path("a.?.b"), vec![key("a")]);
@@ -389,9 +392,15 @@ rate_limits: {limits: [{name: l, key: k}]}
             strip_json_position("unknown field `alow`, expected one of `a` at line 1 column 3668"),
             "unknown field `alow`, expected one of `a`"
         );
-        assert_eq!(strip_json_position("at line 1 column x"), "at line 1 column x");
+        assert_eq!(
+            strip_json_position("at line 1 column x"),
+            "at line 1 column x"
+        );
         assert_eq!(strip_json_position("plain"), "plain");
-        assert_eq!(strip_json_position("x at line 3 column 4 y"), "x at line 3 column 4 y");
+        assert_eq!(
+            strip_json_position("x at line 3 column 4 y"),
+            "x at line 3 column 4 y"
+        );
     }
 
     #[test]
@@ -423,7 +432,10 @@ rate_limits: {limits: [{name: l, key: k}]}
             "x": [{"name": "y"}],
         });
         let label = |p: &str| item_label(&value, &parse_path(p));
-        assert_eq!(label("jwt.providers[0].claim_to_headers[0].claim").as_deref(), Some("provider `p`"));
+        assert_eq!(
+            label("jwt.providers[0].claim_to_headers[0].claim").as_deref(),
+            Some("provider `p`")
+        );
         assert_eq!(label("things[0]").as_deref(), Some("thing `t`"));
         assert_eq!(label("x[0]").as_deref(), Some("item `y`"));
         assert_eq!(label("jwt.providers[3]"), None);
@@ -459,7 +471,10 @@ rate_limits: {limits: [{name: l, key: k}]}
     #[test]
     fn every_written_field_is_found_where_it_was_written() {
         use proptest::prelude::*;
-        let rule = (proptest::collection::btree_set("[a-z][a-z_]{0,6}", 1..5), any::<bool>());
+        let rule = (
+            proptest::collection::btree_set("[a-z][a-z_]{0,6}", 1..5),
+            any::<bool>(),
+        );
         let config = ProptestConfig {
             cases: 300,
             ..ProptestConfig::default()

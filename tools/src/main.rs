@@ -85,7 +85,10 @@ fn cmd_token(m: &ArgMatches) -> Result<(), String> {
 fn write_out(output: Option<&str>, text: &str) -> Result<(), String> {
     match output {
         Some(out) => {
-            if let Some(parent) = Path::new(out).parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Some(parent) = Path::new(out)
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
                 std::fs::create_dir_all(parent).map_err(|e| format!("{out}: {e}"))?;
             }
             std::fs::write(out, text).map_err(|e| format!("{out}: {e}"))
