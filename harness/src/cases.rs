@@ -2,6 +2,7 @@
 //! `replay`, run through the real `.wasm`.
 
 use crate::bundle::{self, DECISION_HEADER};
+use crate::locate;
 use crate::token::SigningKeys;
 use crate::{Exchange, Host, HttpRequest, TlsInfo, Vm, VmError, VmOptions, WasmModule};
 use serde::{Deserialize, Serialize};
@@ -122,6 +123,117 @@ pub struct TestFile {
     pub signing_keys: Option<String>,
     #[serde(default)]
     pub cases: Vec<Case>,
+}
+
+impl Expect {
+    /// Whether the expectation checks anything: `expect: {}` would pass whatever happened.
+    pub fn asserts_something(&self) -> bool {
+        self.status.is_some()
+            || self.rule.is_some()
+            || self.error.is_some()
+            || self.reason.is_some()
+            || !self.headers.is_empty()
+            || !self.upstream_headers.is_empty()
+    }
+}
+
+/// A test file read case by case, so that one malformed case fails alone, under its name.
+#[derive(Debug, Clone)]
+pub struct TestPlan {
+    pub config: String,
+    pub signing_keys: Option<String>,
+    pub cases: Vec<PlannedCase>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedCase {
+    /// The case's `name`, or `cases[i]` when it has none.
+    pub name: String,
+    /// The case, or why it cannot run (`file:line:column: ...`).
+    pub case: Result<Case, String>,
+}
+
+/// The file-level fields, with the cases left for [`plan_test_file`] to read one by one.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    config: String,
+    #[serde(default)]
+    signing_keys: Option<String>,
+    #[serde(default)]
+    cases: Vec<Value>,
+}
+
+/// Reads a test file. Errors in the file as a whole (YAML syntax, an unknown top-level field,
+/// no cases) are `Err`; an error in one case is that case's `Err`. Both name
+/// `file:line:column`, and a case's error its name and index.
+pub fn plan_test_file(path: &Path) -> Result<TestPlan, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let document = bundle::parse_document(&text).map_err(|e| format!("{}:{e}", path.display()))?;
+    let header: Header = locate::deserialize_at(path, &text, &document, "", &document)?;
+    if header.cases.is_empty() {
+        return Err(locate::field_error(
+            path,
+            &text,
+            &document,
+            "cases",
+            "no cases: a test file must have at least one",
+        ));
+    }
+    let cases = header
+        .cases
+        .iter()
+        .enumerate()
+        .map(|(i, raw)| {
+            let field = format!("cases[{i}]");
+            let name = raw
+                .get("name")
+                .and_then(Value::as_str)
+                .map_or_else(|| field.clone(), str::to_owned);
+            let case = locate::deserialize_at::<Case>(path, &text, &document, &field, raw)
+                .and_then(|case| {
+                    if case.expect.asserts_something() {
+                        Ok(case)
+                    } else {
+                        let at = if raw.get("expect").is_some() {
+                            format!("{field}.expect")
+                        } else {
+                            field.clone()
+                        };
+                        Err(locate::field_error(
+                            path,
+                            &text,
+                            &document,
+                            &at,
+                            "the case asserts nothing: `expect` needs at least one of status, \
+                             rule, error, reason, headers, upstream_headers",
+                        ))
+                    }
+                });
+            PlannedCase { name, case }
+        })
+        .collect();
+    Ok(TestPlan {
+        config: header.config,
+        signing_keys: header.signing_keys,
+        cases,
+    })
+}
+
+/// Reads a test file, all or nothing: the first error of any case is the error.
+pub fn load_test_file(path: &Path) -> Result<TestFile, String> {
+    let plan = plan_test_file(path)?;
+    let cases = plan
+        .cases
+        .into_iter()
+        .map(|c| c.case)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TestFile {
+        config: plan.config,
+        signing_keys: plan.signing_keys,
+        cases,
+    })
 }
 
 /// What one request came to.
@@ -407,12 +519,6 @@ pub fn collect_test_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
     out.sort();
     out.dedup();
     Ok(out)
-}
-
-/// Parses a test file.
-pub fn load_test_file(path: &Path) -> Result<TestFile, String> {
-    let value = bundle::read_document(path)?;
-    serde_json::from_value(value).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Finds the filter's `.wasm`: `explicit`, else `$PORTCULLIS_WASM`, else

@@ -23,7 +23,7 @@ mod host;
 mod types;
 mod vm;
 
-pub use portcullis_tools::{bundle, token};
+pub use portcullis_tools::{bundle, locate, token};
 
 pub use abi::{Action, Headers, LogLevel, MetricKind};
 pub use host::{engine, ForeignFunction, Host, WasmModule};

@@ -1,6 +1,7 @@
 //! `portcullis`: bundle, test, eval, replay and bench Portcullis configurations through the
 //! real `.wasm` on the harness's proxy-wasm host. See docs/harness.md.
 
+use clap::{Arg, ArgAction, ArgMatches, Command};
 use portcullis_harness::bundle;
 use portcullis_harness::cases::{self, Case, RequestSpec, Runner, TokenSpec, Verdict};
 use serde::Deserialize;
@@ -11,81 +12,155 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-const USAGE: &str = "\
-portcullis — Portcullis configurations through the real .wasm
+const WASM_HELP: &str = "The filter's .wasm: --wasm, else $PORTCULLIS_WASM, else \
+target/wasm32-wasip1/release/portcullis_filter.wasm searched upward from the current directory.";
 
-USAGE:
-  portcullis bundle CONFIG.yaml [-o OUT.json] [--envoy-snippet] [--wasm-path PATH]
-  portcullis test PATH... [--wasm FILE] [--format text|json]
-  portcullis eval CONFIG.yaml --request JSON [--wasm FILE]
-  portcullis replay CONFIG.yaml TRAFFIC.jsonl [--against OTHER.yaml] [--wasm FILE]
-  portcullis bench CONFIG.yaml [--requests N] [--request JSON] [--wasm FILE]
-
-The .wasm: --wasm, else $PORTCULLIS_WASM, else target/wasm32-wasip1/release/portcullis_filter.wasm
-searched upward from the current directory.
-";
-
-struct Args {
-    positional: Vec<String>,
-    options: BTreeMap<String, String>,
-    flags: Vec<String>,
+fn wasm_arg() -> Arg {
+    Arg::new("wasm").long("wasm").value_name("FILE").help(
+        "the filter's .wasm (default: $PORTCULLIS_WASM, else \
+         target/wasm32-wasip1/release/portcullis_filter.wasm searched upward)",
+    )
 }
 
-fn parse_args(args: &[String], with_value: &[&str]) -> Result<Args, String> {
-    let mut a = Args {
-        positional: Vec::new(),
-        options: BTreeMap::new(),
-        flags: Vec::new(),
-    };
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        if let Some(name) = arg
-            .strip_prefix("--")
-            .or_else(|| arg.strip_prefix('-').filter(|n| n.len() == 1))
-        {
-            let (name, inline) = match name.split_once('=') {
-                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-                None => (name.to_owned(), None),
-            };
-            if with_value.contains(&name.as_str()) {
-                let v = match inline {
-                    Some(v) => v,
-                    None => it
-                        .next()
-                        .cloned()
-                        .ok_or(format!("--{name} needs a value"))?,
-                };
-                a.options.insert(name, v);
-            } else {
-                a.flags.push(name);
-            }
-        } else {
-            a.positional.push(arg.clone());
-        }
-    }
-    Ok(a)
+fn config_arg() -> Arg {
+    Arg::new("config")
+        .value_name("CONFIG.yaml")
+        .required(true)
+        .help("the configuration (YAML or JSON; .cel and JWKS files relative to it)")
+}
+
+fn request_arg(help: &'static str) -> Arg {
+    Arg::new("request")
+        .long("request")
+        .value_name("JSON")
+        .help(help)
+}
+
+fn cli() -> Command {
+    Command::new("portcullis")
+        .about("Portcullis configurations through the real .wasm (test, eval, bundle, replay, bench)")
+        .after_help(WASM_HELP)
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .subcommand(
+            Command::new("bundle")
+                .about("Inline .cel and JWKS files, validate as the filter does, print the plugin JSON")
+                .arg(config_arg())
+                .arg(
+                    Arg::new("output")
+                        .short('o')
+                        .long("output")
+                        .value_name("OUT")
+                        .help("write here instead of stdout"),
+                )
+                .arg(
+                    Arg::new("envoy-snippet")
+                        .long("envoy-snippet")
+                        .action(ArgAction::SetTrue)
+                        .help("print the envoy.filters.http.wasm filter block instead"),
+                )
+                .arg(
+                    Arg::new("wasm-path")
+                        .long("wasm-path")
+                        .value_name("PATH")
+                        .default_value("/etc/envoy/portcullis.wasm")
+                        .help("the .wasm filename in the Envoy snippet"),
+                ),
+        )
+        .subcommand(
+            Command::new("test")
+                .about("Run *.test.yaml decision cases (directories are searched recursively)")
+                .arg(
+                    Arg::new("paths")
+                        .value_name("PATH")
+                        .required(true)
+                        .num_args(1..)
+                        .help("test files or directories"),
+                )
+                .arg(wasm_arg())
+                .arg(
+                    Arg::new("format")
+                        .long("format")
+                        .value_name("FORMAT")
+                        .value_parser(["text", "json"])
+                        .default_value("text")
+                        .help("text (like cargo test) or json"),
+                ),
+        )
+        .subcommand(
+            Command::new("eval")
+                .about("Send one request and print the decision, headers, logs and counters")
+                .arg(config_arg())
+                .arg(request_arg(
+                    "a case ({\"request\": {...}, \"token\": {...}, \"time\": ...}) or a bare \
+                     request ({\"path\": \"/x\", \"token\": {...}}); default GET /",
+                ))
+                .arg(wasm_arg()),
+        )
+        .subcommand(
+            Command::new("replay")
+                .about("Send a JSON-lines traffic file through one VM and tally the outcomes")
+                .arg(config_arg())
+                .arg(
+                    Arg::new("traffic")
+                        .value_name("TRAFFIC.jsonl")
+                        .required(true)
+                        .help("one request per line, as for eval"),
+                )
+                .arg(
+                    Arg::new("against")
+                        .long("against")
+                        .value_name("OTHER.yaml")
+                        .help(
+                            "also run the traffic through this configuration and show every \
+                             line whose (status, rule) differs; any difference exits 1",
+                        ),
+                )
+                .arg(
+                    Arg::new("allow-differences")
+                        .long("allow-differences")
+                        .action(ArgAction::SetTrue)
+                        .requires("against")
+                        .help("exit 0 even when the two configurations decide differently"),
+                )
+                .arg(wasm_arg()),
+        )
+        .subcommand(
+            Command::new("bench")
+                .about("Time identical requests through one VM (one core)")
+                .arg(config_arg())
+                .arg(
+                    Arg::new("requests")
+                        .long("requests")
+                        .value_name("N")
+                        .value_parser(clap::value_parser!(u64))
+                        .default_value("10000")
+                        .help("how many requests to time"),
+                )
+                .arg(request_arg(
+                    "the request, as for eval (default: GET /api/items with a token if signing \
+                     keys are next to the config)",
+                ))
+                .arg(wasm_arg()),
+        )
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let (cmd, rest) = match argv.split_first() {
-        Some((c, r)) => (c.as_str(), r),
-        None => {
-            eprint!("{USAGE}");
-            return ExitCode::from(2);
+    let matches = match cli().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => {
+            // --help prints to stdout and exits 0; a bad command line exits 2.
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
         }
     };
-    let result = match cmd {
-        "bundle" => cmd_bundle(rest),
-        "test" => cmd_test(rest),
-        "eval" => cmd_eval(rest),
-        "replay" => cmd_replay(rest),
-        "bench" => cmd_bench(rest),
-        "help" | "--help" | "-h" => {
-            print!("{USAGE}");
-            Ok(true)
-        }
-        other => Err(format!("unknown command `{other}`\n\n{USAGE}")),
+    let result = match matches.subcommand() {
+        Some(("bundle", m)) => cmd_bundle(m),
+        Some(("test", m)) => cmd_test(m),
+        Some(("eval", m)) => cmd_eval(m),
+        Some(("replay", m)) => cmd_replay(m),
+        Some(("bench", m)) => cmd_bench(m),
+        _ => Err("no command given (see portcullis --help)".into()),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
@@ -97,27 +172,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn wasm_path(a: &Args) -> Result<PathBuf, String> {
-    cases::find_wasm(a.options.get("wasm").map(Path::new))
+fn arg<'m>(m: &'m ArgMatches, name: &str) -> Option<&'m str> {
+    m.get_one::<String>(name).map(String::as_str)
 }
 
-fn cmd_bundle(args: &[String]) -> Result<bool, String> {
-    let a = parse_args(args, &["o", "output", "wasm-path"])?;
-    let [config] = a.positional.as_slice() else {
-        return Err("usage: portcullis bundle CONFIG.yaml [-o OUT.json] [--envoy-snippet]".into());
-    };
-    let value = bundle::bundle(Path::new(config))?;
-    let text = if a.flags.iter().any(|f| f == "envoy-snippet") {
-        let wasm = a
-            .options
-            .get("wasm-path")
-            .map(String::as_str)
-            .unwrap_or("/etc/envoy/portcullis.wasm");
+/// A required argument: clap has refused a command line without it, so this only guards
+/// against the definition and the code drifting apart.
+fn required<'m>(m: &'m ArgMatches, name: &str) -> Result<&'m str, String> {
+    arg(m, name).ok_or_else(|| format!("missing <{name}>"))
+}
+
+fn wasm_path(m: &ArgMatches) -> Result<PathBuf, String> {
+    cases::find_wasm(arg(m, "wasm").map(Path::new))
+}
+
+fn cmd_bundle(m: &ArgMatches) -> Result<bool, String> {
+    let value = bundle::bundle(Path::new(required(m, "config")?))?;
+    let text = if m.get_flag("envoy-snippet") {
+        let wasm = arg(m, "wasm-path").unwrap_or("/etc/envoy/portcullis.wasm");
         bundle::envoy_snippet(&value, wasm)
     } else {
         serde_json::to_string_pretty(&value).map_err(|e| e.to_string())? + "\n"
     };
-    match a.options.get("o").or_else(|| a.options.get("output")) {
+    match arg(m, "output") {
         Some(out) => {
             if let Some(parent) = Path::new(out)
                 .parent()
@@ -132,77 +209,100 @@ fn cmd_bundle(args: &[String]) -> Result<bool, String> {
     Ok(true)
 }
 
-fn cmd_test(args: &[String]) -> Result<bool, String> {
-    let a = parse_args(args, &["wasm", "format"])?;
-    if a.positional.is_empty() {
-        return Err("usage: portcullis test PATH...".into());
+/// The tally of a `portcullis test` run, printed like `cargo test`.
+#[derive(Default)]
+struct Report {
+    json: bool,
+    passed: usize,
+    failed: usize,
+    failures: Vec<(String, Vec<String>)>,
+    results: Vec<Value>,
+}
+
+impl Report {
+    /// One result: `case` is `None` for an error in the file as a whole.
+    fn add(
+        &mut self,
+        file: &str,
+        case: Option<&str>,
+        lines: Vec<String>,
+        verdict: Option<Verdict>,
+    ) {
+        let ok = lines.is_empty();
+        let name = format!("{file}::{}", case.unwrap_or("(load)"));
+        if !self.json {
+            println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
+        }
+        self.results.push(json!({
+            "file": file, "case": case, "ok": ok, "failures": lines, "verdict": verdict,
+        }));
+        if ok {
+            self.passed += 1;
+        } else {
+            self.failed += 1;
+            self.failures.push((name, lines));
+        }
     }
-    let json_out = a.options.get("format").map(String::as_str) == Some("json");
-    let wasm = wasm_path(&a)?;
-    let paths: Vec<PathBuf> = a.positional.iter().map(PathBuf::from).collect();
+}
+
+fn cmd_test(m: &ArgMatches) -> Result<bool, String> {
+    let wasm = wasm_path(m)?;
+    let paths: Vec<PathBuf> = m
+        .get_many::<String>("paths")
+        .into_iter()
+        .flatten()
+        .map(PathBuf::from)
+        .collect();
     let files = cases::collect_test_files(&paths)?;
-    let total: usize = 0;
-    let _ = total;
-    let (mut passed, mut failed) = (0usize, 0usize);
-    let mut failures: Vec<(String, Vec<String>)> = Vec::new();
-    let mut results = Vec::new();
-    if !json_out {
+    if files.is_empty() {
+        // Zero tests passing is not a pass: a mistyped directory would look green.
+        return Err("no *.test.yaml files found".into());
+    }
+    let mut report = Report {
+        json: arg(m, "format") == Some("json"),
+        ..Report::default()
+    };
+    if !report.json {
         println!();
     }
     for file in &files {
         let display = file.display().to_string();
-        let outcome = cases::load_test_file(file).and_then(|tf| {
+        let outcome = cases::plan_test_file(file).and_then(|plan| {
             let base = file.parent().unwrap_or(Path::new("."));
-            let config = base.join(&tf.config);
-            let keys = tf.signing_keys.as_ref().map(|k| base.join(k));
+            let config = base.join(&plan.config);
+            let keys = plan.signing_keys.as_ref().map(|k| base.join(k));
             let runner = Runner::new(&config, keys.as_deref(), &wasm)?;
-            Ok((tf, runner))
+            Ok((plan, runner))
         });
-        let (tf, runner) = match outcome {
+        let (plan, runner) = match outcome {
             Ok(x) => x,
             Err(e) => {
-                failed += 1;
-                let name = format!("{display}::(load)");
-                if !json_out {
-                    println!("test {name} ... FAILED");
-                }
-                results.push(
-                    json!({"file": display, "case": null, "ok": false, "failures": [e.clone()]}),
-                );
-                failures.push((name, vec![e]));
+                report.add(&display, None, vec![e], None);
                 continue;
             }
         };
-        for case in &tf.cases {
-            let name = format!("{display}::{}", case.name);
-            let (ok, lines, verdict) = match runner.run_case(case) {
-                Ok((v, _ex, f)) => (f.is_empty(), f, Some(v)),
-                Err(e) => (false, vec![e], None),
+        for planned in &plan.cases {
+            let (lines, verdict) = match &planned.case {
+                Ok(case) => match runner.run_case(case) {
+                    Ok((v, _ex, f)) => (f, Some(v)),
+                    Err(e) => (vec![e], None),
+                },
+                Err(e) => (vec![e.clone()], None),
             };
-            if !json_out {
-                println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
-            }
-            results.push(json!({
-                "file": display, "case": case.name, "ok": ok, "failures": lines, "verdict": verdict,
-            }));
-            if ok {
-                passed += 1;
-            } else {
-                failed += 1;
-                failures.push((name, lines));
-            }
+            report.add(&display, Some(&planned.name), lines, verdict);
         }
     }
-    if json_out {
-        let out = json!({"results": results, "passed": passed, "failed": failed});
+    if report.json {
+        let out =
+            json!({"results": report.results, "passed": report.passed, "failed": report.failed});
         println!(
             "{}",
             serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
         );
     } else {
-        if !failures.is_empty() {
+        if !report.failures.is_empty() {
             println!("\nfailures:\n");
-            for (name, lines) in &failures {
+            for (name, lines) in &report.failures {
                 println!("---- {name} ----");
                 for l in lines {
                     println!("  {l}");
@@ -210,9 +310,9 @@ fn cmd_test(args: &[String]) -> Result<bool, String> {
                 println!();
             }
         }
-        println!("\n{passed} passed, {failed} failed");
+        println!("\n{} passed, {} failed", report.passed, report.failed);
     }
-    Ok(failed == 0)
+    Ok(report.failed == 0)
 }
 
 /// A request line: a case-like object (`request`, `token`, `time`) or a bare request with an
@@ -241,18 +341,11 @@ fn parse_line(text: &str) -> Result<(RequestSpec, Option<TokenSpec>, Option<u64>
     Ok((request, line.token, line.time))
 }
 
-fn cmd_eval(args: &[String]) -> Result<bool, String> {
-    let a = parse_args(args, &["wasm", "request"])?;
-    let [config] = a.positional.as_slice() else {
-        return Err("usage: portcullis eval CONFIG.yaml --request JSON".into());
-    };
-    let request = a
-        .options
-        .get("request")
-        .cloned()
-        .unwrap_or_else(|| "{}".into());
-    let (spec, token, time) = parse_line(&request).map_err(|e| format!("--request: {e}"))?;
-    let runner = Runner::new(Path::new(config), None, &wasm_path(&a)?)?;
+fn cmd_eval(m: &ArgMatches) -> Result<bool, String> {
+    let config = required(m, "config")?;
+    let request = arg(m, "request").unwrap_or("{}");
+    let (spec, token, time) = parse_line(request).map_err(|e| format!("--request: {e}"))?;
+    let runner = Runner::new(Path::new(config), None, &wasm_path(m)?)?;
     let case = Case {
         name: "eval".into(),
         request: spec,
@@ -311,16 +404,13 @@ fn outcome_key(v: &Verdict) -> String {
     format!("{kind} rule={}", v.rule.as_deref().unwrap_or("-"))
 }
 
-fn cmd_replay(args: &[String]) -> Result<bool, String> {
-    let a = parse_args(args, &["wasm", "against"])?;
-    let [config, traffic] = a.positional.as_slice() else {
-        return Err(
-            "usage: portcullis replay CONFIG.yaml TRAFFIC.jsonl [--against OTHER.yaml]".into(),
-        );
-    };
-    let wasm = wasm_path(&a)?;
+fn cmd_replay(m: &ArgMatches) -> Result<bool, String> {
+    let config = required(m, "config")?;
+    let traffic = required(m, "traffic")?;
+    let against = arg(m, "against");
+    let wasm = wasm_path(m)?;
     let runner = Runner::new(Path::new(config), None, &wasm)?;
-    let other = match a.options.get("against") {
+    let other = match against {
         Some(o) => Some(Runner::new(Path::new(o), None, &wasm)?),
         None => None,
     };
@@ -371,7 +461,7 @@ fn cmd_replay(args: &[String]) -> Result<bool, String> {
                     spec.path,
                     config,
                     outcome_key(&v),
-                    a.options.get("against").map(String::as_str).unwrap_or(""),
+                    against.unwrap_or(""),
                     outcome_key(&ov)
                 );
             }
@@ -388,36 +478,27 @@ fn cmd_replay(args: &[String]) -> Result<bool, String> {
     for (k, c) in &counts {
         println!("  {c:>8}  {k}");
     }
-    if other.is_some() {
-        println!(
-            "{}:",
-            a.options.get("against").map(String::as_str).unwrap_or("")
-        );
+    let mut same = true;
+    if let Some(against) = against {
+        println!("{against}: {n} requests");
         for (k, c) in &other_counts {
             println!("  {c:>8}  {k}");
         }
         println!("{differ} requests differ");
+        if differ > 0 && !m.get_flag("allow-differences") {
+            eprintln!("the configurations decide differently (--allow-differences to exit 0)");
+            same = false;
+        }
     }
     std::io::stdout().flush().ok();
-    Ok(true)
+    Ok(same)
 }
 
-fn cmd_bench(args: &[String]) -> Result<bool, String> {
-    let a = parse_args(args, &["wasm", "requests", "request"])?;
-    let [config] = a.positional.as_slice() else {
-        return Err("usage: portcullis bench CONFIG.yaml [--requests N]".into());
-    };
-    let n: u64 = a
-        .options
-        .get("requests")
-        .map(|s| {
-            s.parse()
-                .map_err(|_| format!("--requests: not a number: {s}"))
-        })
-        .transpose()?
-        .unwrap_or(10_000);
-    let runner = Runner::new(Path::new(config), None, &wasm_path(&a)?)?;
-    let (spec, token, time) = match a.options.get("request") {
+fn cmd_bench(m: &ArgMatches) -> Result<bool, String> {
+    let config = required(m, "config")?;
+    let n = m.get_one::<u64>("requests").copied().unwrap_or(10_000);
+    let runner = Runner::new(Path::new(config), None, &wasm_path(m)?)?;
+    let (spec, token, time) = match arg(m, "request") {
         Some(r) => parse_line(r).map_err(|e| format!("--request: {e}"))?,
         None => {
             let token = runner.keys.as_ref().map(|_| TokenSpec {
@@ -486,4 +567,14 @@ fn cmd_bench(args: &[String]) -> Result<bool, String> {
         outcome_key(&verdict)
     );
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cli;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        cli().debug_assert();
+    }
 }

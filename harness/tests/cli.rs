@@ -78,7 +78,7 @@ fn wasm() -> PathBuf {
 }
 
 fn run(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+    Command::new(common::portcullis_cli())
         .args(args)
         .current_dir(cwd)
         .env("PORTCULLIS_WASM", wasm())
@@ -247,12 +247,224 @@ fn replay_counts_and_diffs() {
         &dir,
     );
     let t = text(&o);
-    assert!(o.status.success(), "{t}");
+    // A difference is a failure unless asked otherwise: a CI step comparing two policies
+    // must not pass while they disagree.
+    assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("3 requests"), "{t}");
     assert!(t.contains("allow rule=public"), "{t}");
     assert!(t.contains("deny 403 rule=-"), "{t}");
     assert!(t.contains("line 2: GET /api"), "{t}");
     assert!(t.contains("1 requests differ"), "{t}");
+
+    let o = run(
+        &[
+            "replay",
+            "portcullis.yaml",
+            "traffic.jsonl",
+            "--against",
+            "other.yaml",
+            "--allow-differences",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("1 requests differ"), "{}", text(&o));
+
+    let o = run(
+        &[
+            "replay",
+            "portcullis.yaml",
+            "traffic.jsonl",
+            "--against",
+            "portcullis.yaml",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("0 requests differ"), "{}", text(&o));
+}
+
+#[test]
+fn every_command_has_help_with_all_its_options() {
+    let dir = scratch("help");
+    let expected: [(&str, &[&str]); 5] = [
+        (
+            "bundle",
+            &["--output", "-o", "--envoy-snippet", "--wasm-path"],
+        ),
+        ("test", &["--wasm", "--format"]),
+        ("eval", &["--request", "--wasm"]),
+        ("replay", &["--against", "--allow-differences", "--wasm"]),
+        ("bench", &["--requests", "--request", "--wasm"]),
+    ];
+    for (command, options) in expected {
+        let o = run(&[command, "--help"], &dir);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{command} --help: {}", text(&o));
+        assert!(out.contains("Usage: portcullis"), "{command} --help: {out}");
+        for option in options {
+            assert!(
+                out.contains(option),
+                "{command} --help lacks {option}: {out}"
+            );
+        }
+    }
+    let o = run(&["--help"], &dir);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = run(&[], &dir);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let o = run(&["bundle", "--no-such-option", "portcullis.yaml"], &dir);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--no-such-option"), "{}", text(&o));
+    let o = run(&["bench", "portcullis.yaml", "--requests", "many"], &dir);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+#[test]
+fn bundle_errors_point_at_the_yaml_line_and_name_the_rule() {
+    let dir = scratch("located");
+    let config = std::fs::read_to_string(dir.join("portcullis.yaml")).unwrap();
+    std::fs::write(
+        dir.join("typo.yaml"),
+        config.replace(
+            "      allow: {file: admin.cel}",
+            "      alow: {file: admin.cel}",
+        ),
+    )
+    .unwrap();
+    let o = run(&["bundle", "typo.yaml"], &dir);
+    assert_eq!(o.status.code(), Some(2));
+    let t = text(&o);
+    let line = config
+        .lines()
+        .position(|l| l.contains("allow: {file: admin.cel}"))
+        .unwrap()
+        + 1;
+    assert!(
+        t.contains(&format!(
+            "typo.yaml:{line}:7: field `policy.rules[1].alow` (rule `admin`): unknown field `alow`"
+        )),
+        "{t}"
+    );
+    // The JSON position of the converted document means nothing to the reader.
+    assert!(!t.contains(" at line "), "{t}");
+
+    std::fs::write(
+        dir.join("limits.yaml"),
+        format!("{config}rate_limits:\n  limits:\n    - {{name: per-user, key: jwt.claims.sub, requests: many, period_s: 1}}\n"),
+    )
+    .unwrap();
+    let o = run(&["bundle", "limits.yaml"], &dir);
+    let t = text(&o);
+    let line = config.lines().count() + 3;
+    assert!(
+        t.contains(&format!(
+            "limits.yaml:{line}:45: field `rate_limits.limits[0].requests` (limit `per-user`): invalid type"
+        )),
+        "{t}"
+    );
+
+    // A CEL error in an inline expression: the YAML position of the field, the expression's own.
+    std::fs::write(
+        dir.join("cel.yaml"),
+        config.replace(
+            "allow: request.path.startsWith(\"/public/\")",
+            "allow: request.path.startsWith(",
+        ),
+    )
+    .unwrap();
+    let o = run(&["bundle", "cel.yaml"], &dir);
+    let t = text(&o);
+    let line = config
+        .lines()
+        .position(|l| l.contains("allow: request.path.startsWith"))
+        .unwrap()
+        + 1;
+    assert!(
+        t.contains(&format!("cel.yaml:{line}:7: field `policy.rules[0].allow` (rule `public`): CEL error at line 1, column")),
+        "{t}"
+    );
+
+    // A .cel file in another directory is named from where the command runs.
+    std::fs::create_dir_all(dir.join("sub/keys")).unwrap();
+    std::fs::copy(dir.join("keys/jwks.json"), dir.join("sub/keys/jwks.json")).unwrap();
+    std::fs::write(dir.join("sub/portcullis.yaml"), &config).unwrap();
+    std::fs::write(dir.join("sub/admin.cel"), "\"admin\" in\n").unwrap();
+    let o = run(&["bundle", "sub/portcullis.yaml"], &dir);
+    let t = text(&o);
+    assert!(t.contains("sub/portcullis.yaml:"), "{t}");
+    assert!(
+        t.contains("(rule `admin`): CEL error at sub/admin.cel:"),
+        "{t}"
+    );
+}
+
+#[test]
+fn test_file_errors_name_the_line_and_the_case() {
+    let root = common::workspace_root();
+    let o = run(
+        &["test", "harness/tests/fixtures/asserts-nothing.test.yaml"],
+        &root,
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    let file = "harness/tests/fixtures/asserts-nothing.test.yaml";
+    assert!(t.contains(&format!("test {file}::good ... ok")), "{t}");
+    assert!(
+        t.contains(&format!("test {file}::checks nothing ... FAILED")),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!("test {file}::misspelt ... FAILED")),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "{file}:10:5: field `cases[1].expect` (case `checks nothing`): the case asserts nothing"
+        )),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "{file}:14:7: field `cases[2].expect.stauts` (case `misspelt`): unknown field `stauts`"
+        )),
+        "{t}"
+    );
+    assert_eq!(
+        t.trim_end().lines().last(),
+        Some("1 passed, 2 failed"),
+        "{t}"
+    );
+
+    let dir = scratch("testfile");
+    std::fs::write(
+        dir.join("top.test.yaml"),
+        "config: portcullis.yaml\ncase:\n  - name: x\n",
+    )
+    .unwrap();
+    let o = run(&["test", "top.test.yaml"], &dir);
+    let t = text(&o);
+    assert!(t.contains("test top.test.yaml::(load) ... FAILED"), "{t}");
+    assert!(
+        t.contains("top.test.yaml:2:1: field `case`: unknown field `case`"),
+        "{t}"
+    );
+
+    std::fs::write(
+        dir.join("empty.test.yaml"),
+        "config: portcullis.yaml\ncases: []\n",
+    )
+    .unwrap();
+    let o = run(&["test", "empty.test.yaml"], &dir);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("empty.test.yaml:2:1: field `cases`: no cases"),
+        "{t}"
+    );
+
+    let o = run(&["test", "no-such-dir"], &dir);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! `portcullis bundle`: a YAML/JSON configuration with `{file: x.cel}` and
 //! `jwks: {file: keys.json}` references → the self-contained plugin configuration JSON.
 
+use crate::locate;
 use serde_json::{Map, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The decision header the harness asks the filter for, to learn which rule decided.
 pub const DECISION_HEADER: &str = "x-portcullis-decision";
@@ -25,7 +26,14 @@ pub fn parse_document(text: &str) -> Result<Value, String> {
 
 /// Inlines `.cel` files and JWKS files; `base` is the directory paths are relative to.
 pub fn inline_files(value: &mut Value, base: &Path, origin: &Path) -> Result<(), String> {
-    walk(value, base, origin, "", None)
+    walk(value, base, "", None)
+        .map_err(|e| format!("{}: field `{}`: {}", origin.display(), e.field, e.message))
+}
+
+/// A configuration error before it is located in the file.
+struct FieldError {
+    field: String,
+    message: String,
 }
 
 fn file_ref(map: &Map<String, Value>) -> Option<&str> {
@@ -36,27 +44,26 @@ fn file_ref(map: &Map<String, Value>) -> Option<&str> {
     }
 }
 
-fn walk(
-    value: &mut Value,
-    base: &Path,
-    origin: &Path,
-    field: &str,
-    key: Option<&str>,
-) -> Result<(), String> {
+fn walk(value: &mut Value, base: &Path, field: &str, key: Option<&str>) -> Result<(), FieldError> {
+    let error = |message: String| FieldError {
+        field: field.to_owned(),
+        message,
+    };
     match value {
         Value::Object(map) => {
             if let Some(file) = file_ref(map).map(str::to_owned) {
                 let path = base.join(&file);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    format!(
-                        "{}: field `{field}`: cannot read {}: {e}",
-                        origin.display(),
-                        path.display()
-                    )
-                })?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| error(format!("cannot read {}: {e}", path.display())))?;
                 if key == Some("jwks") {
                     let parsed: Value = serde_json::from_str(&text).map_err(|e| {
-                        format!("{}:{}:{}: {e}", path.display(), e.line(), e.column())
+                        error(format!(
+                            "{}:{}:{}: {}",
+                            path.display(),
+                            e.line(),
+                            e.column(),
+                            locate::strip_json_position(&e.to_string())
+                        ))
                     })?;
                     let mut m = Map::new();
                     m.insert("inline".into(), parsed);
@@ -72,13 +79,13 @@ fn walk(
                 } else {
                     format!("{field}.{k}")
                 };
-                walk(v, base, origin, &f, Some(k))?;
+                walk(v, base, &f, Some(k))?;
             }
             Ok(())
         }
         Value::Array(items) => {
             for (i, v) in items.iter_mut().enumerate() {
-                walk(v, base, origin, &format!("{field}[{i}]"), key)?;
+                walk(v, base, &format!("{field}[{i}]"), key)?;
             }
             Ok(())
         }
@@ -89,24 +96,56 @@ fn walk(
 /// Validates with the filter's own compiler. The error names the field (and, for CEL,
 /// file:line:column).
 pub fn validate(config: &Value) -> Result<(), String> {
-    let bytes = serde_json::to_vec(config).map_err(|e| e.to_string())?;
-    portcullis_filter::config::Config::from_json(&bytes)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    compile(config).map_err(|e| e.to_string())
 }
 
-/// Reads, inlines and validates a configuration file.
+fn compile(config: &Value) -> Result<(), portcullis_filter::config::ConfigError> {
+    let bytes = serde_json::to_vec(config)
+        .map_err(|e| portcullis_filter::config::ConfigError::new("(root)", e.to_string()))?;
+    portcullis_filter::config::Config::from_json(&bytes).map(|_| ())
+}
+
+/// The CEL compiler names a `.cel` file as the configuration does (relative to it); the
+/// person reading the error is elsewhere, so name it from the current directory.
+fn cel_file_from_here(config: &Value, field: &str, message: &str, base: &Path) -> String {
+    let mut node = Some(config);
+    for segment in locate::parse_path(field) {
+        node = match segment {
+            locate::Segment::Key(k) => node.and_then(|n| n.get(k.as_str())),
+            locate::Segment::Index(i) => node.and_then(|n| n.get(i)),
+        };
+    }
+    let file = node.and_then(|n| n.get("file")).and_then(Value::as_str);
+    match file {
+        Some(file) if base != Path::new("") && base != Path::new(".") => {
+            let prefix = format!("CEL error at {file}:");
+            match message.strip_prefix(&prefix) {
+                Some(rest) => format!("CEL error at {}:{rest}", base.join(file).display()),
+                None => message.to_owned(),
+            }
+        }
+        _ => message.to_owned(),
+    }
+}
+
+/// Reads, inlines and validates a configuration file. Errors are
+/// `file:line:column: field `path` (rule `name`): message`, the position being where the
+/// field is written in the file.
 pub fn bundle(path: &Path) -> Result<Value, String> {
-    let mut value = read_document(path)?;
-    let base = path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    inline_files(&mut value, &base, path)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let mut value = parse_document(&text).map_err(|e| format!("{}:{e}", path.display()))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let as_given = value.clone();
+    walk(&mut value, &base, "", None)
+        .map_err(|e| locate::field_error(path, &text, &as_given, &e.field, &e.message))?;
     if value.is_null() {
         value = Value::Object(Map::new());
     }
-    validate(&value).map_err(|e| format!("{}: {e}", path.display()))?;
+    compile(&value).map_err(|e| {
+        let message = cel_file_from_here(&value, &e.field, &e.message, &base);
+        locate::field_error(path, &text, &value, &e.field, &message)
+    })?;
     Ok(value)
 }
 

@@ -8,4 +8,5 @@
 //! by `scripts/up.sh`.
 
 pub mod bundle;
+pub mod locate;
 pub mod token;

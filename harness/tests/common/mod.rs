@@ -84,3 +84,12 @@ pub fn filter() -> WasmModule {
         }
     }
 }
+
+/// The `portcullis` binary under test: `$PORTCULLIS_CLI` if set, else cargo's. The override
+/// exists for target directories shared between checkouts, where another checkout's build may
+/// replace `target/debug/portcullis` between this one's build and its tests.
+pub fn portcullis_cli() -> PathBuf {
+    std::env::var_os("PORTCULLIS_CLI")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portcullis")))
+}
