@@ -46,13 +46,15 @@ class EnvoyTestCase(unittest.TestCase):
     plugin_config = None
     jwks = "inline"
     concurrency = 2
+    template = HERE / "local.envoy.yaml"
 
     @classmethod
     def setUpClass(cls):
         cls.upstream = envoyproc.Upstream()
         config = cls.plugin_config if cls.plugin_config is not None else envoyproc.bundled_config()
         try:
-            cls.envoy = envoyproc.Envoy(config, cls.upstream.port, concurrency=cls.concurrency, jwks=cls.jwks)
+            cls.envoy = envoyproc.Envoy(config, cls.upstream.port, concurrency=cls.concurrency, jwks=cls.jwks,
+                                        template=cls.template)
         except Exception:
             cls.upstream.stop()
             raise
