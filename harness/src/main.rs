@@ -38,35 +38,13 @@ fn request_arg(help: &'static str) -> Arg {
 
 fn cli() -> Command {
     Command::new("portcullis")
-        .about("Portcullis configurations through the real .wasm (test, eval, bundle, replay, bench)")
+        .about(
+            "Portcullis configurations through the real .wasm (test, eval, bundle, replay, bench)",
+        )
         .after_help(WASM_HELP)
         .subcommand_required(true)
         .arg_required_else_help(true)
-        .subcommand(
-            Command::new("bundle")
-                .about("Inline .cel and JWKS files, validate as the filter does, print the plugin JSON")
-                .arg(config_arg())
-                .arg(
-                    Arg::new("output")
-                        .short('o')
-                        .long("output")
-                        .value_name("OUT")
-                        .help("write here instead of stdout"),
-                )
-                .arg(
-                    Arg::new("envoy-snippet")
-                        .long("envoy-snippet")
-                        .action(ArgAction::SetTrue)
-                        .help("print the envoy.filters.http.wasm filter block instead"),
-                )
-                .arg(
-                    Arg::new("wasm-path")
-                        .long("wasm-path")
-                        .value_name("PATH")
-                        .default_value("/etc/envoy/portcullis.wasm")
-                        .help("the .wasm filename in the Envoy snippet"),
-                ),
-        )
+        .subcommand(portcullis_tools::cli::bundle_command())
         .subcommand(
             Command::new("test")
                 .about("Run *.test.yaml decision cases (directories are searched recursively)")
@@ -187,26 +165,7 @@ fn wasm_path(m: &ArgMatches) -> Result<PathBuf, String> {
 }
 
 fn cmd_bundle(m: &ArgMatches) -> Result<bool, String> {
-    let value = bundle::bundle(Path::new(required(m, "config")?))?;
-    let text = if m.get_flag("envoy-snippet") {
-        let wasm = arg(m, "wasm-path").unwrap_or("/etc/envoy/portcullis.wasm");
-        bundle::envoy_snippet(&value, wasm)
-    } else {
-        serde_json::to_string_pretty(&value).map_err(|e| e.to_string())? + "\n"
-    };
-    match arg(m, "output") {
-        Some(out) => {
-            if let Some(parent) = Path::new(out)
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-            {
-                std::fs::create_dir_all(parent).map_err(|e| format!("{out}: {e}"))?;
-            }
-            std::fs::write(out, text).map_err(|e| format!("{out}: {e}"))?;
-        }
-        None => print!("{text}"),
-    }
-    Ok(true)
+    portcullis_tools::cli::run_bundle(m).map(|()| true)
 }
 
 /// The tally of a `portcullis test` run, printed like `cargo test`.

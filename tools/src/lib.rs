@@ -8,5 +8,6 @@
 //! by `scripts/up.sh`.
 
 pub mod bundle;
+pub mod cli;
 pub mod locate;
 pub mod token;
