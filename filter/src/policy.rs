@@ -20,6 +20,7 @@
 
 use crate::config::ConfigError;
 use crate::expr::{Activation, Expr, ExprSource};
+use crate::guard_index::{Candidates, GuardIndex};
 use crate::ports::{Counters, Log, LogLevel};
 use crate::request::HostAttribute;
 use serde::Deserialize;
@@ -171,6 +172,9 @@ pub struct Policy {
     mode: Mode,
     host_attributes: Vec<HostAttribute>,
     uses_jwt: bool,
+    /// Which rules' guards may hold for a request, so that rules whose `when` is certainly
+    /// false are never evaluated (see [`crate::guard_index`]).
+    guards: GuardIndex,
 }
 
 /// Rule names end up in counter names and responses: keep them simple.
@@ -251,9 +255,11 @@ impl Policy {
         let host_attributes: BTreeSet<HostAttribute> =
             exprs().flat_map(Expr::host_attributes).collect();
         let uses_jwt = exprs().any(Expr::uses_jwt);
+        let guards = GuardIndex::build(rules.iter().map(|r| r.when.as_ref()));
         Ok(Policy {
             host_attributes: host_attributes.into_iter().collect(),
             uses_jwt,
+            guards,
             rules,
             default_action: config.default_action,
             mode: config.mode,
@@ -282,7 +288,20 @@ impl Policy {
         counters: &mut dyn Counters,
         log: &mut dyn Log,
     ) -> Verdict {
-        let verdict = self.decide(activation, counters, log);
+        let candidates = self.guards.candidates(activation);
+        self.evaluate_candidates(&candidates, activation, counters, log)
+    }
+
+    /// [`Policy::evaluate`] over the given rules only: the rules left out must be ones whose
+    /// `when` is false for this request.
+    fn evaluate_candidates(
+        &self,
+        candidates: &Candidates,
+        activation: &Activation<'_>,
+        counters: &mut dyn Counters,
+        log: &mut dyn Log,
+    ) -> Verdict {
+        let verdict = self.decide(candidates, activation, counters, log);
         match (self.mode, verdict) {
             (Mode::Enforce, verdict) => verdict,
             (Mode::Shadow, Verdict::Deny { rule, .. }) => {
@@ -302,13 +321,15 @@ impl Policy {
 
     fn decide(
         &self,
+        candidates: &Candidates,
         activation: &Activation<'_>,
         counters: &mut dyn Counters,
         log: &mut dyn Log,
     ) -> Verdict {
         let mut denied: Option<Verdict> = None;
         // (1) deny rules. Once an enforced deny decided, only shadow rules are still run.
-        for rule in self.rules.iter().filter(|r| r.action == Action::Deny) {
+        let rules = || candidates.iter().filter_map(|i| self.rules.get(i));
+        for rule in rules().filter(|r| r.action == Action::Deny) {
             if denied.is_some() && rule.mode == Mode::Enforce {
                 continue;
             }
@@ -344,7 +365,7 @@ impl Policy {
         // (2) allow rules: the first enforced match decides; shadow rules are all run.
         let mut allowed: Option<&Rule> = None;
         let mut last_error: Option<&Rule> = None;
-        for rule in self.rules.iter().filter(|r| r.action == Action::Allow) {
+        for rule in rules().filter(|r| r.action == Action::Allow) {
             if allowed.is_some() && rule.mode == Mode::Enforce {
                 continue;
             }
@@ -711,6 +732,86 @@ mod tests {
         }
         let per = start.elapsed() / n;
         println!("10-rule policy: {per:?} per request");
+    }
+
+    mod indexed_equals_linear {
+        use super::*;
+        use crate::guard_index::strategies::{guard, request};
+        use crate::ports::memory::MemoryLog;
+        use proptest::prelude::*;
+
+        fn condition() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "true",
+                "false",
+                "request.method == 'GET'",
+                "jwt.claims.tenant == 'acme'",
+                "request.headers['x'] == 'y'",
+                "request.url_path.startsWith('/a')",
+            ])
+            .prop_map(str::to_owned)
+        }
+
+        fn rule() -> impl Strategy<Value = serde_json::Value> {
+            (
+                prop::option::weighted(0.8, guard()),
+                condition(),
+                any::<bool>(),
+                prop::bool::weighted(0.2),
+            )
+                .prop_map(|(when, condition, deny, shadow)| {
+                    let mut rule = json!({"mode": if shadow { "shadow" } else { "enforce" }});
+                    rule[if deny { "deny" } else { "allow" }] = json!(condition);
+                    if let Some(when) = when {
+                        rule["when"] = json!(when);
+                    }
+                    rule
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Decision, deciding rule, every counter and every log line are the same with
+            /// the guard index as with every rule evaluated in order.
+            #[test]
+            fn same_verdict_counters_and_logs(
+                rules in prop::collection::vec(rule(), 1..12),
+                default_allow in any::<bool>(),
+                shadow_policy in prop::bool::weighted(0.2),
+                requests in prop::collection::vec(request(), 1..8),
+            ) {
+                let rules: Vec<serde_json::Value> = rules
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut r)| { r["name"] = json!(format!("r{i}")); r })
+                    .collect();
+                let p = policy(json!({
+                    "rules": rules,
+                    "default_action": if default_allow { "allow" } else { "deny" },
+                    "mode": if shadow_policy { "shadow" } else { "enforce" },
+                }))
+                .unwrap();
+                for (req, jwt) in &requests {
+                    let act = Activation::new(req).with_jwt(jwt.as_ref());
+                    let (mut indexed_counters, mut indexed_log) =
+                        (MemoryCounters::default(), MemoryLog::default());
+                    let indexed = p.evaluate(&act, &mut indexed_counters, &mut indexed_log);
+                    let (mut linear_counters, mut linear_log) =
+                        (MemoryCounters::default(), MemoryLog::default());
+                    let act = Activation::new(req).with_jwt(jwt.as_ref());
+                    let linear = p.evaluate_candidates(
+                        &Candidates::All(p.rules.len()),
+                        &act,
+                        &mut linear_counters,
+                        &mut linear_log,
+                    );
+                    prop_assert_eq!(&indexed, &linear, "{:?}", req);
+                    prop_assert_eq!(&indexed_counters.values, &linear_counters.values);
+                    prop_assert_eq!(&indexed_log.lines, &linear_log.lines);
+                }
+            }
+        }
     }
 
     /// The example policy files compile, and take the native fast path.
