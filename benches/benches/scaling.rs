@@ -92,18 +92,36 @@ fn evaluation(c: &mut Criterion) {
     group.finish();
 }
 
+/// The whole configure step (JSON to compiled configuration) for `n` rules: as generated
+/// (ten distinct conditions, each compiled once and shared), and with every condition
+/// distinct (`team-N`), so that every rule's two expressions are parsed.
 fn configure(c: &mut Criterion) {
     let mut group = c.benchmark_group("policy compile");
     group.sample_size(10);
     for n in [10, 100, 1000] {
-        let config = policy_config(n, true).to_string();
-        group.bench_with_input(BenchmarkId::from_parameter(n), &config, |b, config| {
-            b.iter(|| {
-                black_box(portcullis_filter::config::Config::from_json(black_box(
-                    config.as_bytes(),
-                )))
-            })
-        });
+        let shared = policy_config(n, true);
+        let mut distinct = shared.clone();
+        if let Some(rules) = distinct["policy"]["rules"].as_array_mut() {
+            for (i, rule) in rules.iter_mut().enumerate() {
+                rule["allow"] = json!(format!(
+                    "request.method == \"GET\" && \"team-{i}\" in jwt.claims.groups"
+                ));
+            }
+        }
+        for (label, config) in [
+            ("10 distinct conditions", shared),
+            ("all distinct", distinct),
+        ] {
+            let text = config.to_string();
+            group.bench_with_input(BenchmarkId::new(label, n), &text, |b, text| {
+                b.iter(|| {
+                    let compiled =
+                        portcullis_filter::config::Config::from_json(black_box(text.as_bytes()));
+                    assert!(compiled.is_ok());
+                    black_box(compiled)
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -173,12 +173,6 @@ fn analyse(e: &IdedExpr) -> Option<Alternatives> {
     }
 }
 
-/// Rules by the exact value of one attribute.
-#[derive(Debug, Default)]
-struct ExactIndex {
-    by_value: FxHashMap<String, Vec<usize>>,
-}
-
 /// A byte trie of prefixes; node 0 is the root (the empty prefix).
 #[derive(Debug)]
 struct PrefixTrie {
@@ -252,7 +246,8 @@ impl PrefixTrie {
 struct AttributeIndex {
     /// Every rule indexed here, ascending: the candidates when the attribute is absent.
     all: Vec<usize>,
-    exact: ExactIndex,
+    /// Rules by the exact value they test for, each list ascending.
+    exact: FxHashMap<String, Vec<usize>>,
     prefixes: PrefixTrie,
     has_prefixes: bool,
 }
@@ -263,12 +258,7 @@ impl AttributeIndex {
             self.all.push(rule);
         }
         match pattern {
-            Pattern::Exact(value) => self
-                .exact
-                .by_value
-                .entry(value.clone())
-                .or_default()
-                .push(rule),
+            Pattern::Exact(value) => self.exact.entry(value.clone()).or_default().push(rule),
             Pattern::Prefix(prefix) => {
                 self.has_prefixes = true;
                 self.prefixes.insert(prefix, rule);
@@ -287,7 +277,7 @@ impl AttributeIndex {
             out.extend_from_slice(&self.all);
             return;
         };
-        if let Some(rules) = self.exact.by_value.get(value) {
+        if let Some(rules) = self.exact.get(value) {
             out.extend_from_slice(rules);
         }
         if self.has_prefixes {
@@ -553,6 +543,115 @@ mod tests {
         let req = RequestView::new("GET", "/", &[]);
         assert_eq!(index.candidates(&Activation::new(&req)), Candidates::All(2));
         assert_eq!(index.indexed(), 0);
+    }
+}
+
+/// The index as the rate limiter and the authenticator use it: only limits and requirements
+/// whose guards are false are skipped, in order, errors counted as before.
+#[cfg(test)]
+mod consumers {
+    use crate::expr::Activation;
+    use crate::jwt::{Authenticator, JwtConfig};
+    use crate::ports::memory::{MemoryCounters, MemoryStore};
+    use crate::ratelimit::{LocalTokens, RateLimitConfig, RateLimiter, RateVerdict};
+    use crate::request::RequestView;
+    use serde_json::json;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn request(headers: &[(&str, &str)]) -> RequestView {
+        RequestView {
+            headers: headers.iter().copied().collect(),
+            attributes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn requirements_first_match_wins_among_the_candidates() {
+        let mut requirements = vec![
+            json!({"name": "a", "when": "request.url_path.startsWith('/a/')", "require": {"none": {}}}),
+            json!({"name": "x", "when": "request.headers['x'] == 'y'", "require": {"allow_missing": {}}}),
+            json!({"name": "ab", "when": "request.url_path == '/a/b'", "require": {"none": {}}}),
+        ];
+        requirements.extend((0..200).map(|i| {
+            json!({"name": format!("svc-{i}"), "when": format!("request.url_path.startsWith('/svc-{i}/')"), "require": {"none": {}}})
+        }));
+        let config: JwtConfig =
+            serde_json::from_value(json!({"requirements": requirements})).unwrap();
+        let authenticator = Authenticator::compile(&config).unwrap();
+        let chosen = |req: &RequestView| {
+            let mut counters = MemoryCounters::default();
+            let (_, rule) = authenticator.requirement_for(&Activation::new(req), &mut counters);
+            (
+                rule.map(str::to_owned),
+                counters.get("portcullis.jwt.requirement_error"),
+            )
+        };
+        let get = |path| request(&[(":method", "GET"), (":path", path), ("x", "z")]);
+        assert_eq!(chosen(&get("/a/b")), (Some("a".into()), 0));
+        assert_eq!(chosen(&get("/svc-150/q")), (Some("svc-150".into()), 0));
+        assert_eq!(chosen(&get("/svc-1500/q")), (None, 0));
+        // `x` absent: its guard fails (counted) and the next candidate decides.
+        let no_x = request(&[(":method", "GET"), (":path", "/svc-7/")]);
+        assert_eq!(chosen(&no_x), (Some("svc-7".into()), 1));
+        let y = request(&[(":method", "GET"), (":path", "/svc-7/"), ("x", "y")]);
+        assert_eq!(chosen(&y), (Some("x".into()), 0));
+        // No `:path`: every path guard fails and is counted, as without the index.
+        assert_eq!(chosen(&request(&[(":method", "GET")])), (None, 203));
+    }
+
+    #[test]
+    fn limits_apply_only_where_their_guards_may_hold() {
+        let mut limits: Vec<_> = (0..100)
+            .map(|i| {
+                json!({"name": format!("svc-{i}"), "when": format!("request.url_path.startsWith('/svc-{i}/')"),
+                       "key": "request.headers['k']", "requests": 1, "period_s": 3600})
+            })
+            .collect();
+        limits.push(json!({"name": "all", "key": "request.headers['k']", "requests": 100, "period_s": 3600}));
+        let config: RateLimitConfig = serde_json::from_value(json!({"limits": limits})).unwrap();
+        let limiter = RateLimiter::compile(&config).unwrap();
+        let store = MemoryStore::default();
+        let mut counters = MemoryCounters::default();
+        let check = |req: &RequestView, counters: &mut MemoryCounters| {
+            let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+            limiter.check(
+                &Activation::new(req),
+                &store,
+                &mut LocalTokens::default(),
+                now,
+                counters,
+            )
+        };
+        let svc = |path| request(&[(":method", "GET"), (":path", path), ("k", "a")]);
+        assert!(matches!(
+            check(&svc("/svc-42/x"), &mut counters),
+            RateVerdict::Admit { .. }
+        ));
+        assert!(matches!(
+            check(&svc("/svc-42/x"), &mut counters),
+            RateVerdict::Limited(_)
+        ));
+        assert!(matches!(
+            check(&svc("/svc-43/x"), &mut counters),
+            RateVerdict::Admit { .. }
+        ));
+        assert!(matches!(
+            check(&svc("/other"), &mut counters),
+            RateVerdict::Admit { .. }
+        ));
+        assert_eq!(counters.get("portcullis.ratelimit.svc-42.admitted"), 1);
+        assert_eq!(counters.get("portcullis.ratelimit.svc-42.limited"), 1);
+        assert_eq!(counters.get("portcullis.ratelimit.svc-43.admitted"), 1);
+        assert_eq!(counters.get("portcullis.ratelimit.svc-44.admitted"), 0);
+        assert_eq!(counters.get("portcullis.ratelimit.all.admitted"), 3);
+        // No `:path`: every guarded limit applies (fail closed) and counts its error.
+        let mut counters = MemoryCounters::default();
+        let no_path = request(&[(":method", "GET"), ("k", "b")]);
+        let verdict = check(&no_path, &mut counters);
+        assert!(matches!(verdict, RateVerdict::Admit { .. }), "{verdict:?}");
+        assert_eq!(counters.get("portcullis.ratelimit.svc-0.errors"), 1);
+        assert_eq!(counters.get("portcullis.ratelimit.svc-99.errors"), 1);
+        assert_eq!(counters.get("portcullis.ratelimit.svc-99.admitted"), 1);
     }
 }
 

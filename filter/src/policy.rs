@@ -24,7 +24,8 @@ use crate::guard_index::{Candidates, GuardIndex};
 use crate::ports::{Counters, Log, LogLevel};
 use crate::request::HostAttribute;
 use serde::Deserialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -106,8 +107,9 @@ impl RuleCounters {
 #[derive(Debug)]
 struct Rule {
     name: String,
-    when: Option<Expr>,
-    condition: Expr,
+    /// Shared with every rule whose expression has the same text (compiled once).
+    when: Option<Arc<Expr>>,
+    condition: Arc<Expr>,
     action: Action,
     mode: Mode,
     counters: RuleCounters,
@@ -125,6 +127,13 @@ enum Outcome {
 }
 
 impl Rule {
+    fn exprs(&self) -> impl Iterator<Item = &Expr> {
+        self.when
+            .as_deref()
+            .into_iter()
+            .chain(std::iter::once(&*self.condition))
+    }
+
     fn outcome(
         &self,
         activation: &Activation<'_>,
@@ -177,6 +186,23 @@ pub struct Policy {
     guards: GuardIndex,
 }
 
+/// Large policies repeat expressions (`"team-a" in jwt.claims.groups` under many paths) and
+/// parsing dominates compiling: each distinct text is compiled once per configuration. A text
+/// that does not compile fails at its first use, so the error names the same field as before.
+fn compile_shared<'c>(
+    compiled: &mut HashMap<&'c str, Arc<Expr>>,
+    source: &'c ExprSource,
+    field: impl FnOnce() -> String,
+) -> Result<Arc<Expr>, ConfigError> {
+    if let Some(expr) = compiled.get(source.text()) {
+        return Ok(Arc::clone(expr));
+    }
+    let expr = Expr::compile(source).map_err(|e| ConfigError::from_expr(field(), &e))?;
+    let expr = Arc::new(expr);
+    compiled.insert(source.text(), Arc::clone(&expr));
+    Ok(expr)
+}
+
 /// Rule names end up in counter names and responses: keep them simple.
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -190,6 +216,7 @@ impl Policy {
     pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         let mut rules = Vec::with_capacity(config.rules.len());
         let mut names = BTreeSet::new();
+        let mut compiled = HashMap::new();
         for (i, rc) in config.rules.iter().enumerate() {
             let field = format!("policy.rules[{i}]");
             if !valid_name(&rc.name) {
@@ -230,14 +257,12 @@ impl Policy {
                 }
             };
             let when = match &rc.when {
-                Some(w) => Some(
-                    Expr::compile(w)
-                        .map_err(|e| ConfigError::from_expr(format!("{field}.when"), &e))?,
-                ),
+                Some(w) => Some(compile_shared(&mut compiled, w, || {
+                    format!("{field}.when")
+                })?),
                 None => None,
             };
-            let condition = Expr::compile(source)
-                .map_err(|e| ConfigError::from_expr(format!("{field}.{key}"), &e))?;
+            let condition = compile_shared(&mut compiled, source, || format!("{field}.{key}"))?;
             rules.push(Rule {
                 name: rc.name.clone(),
                 when,
@@ -247,15 +272,11 @@ impl Policy {
                 counters: RuleCounters::new(&rc.name),
             });
         }
-        let exprs = || {
-            rules
-                .iter()
-                .flat_map(|r| r.when.iter().chain(std::iter::once(&r.condition)))
-        };
+        let exprs = || rules.iter().flat_map(Rule::exprs);
         let host_attributes: BTreeSet<HostAttribute> =
             exprs().flat_map(Expr::host_attributes).collect();
         let uses_jwt = exprs().any(Expr::uses_jwt);
-        let guards = GuardIndex::build(rules.iter().map(|r| r.when.as_ref()));
+        let guards = GuardIndex::build(rules.iter().map(|r| r.when.as_deref()));
         Ok(Policy {
             host_attributes: host_attributes.into_iter().collect(),
             uses_jwt,
@@ -272,9 +293,7 @@ impl Policy {
 
     /// Every compiled expression: guards and conditions.
     pub fn exprs(&self) -> impl Iterator<Item = &Expr> {
-        self.rules
-            .iter()
-            .flat_map(|r| r.when.iter().chain(std::iter::once(&r.condition)))
+        self.rules.iter().flat_map(Rule::exprs)
     }
 
     /// Whether any rule reads `jwt.*`.
@@ -656,6 +675,32 @@ mod tests {
         let e =
             policy(json!({"rules": [{"name": "a", "when": "nope", "allow": "true"}]})).unwrap_err();
         assert_eq!(e.field, "policy.rules[0].when");
+    }
+
+    #[test]
+    fn identical_expressions_are_compiled_once() {
+        let p = policy(json!({"rules": [
+            {"name": "a", "when": "request.method == 'GET'", "allow": "'x' in jwt.claims.groups"},
+            {"name": "b", "when": "request.method == 'PUT'", "allow": "'x' in jwt.claims.groups"},
+            {"name": "c", "when": "request.method == 'PUT'", "deny": "request.method == 'GET'"},
+        ]}))
+        .unwrap();
+        let [a, b, c] = [0, 1, 2].map(|i| &p.rules[i]);
+        assert!(Arc::ptr_eq(&a.condition, &b.condition));
+        assert!(Arc::ptr_eq(a.when.as_ref().unwrap(), &c.condition));
+        assert!(Arc::ptr_eq(
+            b.when.as_ref().unwrap(),
+            c.when.as_ref().unwrap()
+        ));
+        assert!(!Arc::ptr_eq(&a.condition, &c.condition));
+        // A text that does not compile is reported where it first appears.
+        let e = policy(json!({"rules": [
+            {"name": "a", "allow": "true"},
+            {"name": "b", "when": "request.pth == '/'", "allow": "true"},
+            {"name": "c", "allow": "request.pth == '/'"},
+        ]}))
+        .unwrap_err();
+        assert_eq!(e.field, "policy.rules[1].when");
     }
 
     #[test]
