@@ -349,7 +349,7 @@ impl GuardIndex {
 
     /// How many rules' guards are indexed (the others are evaluated for every request).
     pub(crate) fn indexed(&self) -> usize {
-        self.rules - self.always.len()
+        self.rules.saturating_sub(self.always.len())
     }
 
     /// The rules whose guards may be true for this request (or may fail to evaluate), in
