@@ -17,6 +17,10 @@
 //! Runtime errors fail closed: an error in `when` makes the rule applicable, an error in a
 //! `deny` condition denies, an error in an `allow` condition does not allow. Each error is
 //! counted in `portcullis.rule.<name>.errors`; reasons name the rule, never a value.
+//!
+//! A request only visits the rules whose `when` may be true for it ([`crate::guard_index`]):
+//! a rule skipped there is one whose `when` is false, which has no effect on the verdict,
+//! the counters or the log, so large policies cost about what small ones do.
 
 use crate::config::ConfigError;
 use crate::expr::{Activation, Expr, ExprSource};
