@@ -42,3 +42,20 @@ pub fn compile(config: &serde_json::Value) -> Config {
         Err(e) => panic!("benchmark config rejected: {e}"),
     }
 }
+
+/// `n` path-scoped rules, the shape of issue 20's scaling targets: rule `svc-N` applies under
+/// `/svc-N/` and allows `GET` for members of `team-(N mod 10)`. `indexable: false` appends
+/// `|| false` to each guard: the same evaluation cost per guard, but a shape the guard index
+/// leaves alone, so every guard is evaluated for every request (the cost without the index).
+pub fn path_scoped_rules(n: usize, indexable: bool) -> serde_json::Value {
+    let tail = if indexable { "" } else { " || false" };
+    (0..n)
+        .map(|i| {
+            json!({
+                "name": format!("svc-{i}"),
+                "when": format!("request.url_path.startsWith(\"/svc-{i}/\"){tail}"),
+                "allow": format!("request.method == \"GET\" && \"team-{}\" in jwt.claims.groups", i % 10),
+            })
+        })
+        .collect()
+}

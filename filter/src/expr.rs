@@ -596,6 +596,11 @@ impl Expr {
         crate::canonical::reads_of(&self.expression)
     }
 
+    /// The checked AST that runs, for configure-time analysis ([`crate::guard_index`]).
+    pub(crate) fn ast(&self) -> &IdedExpr {
+        &self.expression
+    }
+
     /// Whether the expression reads `jwt.*`.
     pub fn uses_jwt(&self) -> bool {
         self.uses_jwt

@@ -37,6 +37,7 @@ pub mod canonical;
 pub mod config;
 pub mod decision;
 pub mod expr;
+mod guard_index;
 pub mod jwt;
 pub mod pipeline;
 pub mod policy;

@@ -17,13 +17,19 @@
 //! Runtime errors fail closed: an error in `when` makes the rule applicable, an error in a
 //! `deny` condition denies, an error in an `allow` condition does not allow. Each error is
 //! counted in `portcullis.rule.<name>.errors`; reasons name the rule, never a value.
+//!
+//! A request only visits the rules whose `when` may be true for it ([`crate::guard_index`]):
+//! a rule skipped there is one whose `when` is false, which has no effect on the verdict,
+//! the counters or the log, so large policies cost about what small ones do.
 
 use crate::config::ConfigError;
 use crate::expr::{Activation, Expr, ExprSource};
+use crate::guard_index::{Candidates, GuardIndex};
 use crate::ports::{Counters, Log, LogLevel};
 use crate::request::HostAttribute;
 use serde::Deserialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -105,8 +111,9 @@ impl RuleCounters {
 #[derive(Debug)]
 struct Rule {
     name: String,
-    when: Option<Expr>,
-    condition: Expr,
+    /// Shared with every rule whose expression has the same text (compiled once).
+    when: Option<Arc<Expr>>,
+    condition: Arc<Expr>,
     action: Action,
     mode: Mode,
     counters: RuleCounters,
@@ -124,6 +131,13 @@ enum Outcome {
 }
 
 impl Rule {
+    fn exprs(&self) -> impl Iterator<Item = &Expr> {
+        self.when
+            .as_deref()
+            .into_iter()
+            .chain(std::iter::once(&*self.condition))
+    }
+
     fn outcome(
         &self,
         activation: &Activation<'_>,
@@ -171,6 +185,26 @@ pub struct Policy {
     mode: Mode,
     host_attributes: Vec<HostAttribute>,
     uses_jwt: bool,
+    /// Which rules' guards may hold for a request, so that rules whose `when` is certainly
+    /// false are never evaluated (see [`crate::guard_index`]).
+    guards: GuardIndex,
+}
+
+/// Large policies repeat expressions (`"team-a" in jwt.claims.groups` under many paths) and
+/// parsing dominates compiling: each distinct text is compiled once per configuration. A text
+/// that does not compile fails at its first use, so the error names the same field as before.
+fn compile_shared<'c>(
+    compiled: &mut HashMap<&'c str, Arc<Expr>>,
+    source: &'c ExprSource,
+    field: impl FnOnce() -> String,
+) -> Result<Arc<Expr>, ConfigError> {
+    if let Some(expr) = compiled.get(source.text()) {
+        return Ok(Arc::clone(expr));
+    }
+    let expr = Expr::compile(source).map_err(|e| ConfigError::from_expr(field(), &e))?;
+    let expr = Arc::new(expr);
+    compiled.insert(source.text(), Arc::clone(&expr));
+    Ok(expr)
 }
 
 /// Rule names end up in counter names and responses: keep them simple.
@@ -186,6 +220,7 @@ impl Policy {
     pub fn compile(config: &PolicyConfig) -> Result<Policy, ConfigError> {
         let mut rules = Vec::with_capacity(config.rules.len());
         let mut names = BTreeSet::new();
+        let mut compiled = HashMap::new();
         for (i, rc) in config.rules.iter().enumerate() {
             let field = format!("policy.rules[{i}]");
             if !valid_name(&rc.name) {
@@ -226,14 +261,12 @@ impl Policy {
                 }
             };
             let when = match &rc.when {
-                Some(w) => Some(
-                    Expr::compile(w)
-                        .map_err(|e| ConfigError::from_expr(format!("{field}.when"), &e))?,
-                ),
+                Some(w) => Some(compile_shared(&mut compiled, w, || {
+                    format!("{field}.when")
+                })?),
                 None => None,
             };
-            let condition = Expr::compile(source)
-                .map_err(|e| ConfigError::from_expr(format!("{field}.{key}"), &e))?;
+            let condition = compile_shared(&mut compiled, source, || format!("{field}.{key}"))?;
             rules.push(Rule {
                 name: rc.name.clone(),
                 when,
@@ -243,17 +276,15 @@ impl Policy {
                 counters: RuleCounters::new(&rc.name),
             });
         }
-        let exprs = || {
-            rules
-                .iter()
-                .flat_map(|r| r.when.iter().chain(std::iter::once(&r.condition)))
-        };
+        let exprs = || rules.iter().flat_map(Rule::exprs);
         let host_attributes: BTreeSet<HostAttribute> =
             exprs().flat_map(Expr::host_attributes).collect();
         let uses_jwt = exprs().any(Expr::uses_jwt);
+        let guards = GuardIndex::build(rules.iter().map(|r| r.when.as_deref()));
         Ok(Policy {
             host_attributes: host_attributes.into_iter().collect(),
             uses_jwt,
+            guards,
             rules,
             default_action: config.default_action,
             mode: config.mode,
@@ -266,9 +297,7 @@ impl Policy {
 
     /// Every compiled expression: guards and conditions.
     pub fn exprs(&self) -> impl Iterator<Item = &Expr> {
-        self.rules
-            .iter()
-            .flat_map(|r| r.when.iter().chain(std::iter::once(&r.condition)))
+        self.rules.iter().flat_map(Rule::exprs)
     }
 
     /// Whether any rule reads `jwt.*`.
@@ -282,7 +311,20 @@ impl Policy {
         counters: &mut dyn Counters,
         log: &mut dyn Log,
     ) -> Verdict {
-        let verdict = self.decide(activation, counters, log);
+        let candidates = self.guards.candidates(activation);
+        self.evaluate_candidates(&candidates, activation, counters, log)
+    }
+
+    /// [`Policy::evaluate`] over the given rules only: the rules left out must be ones whose
+    /// `when` is false for this request.
+    fn evaluate_candidates(
+        &self,
+        candidates: &Candidates,
+        activation: &Activation<'_>,
+        counters: &mut dyn Counters,
+        log: &mut dyn Log,
+    ) -> Verdict {
+        let verdict = self.decide(candidates, activation, counters, log);
         match (self.mode, verdict) {
             (Mode::Enforce, verdict) => verdict,
             (Mode::Shadow, Verdict::Deny { rule, .. }) => {
@@ -302,13 +344,15 @@ impl Policy {
 
     fn decide(
         &self,
+        candidates: &Candidates,
         activation: &Activation<'_>,
         counters: &mut dyn Counters,
         log: &mut dyn Log,
     ) -> Verdict {
         let mut denied: Option<Verdict> = None;
         // (1) deny rules. Once an enforced deny decided, only shadow rules are still run.
-        for rule in self.rules.iter().filter(|r| r.action == Action::Deny) {
+        let rules = || candidates.iter().filter_map(|i| self.rules.get(i));
+        for rule in rules().filter(|r| r.action == Action::Deny) {
             if denied.is_some() && rule.mode == Mode::Enforce {
                 continue;
             }
@@ -344,7 +388,7 @@ impl Policy {
         // (2) allow rules: the first enforced match decides; shadow rules are all run.
         let mut allowed: Option<&Rule> = None;
         let mut last_error: Option<&Rule> = None;
-        for rule in self.rules.iter().filter(|r| r.action == Action::Allow) {
+        for rule in rules().filter(|r| r.action == Action::Allow) {
             if allowed.is_some() && rule.mode == Mode::Enforce {
                 continue;
             }
@@ -638,6 +682,32 @@ mod tests {
     }
 
     #[test]
+    fn identical_expressions_are_compiled_once() {
+        let p = policy(json!({"rules": [
+            {"name": "a", "when": "request.method == 'GET'", "allow": "'x' in jwt.claims.groups"},
+            {"name": "b", "when": "request.method == 'PUT'", "allow": "'x' in jwt.claims.groups"},
+            {"name": "c", "when": "request.method == 'PUT'", "deny": "request.method == 'GET'"},
+        ]}))
+        .unwrap();
+        let [a, b, c] = [0, 1, 2].map(|i| &p.rules[i]);
+        assert!(Arc::ptr_eq(&a.condition, &b.condition));
+        assert!(Arc::ptr_eq(a.when.as_ref().unwrap(), &c.condition));
+        assert!(Arc::ptr_eq(
+            b.when.as_ref().unwrap(),
+            c.when.as_ref().unwrap()
+        ));
+        assert!(!Arc::ptr_eq(&a.condition, &c.condition));
+        // A text that does not compile is reported where it first appears.
+        let e = policy(json!({"rules": [
+            {"name": "a", "allow": "true"},
+            {"name": "b", "when": "request.pth == '/'", "allow": "true"},
+            {"name": "c", "allow": "request.pth == '/'"},
+        ]}))
+        .unwrap_err();
+        assert_eq!(e.field, "policy.rules[1].when");
+    }
+
+    #[test]
     fn collects_host_attributes_and_jwt_use() {
         let p = policy(json!({"rules": [
             {"name": "internal", "allow": "cidr('10.0.0.0/8').containsIP(ip(source.address))"},
@@ -711,6 +781,86 @@ mod tests {
         }
         let per = start.elapsed() / n;
         println!("10-rule policy: {per:?} per request");
+    }
+
+    mod indexed_equals_linear {
+        use super::*;
+        use crate::guard_index::strategies::{guard, request};
+        use crate::ports::memory::MemoryLog;
+        use proptest::prelude::*;
+
+        fn condition() -> impl Strategy<Value = String> {
+            prop::sample::select(vec![
+                "true",
+                "false",
+                "request.method == 'GET'",
+                "jwt.claims.tenant == 'acme'",
+                "request.headers['x'] == 'y'",
+                "request.url_path.startsWith('/a')",
+            ])
+            .prop_map(str::to_owned)
+        }
+
+        fn rule() -> impl Strategy<Value = serde_json::Value> {
+            (
+                prop::option::weighted(0.8, guard()),
+                condition(),
+                any::<bool>(),
+                prop::bool::weighted(0.2),
+            )
+                .prop_map(|(when, condition, deny, shadow)| {
+                    let mut rule = json!({"mode": if shadow { "shadow" } else { "enforce" }});
+                    rule[if deny { "deny" } else { "allow" }] = json!(condition);
+                    if let Some(when) = when {
+                        rule["when"] = json!(when);
+                    }
+                    rule
+                })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Decision, deciding rule, every counter and every log line are the same with
+            /// the guard index as with every rule evaluated in order.
+            #[test]
+            fn same_verdict_counters_and_logs(
+                rules in prop::collection::vec(rule(), 1..12),
+                default_allow in any::<bool>(),
+                shadow_policy in prop::bool::weighted(0.2),
+                requests in prop::collection::vec(request(), 1..8),
+            ) {
+                let rules: Vec<serde_json::Value> = rules
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut r)| { r["name"] = json!(format!("r{i}")); r })
+                    .collect();
+                let p = policy(json!({
+                    "rules": rules,
+                    "default_action": if default_allow { "allow" } else { "deny" },
+                    "mode": if shadow_policy { "shadow" } else { "enforce" },
+                }))
+                .unwrap();
+                for (req, jwt) in &requests {
+                    let act = Activation::new(req).with_jwt(jwt.as_ref());
+                    let (mut indexed_counters, mut indexed_log) =
+                        (MemoryCounters::default(), MemoryLog::default());
+                    let indexed = p.evaluate(&act, &mut indexed_counters, &mut indexed_log);
+                    let (mut linear_counters, mut linear_log) =
+                        (MemoryCounters::default(), MemoryLog::default());
+                    let act = Activation::new(req).with_jwt(jwt.as_ref());
+                    let linear = p.evaluate_candidates(
+                        &Candidates::All(p.rules.len()),
+                        &act,
+                        &mut linear_counters,
+                        &mut linear_log,
+                    );
+                    prop_assert_eq!(&indexed, &linear, "{:?}", req);
+                    prop_assert_eq!(&indexed_counters.values, &linear_counters.values);
+                    prop_assert_eq!(&indexed_log.lines, &linear_log.lines);
+                }
+            }
+        }
     }
 
     /// The example policy files compile, and take the native fast path.

@@ -35,6 +35,7 @@
 use crate::config::ConfigError;
 use crate::decision::Deny;
 use crate::expr::{Activation, Expr, ExprSource};
+use crate::guard_index::GuardIndex;
 use crate::policy::Mode;
 use crate::ports::{Counters, SharedStore, StoreError};
 use crate::request::HostAttribute;
@@ -193,6 +194,8 @@ pub struct RateLimiter {
     limits: Vec<Limit>,
     max_buckets: u32,
     headers_on_allow: bool,
+    /// The limits whose `when` may hold for a request (see [`crate::guard_index`]).
+    guards: GuardIndex,
 }
 
 /// One bucket's state as stored in shared data: 24 bytes, little endian.
@@ -464,6 +467,7 @@ impl RateLimiter {
             });
         }
         Ok(RateLimiter {
+            guards: GuardIndex::build(limits.iter().map(|l| l.when.as_ref())),
             limits,
             max_buckets: config.max_buckets,
             headers_on_allow: config.headers_on_allow,
@@ -549,10 +553,13 @@ impl RateLimiter {
     ) -> RateVerdict {
         let now = now_nanos(now);
         let slots: Vec<Slot<'_>> = self
-            .limits
+            .guards
+            .candidates(activation)
             .iter()
-            .enumerate()
-            .filter_map(|(index, limit)| self.slot(index, limit, activation, counters))
+            .filter_map(|index| {
+                let limit = self.limits.get(index)?;
+                self.slot(index, limit, activation, counters)
+            })
             .collect();
         if slots.is_empty() {
             return RateVerdict::Admit {

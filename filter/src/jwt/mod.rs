@@ -20,6 +20,7 @@ pub use remote::{FetchRequest, JwksSync, RemoteKeySet, RemoteKeys, RemoteKind, R
 use crate::config::ConfigError;
 use crate::decision::{Deny, HeaderEdit};
 use crate::expr::{Activation, Expr, JwtAttributes};
+use crate::guard_index::GuardIndex;
 use crate::ports::{Counters, HostCrypto};
 use crate::request::{HostAttribute, RequestView};
 use claims::{
@@ -137,6 +138,8 @@ struct Rule {
 pub struct Authenticator {
     providers: Vec<Provider>,
     rules: Vec<Rule>,
+    /// The requirements whose `when` may hold for a request (see [`crate::guard_index`]).
+    guards: GuardIndex,
     default: Requirement,
     keys_unavailable_status: u16,
     pending_deadline_ms: u64,
@@ -299,6 +302,7 @@ impl Authenticator {
         }
         Ok(Authenticator {
             providers,
+            guards: GuardIndex::build(rules.iter().map(|r| Some(&r.when))),
             rules,
             default,
             keys_unavailable_status: config.keys_unavailable_status,
@@ -379,7 +383,8 @@ impl Authenticator {
         activation: &Activation<'_>,
         counters: &mut dyn Counters,
     ) -> (&Requirement, Option<&str>) {
-        for rule in &self.rules {
+        let candidates = self.guards.candidates(activation);
+        for rule in candidates.iter().filter_map(|i| self.rules.get(i)) {
             match rule.when.eval_bool(activation) {
                 Ok(true) => return (&rule.require, Some(&rule.name)),
                 Ok(false) => {}
