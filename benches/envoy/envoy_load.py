@@ -72,7 +72,7 @@ THREE_RULES = [
 
 LETTERS = {"a": "no-filter", "b": "empty-wasm", "c": "native-cached", "d": "portcullis-cached",
            "e": "native-new", "f": "portcullis-new"}
-EXTRAS = ["portcullis-idle", "policy-10", "ratelimit-only", "ratelimit-exact"]
+EXTRAS = ["portcullis-idle", "policy-10", "ratelimit-only", "ratelimit-exact", "rules-10", "rules-1000"]
 DESCRIPTIONS = {
     "no-filter": "no filter",
     "empty-wasm": "empty proxy-wasm filter (floor of any Wasm filter)",
@@ -84,7 +84,15 @@ DESCRIPTIONS = {
     "policy-10": "Portcullis: 10 CEL rules, no JWT",
     "ratelimit-only": "Portcullis: one rate limit keyed by a header (default batch: 64)",
     "ratelimit-exact": "Portcullis: the same limit with batch 1 (a shared CAS per request)",
+    "rules-10": "Portcullis: 10 path-scoped rules (guard index), none applies",
+    "rules-1000": "Portcullis: 1000 path-scoped rules (guard index), none applies",
 }
+
+
+def path_scoped_rules(n):
+    """benches/src/lib.rs's `path_scoped_rules`: `when` on a path prefix, as the guard index sees it."""
+    return [{"name": f"svc-{i}", "when": f'request.url_path.startsWith("/svc-{i}/")',
+             "allow": f'request.method == "GET" && "team-{i % 10}" in jwt.claims.groups'} for i in range(n)]
 
 
 def plugin_configs():
@@ -102,6 +110,8 @@ def plugin_configs():
         "portcullis-new": new,
         "portcullis-idle": {"policy": {"default_action": "allow"}},
         "policy-10": {"policy": {"default_action": "deny", "rules": TEN_RULES_NO_JWT}},
+        "rules-10": {"policy": {"default_action": "allow", "rules": path_scoped_rules(10)}},
+        "rules-1000": {"policy": {"default_action": "allow", "rules": path_scoped_rules(1000)}},
         "ratelimit-only": {"policy": {"default_action": "allow"}, "rate_limits": {"limits": [
             {"name": "per-client", "key": "request.headers['x-client-id']", "requests": 1000000000, "period_s": 1}]}},
         "ratelimit-exact": {"policy": {"default_action": "allow"}, "rate_limits": {"limits": [
