@@ -3,15 +3,12 @@ and another to the upstream, a client-chosen X-Forwarded-For, repeated headers, 
 of rate-limit keys. The upstream (upstream.py) resolves paths like an application server and
 says when it served an admin page."""
 import copy
-import http.client
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 from pathlib import Path
 
@@ -19,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import envoyproc  # noqa: E402
 import mint  # noqa: E402
-from e2e_test import KEYS  # noqa: E402
+from e2e_test import KEYS, raw_request  # noqa: E402
 
 BYPASS_PATHS = [
     "/public/../admin/users",
@@ -41,19 +38,8 @@ NORMALISING = ("normalize_path:", "merge_slashes:", "path_with_escaped_slashes_a
 
 
 def raw(base, path, headers=()):
-    """Sends `path` byte for byte (no client-side normalisation, no redirects followed).
-    `headers` is a list of pairs so that a header can be given twice."""
-    host, port = base.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.putrequest("GET", path, skip_accept_encoding=True)
-        for name, value in headers:
-            conn.putheader(name, value)
-        conn.endheaders()
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
+    """`path` byte for byte, no redirects followed; `headers` as pairs, repeats included."""
+    return raw_request(int(base.rsplit(":", 1)[1]), path, list(headers))
 
 
 def unnormalised_template():
