@@ -40,6 +40,21 @@ def bundled_config():
     return json.loads(path.read_text())
 
 
+def direct_response_template(match, template=HERE / "local.envoy.yaml"):
+    """`template` with a route answered by Envoy itself (200 "ok") ahead of the upstream route:
+    load tests of the filter that neither the demo upstream nor the machine's cores should cap.
+    `match` is the route's match, e.g. `{ path: "/public/flood" }` or `{ prefix: "/" }`."""
+    route = '              - match: { prefix: "/" }\n                route: { cluster: upstream }'
+    text = Path(template).read_text()
+    if route not in text:
+        raise RuntimeError(f"{template} has no catch-all upstream route to put a direct response before")
+    direct = (f"              - match: {match}\n"
+              '                direct_response: { status: 200, body: { inline_string: "ok" } }\n')
+    out = Path(tempfile.mkdtemp(prefix="portcullis-direct-")) / "envoy.yaml"
+    out.write_text(text.replace(route, direct + route))
+    return out
+
+
 def stop_process(proc, log=None):
     """Terminates a child (killing it after 10 s) and closes its log file."""
     if proc.poll() is None:

@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import envoyproc  # noqa: E402
 import mint  # noqa: E402
-from e2e_test import KEYS, raw_request  # noqa: E402
+from e2e_test import KEYS, EnvoyTestCase, raw_request  # noqa: E402
 
 BYPASS_PATHS = [
     "/public/../admin/users",
@@ -62,24 +62,13 @@ def security_config(path_normalization="reject"):
     return config
 
 
-class Running(unittest.TestCase):
-    template = HERE / "local.envoy.yaml"
+class Running(EnvoyTestCase):
     path_normalization = "reject"
 
     @classmethod
     def setUpClass(cls):
-        cls.upstream = envoyproc.Upstream()
-        try:
-            cls.envoy = envoyproc.Envoy(security_config(cls.path_normalization), cls.upstream.port,
-                                        concurrency=2, template=cls.template)
-        except Exception:
-            cls.upstream.stop()
-            raise
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.envoy.stop()
-        cls.upstream.stop()
+        cls.plugin_config = security_config(cls.path_normalization)
+        super().setUpClass()
 
     def get(self, path, token=None, headers=()):
         headers = list(headers)
@@ -209,13 +198,7 @@ class KeyFloodTest(unittest.TestCase):
     def setUp(self):
         # The flood is about the filter's table: Envoy answers it itself (direct_response), so
         # neither the demo upstream nor the machine's two cores limit the key rate.
-        route = '              - match: { prefix: "/" }\n                route: { cluster: upstream }'
-        text = (HERE / "local.envoy.yaml").read_text()
-        self.assertIn(route, text)
-        flood = ('              - match: { path: "/public/flood" }\n'
-                 '                direct_response: { status: 200, body: { inline_string: "ok" } }\n')
-        template = Path(tempfile.mkdtemp(prefix="portcullis-flood-")) / "flood.envoy.yaml"
-        template.write_text(text.replace(route, flood + route))
+        template = envoyproc.direct_response_template('{ path: "/public/flood" }')
         self.upstream = envoyproc.Upstream()
         self.envoy = envoyproc.Envoy(envoyproc.bundled_config(), self.upstream.port, concurrency=2,
                                      template=template)

@@ -71,13 +71,8 @@ def main():
     config = envoyproc.bundled_config()
     max_buckets = config.get("rate_limits", {}).get("max_buckets", 4096)
     # The soak is about the filter: the routes it exercises are answered by Envoy itself.
-    route = '              - match: { prefix: "/" }\n                route: { cluster: upstream }'
-    text = (ROOT / "envoy-examples" / "local.envoy.yaml").read_text()
-    direct = ('              - match: { prefix: "/" }\n'
-              '                direct_response: { status: 200, body: { inline_string: "ok" } }')
+    template = envoyproc.direct_response_template('{ prefix: "/" }')
     tmp = Path(tempfile.mkdtemp(prefix="portcullis-soak-"))
-    template = tmp / "soak.envoy.yaml"
-    template.write_text(text.replace(route, direct))
     script = tmp / "soak.lua"
     script.write_text(WRK_SCRIPT % {"tokens": ",".join(json.dumps(t) for t in tokens), "keys": a.keys})
 

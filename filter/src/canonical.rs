@@ -19,7 +19,7 @@
 //! See docs/security.md.
 
 use crate::decision::Deny;
-use crate::expr::Expr;
+use crate::expr::{hex_digit, Expr};
 use crate::ports::Counters;
 use crate::request::RequestView;
 use cel::common::ast::{Expr as Ast, IdedExpr, LiteralValue};
@@ -108,15 +108,6 @@ impl fmt::Display for PathViolation {
     }
 }
 
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
@@ -138,8 +129,8 @@ pub fn check_path(path: &str) -> Result<(), PathViolation> {
             b'%' => {
                 let decoded = bytes
                     .get(i + 1)
-                    .and_then(|h| hex_value(*h))
-                    .zip(bytes.get(i + 2).and_then(|l| hex_value(*l)))
+                    .and_then(|h| hex_digit(*h))
+                    .zip(bytes.get(i + 2).and_then(|l| hex_digit(*l)))
                     .map(|(h, l)| h * 16 + l)
                     .ok_or(PathViolation::BadEscape)?;
                 match decoded {
@@ -157,12 +148,11 @@ pub fn check_path(path: &str) -> Result<(), PathViolation> {
             _ => i += 1,
         }
     }
-    // Bytes are checked; segments now. The leading '/' gives an empty first piece.
-    for segment in path.split('/').skip(1) {
-        match segment {
-            "." | ".." => return Err(PathViolation::DotSegment),
-            _ => {}
-        }
+    if path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Err(PathViolation::DotSegment);
     }
     // `//` anywhere, including a trailing `//`; a single trailing `/` is a real resource.
     if path.contains("//") {
@@ -395,7 +385,7 @@ impl RequestCheck {
         None
     }
 
-    fn repeated_header<'r>(&self, request: &'r RequestView) -> Option<&'r str> {
+    fn repeated_header<'r>(&'r self, request: &'r RequestView) -> Option<&'r str> {
         if self.single_headers.is_empty() {
             return None;
         }
@@ -409,16 +399,11 @@ impl RequestCheck {
                     .then_some(name)
             });
         }
-        self.single_headers.names.iter().find_map(|name| {
-            let mut values = request.headers.values(name);
-            values.next()?;
-            values.next()?;
-            request
-                .headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(n, _)| n)
-        })
+        self.single_headers
+            .names
+            .iter()
+            .find(|name| request.headers.values(name).nth(1).is_some())
+            .map(String::as_str)
     }
 
     fn repeated_param(&self, request: &RequestView) -> Option<String> {

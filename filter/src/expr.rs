@@ -1358,7 +1358,8 @@ fn query_of(path: &str) -> &str {
     path.split_once('?').map_or("", |(_, q)| q)
 }
 
-fn hex(b: u8) -> Option<u8> {
+/// The value of one hexadecimal digit.
+pub(crate) fn hex_digit(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
@@ -1382,8 +1383,8 @@ pub(crate) fn percent_decode(s: &str) -> String {
             b'%' => {
                 let decoded = bytes
                     .get(i + 1)
-                    .and_then(|h| hex(*h))
-                    .zip(bytes.get(i + 2).and_then(|l| hex(*l)));
+                    .and_then(|h| hex_digit(*h))
+                    .zip(bytes.get(i + 2).and_then(|l| hex_digit(*l)));
                 match decoded {
                     Some((h, l)) => {
                         out.push(h * 16 + l);

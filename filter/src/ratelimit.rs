@@ -243,7 +243,6 @@ struct Slot<'l> {
 }
 
 /// A bucket's shared-data entry, as [`RateLimiter::locate`] found it.
-#[derive(Clone)]
 struct Located {
     store_key: String,
     /// The entry's CAS token; `None` if it was never written.
