@@ -13,7 +13,9 @@ want="$(cat "$raw" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
 if [ -f out/portcullis.wasm ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
   printf 'build: %s up to date\n' out/portcullis.wasm >&2
 else
-  wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+  # The raw module keeps names and the standard library's DWARF for the size profiler
+  # (benches/size/by_crate.py); the shipped one has neither.
+  wasm-opt -O3 --strip-debug --strip-producers --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
     --enable-mutable-globals --enable-multivalue --enable-reference-types \
     "$raw" -o out/portcullis.wasm
   echo "$want" >"$stamp"

@@ -22,6 +22,9 @@ step "build the filter (.wasm)"
 scripts/build.sh
 export PORTCULLIS_WASM="$root/out/portcullis.wasm"
 
+step "size budget: out/portcullis.wasm (benches/size/budget.bytes)"
+scripts/size-budget.sh
+
 step "cargo test (native unit, conformance, harness)"
 cargo test --workspace 2>&1 | tee out/cargo-test.log
 echo "-- cargo test summary:"

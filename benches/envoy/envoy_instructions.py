@@ -59,7 +59,7 @@ def counted(pid, out_prefix, port, n, token):
     return total
 
 
-def measure(name, yaml_text, port, token, n):
+def measure(name, yaml_text, port, token, n, start_timeout=900):
     tmp = Path(tempfile.mkdtemp(prefix=f"portcullis-cg-{name}-"))
     (tmp / "envoy.yaml").write_text(yaml_text)
     out = tmp / "cg.out"
@@ -68,7 +68,7 @@ def measure(name, yaml_text, port, token, n):
                              "--use-dynamic-base-id", "-l", "warning"],
                             stdout=open(tmp / "envoy.log", "w"), stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 900
+        deadline = time.time() + start_timeout
         while True:
             try:
                 send(port, 1, token)
@@ -90,6 +90,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--only", nargs="*")
+    p.add_argument("--start-timeout", type=int, default=900,
+                   help="seconds to wait for Envoy to start under valgrind (a loaded machine needs more)")
     a = p.parse_args()
     keys = mint.private_keys(envoy_load.ROOT / "policies" / "keys" / "private.jwks.json")
     token = mint.mint(keys, {"sub": "alice", "groups": ["admin", "dev"], "tenant": "acme", "scope": "read write"})
@@ -103,7 +105,8 @@ def main():
     results = {}
     for name in order:
         ports = (envoyproc.free_port(), envoyproc.free_port(), envoyproc.free_port())
-        results[name] = measure(name, envoy_load.variant_yaml(name, ports), ports[0], token, a.requests)
+        results[name] = measure(name, envoy_load.variant_yaml(name, ports), ports[0], token, a.requests,
+                                a.start_timeout)
         base = results.get("no-filter")
         extra = f"  (+{results[name] - base:,.0f} over no filter)" if base and name != "no-filter" else ""
         print(f"{name:18} {results[name]:>10,.0f} instructions/request{extra}", flush=True)

@@ -26,8 +26,10 @@ minting a token per request: the work per request is the same and the load gener
 Per variant it prints requests/s, p50/p99 latency (wrk --latency) and Envoy CPU µs per request
 (utime+stime from /proc/PID/stat over the run / completed requests), the medians over the rounds
 (and each variant's least CPU of the rounds: this VM's noise only ever adds);
-then the throughput ratios d/c, f/e, d/b; the .wasm size; Envoy's RSS at --concurrency 2 with and
-without the filter. It writes benches/RESULTS.md (text below the ANALYSIS marker is kept)."""
+then the throughput ratios d/c, f/e, d/b; the .wasm size; Envoy's RSS after 200 requests at
+--concurrency 1, 2, 4 and 8 for a, b, c and d, with the time from start to /ready and Portcullis'
+linear memory per VM (`--rss-only` measures just that and replaces only its block of the file).
+It writes benches/RESULTS.md (text below the ANALYSIS marker is kept)."""
 import argparse
 import copy
 import datetime
@@ -56,8 +58,10 @@ import render  # noqa: E402
 TICKS = os.sysconf("SC_CLK_TCK")
 PIN = True
 RESULTS = ROOT / "benches" / "RESULTS.md"
+RSS_BEGIN = "<!-- RSS: written by envoy_load.py -->"
+RSS_END = "<!-- /RSS -->"
 ANALYSIS_MARKER = "<!-- ANALYSIS: everything below this line is kept when envoy_load.py rewrites the file -->"
-EMPTY_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "portcullis_empty_filter.wasm"
+EMPTY_WASM = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "wasm32-wasip1" / "release" / "portcullis_empty_filter.wasm"
 
 # The ten rules the criterion benches use too (benches/src/lib.rs): with and without JWT.
 _RULES = json.loads((ROOT / "benches" / "fixtures" / "ten-rules.json").read_text())
@@ -178,7 +182,7 @@ def rss_kib(pid):
 class Envoy:
     """One Envoy for one variant, a child of this process."""
 
-    def __init__(self, name, text, concurrency=1, pin=None):
+    def __init__(self, name, text, concurrency=1, pin=None, extra=()):
         self.tmp = Path(tempfile.mkdtemp(prefix=f"portcullis-load-{name}-"))
         cfg = self.tmp / "envoy.yaml"
         cfg.write_text(text)
@@ -187,8 +191,10 @@ class Envoy:
         self.admin = doc["admin"]["address"]["socket_address"]["port_value"]
         self.log = open(self.tmp / "envoy.log", "w")
         self.proc = subprocess.Popen((pin or []) + [envoyproc.envoy_binary(), "-c", str(cfg), "--concurrency",
-                                                    str(concurrency), "--use-dynamic-base-id", "-l", "warning"],
+                                                    str(concurrency), "--use-dynamic-base-id", "-l", "warning",
+                                                    *extra],
                                      stdout=self.log, stderr=subprocess.STDOUT)
+        started = time.monotonic()
         deadline = time.time() + 60
         while True:
             if self.proc.poll() is not None or time.time() > deadline:
@@ -196,6 +202,7 @@ class Envoy:
                 raise RuntimeError(f"{name}: Envoy did not start: {(self.tmp / 'envoy.log').read_text()[-2000:]}")
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=0.5)
+                self.ready_s = time.monotonic() - started
                 return
             except OSError:
                 time.sleep(0.1)
@@ -239,23 +246,82 @@ def run_variant(name, text, token, seconds, connections):
         envoy.stop()
 
 
-def measure_rss(token, ports):
-    """Envoy's RSS at --concurrency 2 (four VMs: two on the main thread, one per worker) after 200
-    requests, without a filter and with Portcullis (the cached variant's configuration)."""
+RSS_VARIANTS = ["no-filter", "empty-wasm", "native-cached", "portcullis-cached"]
+RSS_CONCURRENCY = [1, 2, 4, 8]
+LINEAR_MEMORY = re.compile(r"configuration loaded \((\d+) KiB of linear memory\)")
+
+
+def with_memory_release(text):
+    """The variant with Envoy's allocator handing freed pages back to the OS (docs/operations.md#memory)."""
+    doc = yaml.safe_load(text)
+    doc["memory_allocator_manager"] = {"bytes_to_release": 1073741824, "memory_release_interval": "1s"}
+    return yaml.safe_dump(doc)
+
+
+def measure_rss(token, ports, variants=RSS_VARIANTS, concurrencies=RSS_CONCURRENCY, release=False):
+    """Envoy's RSS after 200 requests, for each variant and --concurrency (with N workers Envoy runs
+    N + 2 VMs of a Wasm filter: two on the main thread, one per worker), the time from starting Envoy
+    to /ready, and for Portcullis each VM's linear memory once configured (its info log)."""
     out = {}
-    for name, text in [("no-filter", bench_yaml(None, *ports, with_filter=False)),
-                       ("portcullis-cached", bench_yaml(plugin_configs()["portcullis-cached"], *ports))]:
-        envoy = Envoy(f"rss-{name}", text, concurrency=2)
-        try:
-            for _ in range(200):
-                req = urllib.request.Request(f"http://127.0.0.1:{envoy.port}/api/orders",
-                                             headers={"Authorization": f"Bearer {token}"})
-                urllib.request.urlopen(req, timeout=5).read()
-            time.sleep(0.5)
-            out[name] = rss_kib(envoy.proc.pid)
-        finally:
-            envoy.stop()
+    for name in variants:
+        for concurrency in concurrencies:
+            text = variant_yaml(name, ports)
+            envoy = Envoy(f"rss-{name}-{concurrency}", with_memory_release(text) if release else text,
+                          concurrency=concurrency,
+                          extra=["--component-log-level", "wasm:info"])
+            try:
+                headers = {"Authorization": f"Bearer {token}", "x-client-id": "load", "x-tenant": "acme"}
+                for _ in range(200):
+                    req = urllib.request.Request(f"http://127.0.0.1:{envoy.port}/api/orders", headers=headers)
+                    urllib.request.urlopen(req, timeout=5).read()
+                time.sleep(2.5 if release else 0.5)
+                log = (envoy.tmp / "envoy.log").read_text(errors="replace")
+                out.setdefault(name, {})[concurrency] = {
+                    "rss_kib": rss_kib(envoy.proc.pid), "ready_s": envoy.ready_s,
+                    "vm_kib": sorted({int(k) for k in LINEAR_MEMORY.findall(log)})}
+            finally:
+                envoy.stop()
+            r = out[name][concurrency]
+            print(f"  RSS {name:18} --concurrency {concurrency}: {r['rss_kib'] / 1024:6.1f} MB, ready in "
+                  f"{r['ready_s']:.2f} s" + (f", VM linear memory {r['vm_kib']} KiB" if r["vm_kib"] else ""),
+                  flush=True)
     return out
+
+
+def rss_lines(rss):
+    """The Markdown RSS table (between RSS_BEGIN and RSS_END in RESULTS.md)."""
+    concs = sorted({c for per in rss.values() for c in per})
+    lines = [RSS_BEGIN, "", "## Memory: Envoy RSS after 200 requests, by `--concurrency`", "",
+             "| variant | " + " | ".join(f"{c}" for c in concs) + " | growth 1 → 8 | above no filter at 2 |"
+             " start → /ready at 2 |",
+             "|---|" + "---|" * len(concs) + "---|---|---|"]
+    base = rss.get("no-filter", {})
+    for name, per in rss.items():
+        cells = [f"{per[c]['rss_kib'] / 1024:.1f} MB" if c in per else "—" for c in concs]
+        growth = f"{(per[8]['rss_kib'] - per[1]['rss_kib']) / 1024:+.1f} MB" if 1 in per and 8 in per else "—"
+        above = f"{(per[2]['rss_kib'] - base[2]['rss_kib']) / 1024:+.1f} MB" \
+            if 2 in per and 2 in base and name != "no-filter" else "—"
+        ready = f"{per[2]['ready_s']:.2f} s" if 2 in per else "—"
+        lines.append(f"| {DESCRIPTIONS[name]} | " + " | ".join(cells) + f" | {growth} | {above} | {ready} |")
+    vm = sorted({k for per in rss.get("portcullis-cached", {}).values() for k in per["vm_kib"]})
+    if vm:
+        lines += ["", f"Portcullis' linear memory per VM once configured (static data + stack + heap high-water"
+                      f" mark, from its info log): {', '.join(f'{k} KiB' for k in vm)}."]
+    lines += ["", RSS_END]
+    return lines
+
+
+def write_rss(path, rss):
+    """Replaces the RSS block of the results file (or adds it before the analysis)."""
+    text = path.read_text() if path.exists() else ANALYSIS_MARKER + "\n"
+    block = "\n".join(rss_lines(rss))
+    if RSS_BEGIN in text and RSS_END in text:
+        head, rest = text.split(RSS_BEGIN, 1)
+        text = head + block + rest.split(RSS_END, 1)[1]
+    else:
+        head, rest = text.split(ANALYSIS_MARKER, 1)
+        text = head + block + "\n\n" + ANALYSIS_MARKER + rest
+    path.write_text(text)
 
 
 def machine():
@@ -321,11 +387,13 @@ def write_results(path, results, order, ratios, sizes, rss, info, argv, rounds, 
     if sizes:
         row("`out/portcullis.wasm` after wasm-opt", f"{sizes['opt'] / 1e6:.2f} MB ({sizes['raw'] / 1e6:.2f} MB before)",
             "≤ 1.5 MB", sizes["opt"] <= 1.5e6)
-    if rss:
-        delta = (rss["portcullis-cached"] - rss["no-filter"]) / 1024
+    if rss and 2 in rss.get("portcullis-cached", {}) and 2 in rss.get("no-filter", {}):
+        with_filter, without = rss["portcullis-cached"][2]["rss_kib"] / 1024, rss["no-filter"][2]["rss_kib"] / 1024
+        delta = with_filter - without
         row("Envoy RSS with the filter, `--concurrency 2`, above no filter",
-            f"{delta:+.1f} MB ({rss['portcullis-cached'] / 1024:.1f} vs {rss['no-filter'] / 1024:.1f} MB)",
-            "≤ 40 MB", delta <= 40)
+            f"{delta:+.1f} MB ({with_filter:.1f} vs {without:.1f} MB)", "≤ 60 MB", delta <= 60)
+    if rss:
+        lines += [""] + rss_lines(rss)
     lines += ["", ANALYSIS_MARKER]
     path.write_text("\n".join(lines) + (keep if keep else "\n"))
 
@@ -341,6 +409,10 @@ def main():
     p.add_argument("--results", default=str(RESULTS), help="Markdown results file (default benches/RESULTS.md)")
     p.add_argument("--no-results", action="store_true", help="don't write the Markdown results file")
     p.add_argument("--no-rss", action="store_true", help="skip the RSS measurement")
+    p.add_argument("--memory-release", action="store_true",
+                   help="RSS with Envoy's memory_allocator_manager releasing freed pages (every variant)")
+    p.add_argument("--rss-only", action="store_true",
+                   help="only the RSS / ready-time table (no load rounds); replaces that block of the results file")
     p.add_argument("--no-pin", action="store_true", help="don't pin Envoy and wrk to separate CPUs")
     a = p.parse_args()
     global PIN
@@ -352,12 +424,20 @@ def main():
         if unknown:
             p.error(f"unknown variants: {', '.join(sorted(unknown))}")
         order = [n for n in list(LETTERS.values()) + EXTRAS if n in wanted]
-    if "empty-wasm" in order:
+    if "empty-wasm" in order or not a.no_rss:
         subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1", "-p", "portcullis-empty-filter"],
                        cwd=ROOT, check=True)
     keys = mint.private_keys(ROOT / "policies" / "keys" / "private.jwks.json")
     token = mint.mint(keys, {"sub": "alice", "groups": ["admin", "dev"], "tenant": "acme", "scope": "read write"})
     ports = (envoyproc.free_port(), envoyproc.free_port(), envoyproc.free_port())
+    if a.rss_only:
+        rss = measure_rss(token, ports, release=a.memory_release)
+        if a.json:
+            Path(a.json).write_text(json.dumps({"rss": rss}, indent=2))
+        if not a.no_results:
+            write_rss(Path(a.results), rss)
+            print(f"wrote {a.results}")
+        return 0
     runs = {}
     for round_ in range(a.rounds):
         for name in order:
@@ -382,14 +462,13 @@ def main():
         if v is not None:
             print(f"  throughput {k}: {v:.3f}")
     wasm = Path(envoyproc.wasm_path())
-    raw = ROOT / "target" / "wasm32-wasip1" / "release" / "portcullis_filter.wasm"
+    raw = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "wasm32-wasip1" / "release" / \
+        "portcullis_filter.wasm"
     sizes = {"opt": wasm.stat().st_size, "raw": raw.stat().st_size if raw.exists() else 0}
     print(f"  .wasm: {sizes['opt']} bytes after wasm-opt ({sizes['raw']} before)")
     rss = None
     if not a.no_rss:
-        rss = measure_rss(token, ports)
-        print(f"  Envoy RSS --concurrency 2: {rss['no-filter'] / 1024:.1f} MB without a filter, "
-              f"{rss['portcullis-cached'] / 1024:.1f} MB with Portcullis")
+        rss = measure_rss(token, ports, release=a.memory_release)
     if a.json:
         Path(a.json).write_text(json.dumps({"runs": runs, "medians": results, "sizes": sizes, "rss_kib": rss},
                                            indent=2))

@@ -480,12 +480,12 @@ impl fmt::Debug for Expr {
     }
 }
 
-/// 1-based (line, column) of the character at `offset` (counted in characters, as the
-/// parser counts them) in `text`.
+/// 1-based (line, column in characters) of the character at byte `offset` (the parser's
+/// source positions are byte offsets) in `text`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let mut line = 1;
     let mut col = 1;
-    for (i, c) in text.chars().enumerate() {
+    for (i, c) in text.char_indices() {
         if i >= offset {
             break;
         }
@@ -706,13 +706,29 @@ pub fn eval_unchecked_in(
 /// Parses with the environment's macros and with backquoted field names
 /// (``jwt.claims.`example.com/roles` ``: namespaced claim names are common), which
 /// [`Env::compile`] leaves off.
+/// Parses with the `cel` crate's hand-written Pratt parser: the generated ANTLR parser is then
+/// never referenced and not linked (docs/benchmarks.md, "Size"). Its error positions are
+/// (line, 1-based byte column); they become the 0-based character columns [`parse_error`]
+/// reads.
 fn parse(
     env: &Env,
     text: &str,
 ) -> Result<(IdedExpr, cel::common::ast::SourceInfo), cel::ParseErrors> {
-    env.parser()
+    env.pratt_parser()
         .enable_ident_escape_syntax(true)
         .parse_with_source_info(text)
+        .map_err(|mut errors| {
+            for error in &mut errors.errors {
+                let line = usize::try_from(error.pos.0.max(1) - 1).unwrap_or(0);
+                let bytes = usize::try_from(error.pos.1.max(1) - 1).unwrap_or(0);
+                let chars = text
+                    .split_inclusive('\n')
+                    .nth(line)
+                    .map_or(0, |l| l.get(..bytes).map_or(bytes, |p| p.chars().count()));
+                error.pos.1 = isize::try_from(chars).unwrap_or(0);
+            }
+            errors
+        })
 }
 
 /// An evaluation error as a message that names types and keys, never values (which may be
@@ -1458,8 +1474,9 @@ mod literal_regex {
         if let Some(found) = get(pattern) {
             return Ok(found);
         }
-        let compiled =
-            Arc::new(Regex::new(pattern).map_err(|e| format!("invalid regex in matches(): {e}"))?);
+        let compiled = Arc::new(
+            cel::re2::regex(pattern).map_err(|e| format!("invalid regex in matches(): {e}"))?,
+        );
         if let Ok(mut table) = table().lock() {
             table.insert(pattern.to_owned(), Arc::clone(&compiled));
         }
