@@ -705,11 +705,10 @@ pub fn eval_unchecked_in(
 
 /// Parses with the environment's macros and with backquoted field names
 /// (``jwt.claims.`example.com/roles` ``: namespaced claim names are common), which
-/// [`Env::compile`] leaves off.
-/// Parses with the `cel` crate's hand-written Pratt parser: the generated ANTLR parser is then
-/// never referenced and not linked (docs/benchmarks.md, "Size"). Its error positions are
-/// (line, 1-based byte column); they become the 0-based character columns [`parse_error`]
-/// reads.
+/// [`Env::compile`] leaves off. The parser is the `cel` crate's hand-written Pratt parser: the
+/// generated ANTLR parser is then never referenced and not linked (docs/benchmarks.md, "Size
+/// and memory"). Its error positions are (line, 1-based byte column); they become the 0-based
+/// character columns [`parse_error`] reads.
 fn parse(
     env: &Env,
     text: &str,
