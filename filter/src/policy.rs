@@ -22,9 +22,10 @@
 //! a rule skipped there is one whose `when` is false, which has no effect on the verdict,
 //! the counters or the log, so large policies cost about what small ones do.
 
-use crate::config::ConfigError;
+use crate::error::{valid_name, ConfigError};
 use crate::expr::{Activation, Expr, ExprSource};
 use crate::guard_index::{Candidates, GuardIndex};
+pub use crate::mode::Mode;
 use crate::ports::{Counters, Log, LogLevel};
 use crate::request::HostAttribute;
 use serde::Deserialize;
@@ -37,14 +38,6 @@ pub enum Action {
     Allow,
     #[default]
     Deny,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    Shadow,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,15 +198,6 @@ fn compile_shared<'c>(
     let expr = Arc::new(expr);
     compiled.insert(source.text(), Arc::clone(&expr));
     Ok(expr)
-}
-
-/// Rule names end up in counter names and responses: keep them simple.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Policy {

@@ -32,11 +32,11 @@
 //! admits more than the bucket allows; the tokens workers hold unused are bounded by
 //! `workers × batch` (auto: ≤ 0.1 % of the burst per worker) and forgotten after one period.
 
-use crate::config::ConfigError;
 use crate::decision::Deny;
+use crate::error::{valid_name, ConfigError};
 use crate::expr::{Activation, Expr, ExprSource};
 use crate::guard_index::GuardIndex;
-use crate::policy::Mode;
+use crate::mode::Mode;
 use crate::ports::{Counters, SharedStore, StoreError};
 use crate::request::HostAttribute;
 use serde::Deserialize;
@@ -401,15 +401,10 @@ impl RateLimiter {
         let mut limits = Vec::with_capacity(config.limits.len());
         for (i, limit) in config.limits.iter().enumerate() {
             let field = |name: &str| format!("rate_limits.limits[{i}].{name}");
-            if limit.name.is_empty()
-                || !limit
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-            {
+            if !valid_name(&limit.name) {
                 return Err(ConfigError::new(
                     field("name"),
-                    "must be non-empty and use only [A-Za-z0-9_-]",
+                    "must be 1-64 characters of [A-Za-z0-9_-]",
                 ));
             }
             if config

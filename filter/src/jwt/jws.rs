@@ -5,121 +5,13 @@
 //! decoded once per key set here, whereas `jsonwebtoken::crypto::verify` rebuilds the key
 //! and re-decodes base64 on every call (costly on wasm32, where every µs counts).
 
+pub use super::alg::Alg;
+use super::der::ecdsa_raw_to_der;
+pub use super::json::{b64url_decode, b64url_encode, json_depth_ok};
 use super::json::{parse_object, JsonError};
-use super::keys::{ecdsa_raw_to_der, Jwk, KeyMaterial};
+use super::keys::{Jwk, KeyMaterial};
 use crate::ports::HostCrypto;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde_json::{Map, Value};
-
-/// A JWS signature algorithm this filter verifies. `none` is not one of them, in any casing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Alg {
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    PS384,
-    PS512,
-    ES256,
-    ES384,
-    EdDSA,
-    HS256,
-    HS384,
-    HS512,
-}
-
-impl Alg {
-    pub const ALL: [Alg; 12] = [
-        Alg::RS256,
-        Alg::RS384,
-        Alg::RS512,
-        Alg::PS256,
-        Alg::PS384,
-        Alg::PS512,
-        Alg::ES256,
-        Alg::ES384,
-        Alg::EdDSA,
-        Alg::HS256,
-        Alg::HS384,
-        Alg::HS512,
-    ];
-
-    /// Exact, case-sensitive names (RFC 7518 / RFC 8037).
-    pub fn parse(name: &str) -> Option<Alg> {
-        Alg::ALL.iter().copied().find(|a| a.name() == name)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Alg::RS256 => "RS256",
-            Alg::RS384 => "RS384",
-            Alg::RS512 => "RS512",
-            Alg::PS256 => "PS256",
-            Alg::PS384 => "PS384",
-            Alg::PS512 => "PS512",
-            Alg::ES256 => "ES256",
-            Alg::ES384 => "ES384",
-            Alg::EdDSA => "EdDSA",
-            Alg::HS256 => "HS256",
-            Alg::HS384 => "HS384",
-            Alg::HS512 => "HS512",
-        }
-    }
-
-    pub fn is_rsa(self) -> bool {
-        matches!(
-            self,
-            Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512
-        )
-    }
-
-    pub fn is_hmac(self) -> bool {
-        matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
-    }
-}
-
-/// Strict base64url without padding (RFC 7515 2): no `=`, no whitespace, no stray
-/// characters, canonical trailing bits.
-pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
-    URL_SAFE_NO_PAD.decode(text).ok()
-}
-
-pub fn b64url_encode(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Whether the JSON text nests at most `max` arrays/objects deep. Linear, allocation-free;
-/// run before `serde_json` so hostile input never reaches a deep recursive parse.
-pub fn json_depth_ok(bytes: &[u8], max: usize) -> bool {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return false;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    true
-}
 
 /// Why a token was rejected. `code` becomes the counter suffix
 /// (`portcullis.jwt.<provider>.invalid.<code>`); `detail` goes to `error_description`.

@@ -4,21 +4,23 @@
 //! Everything is compiled once in [`Authenticator::compile`]; [`Authenticator::authenticate`]
 //! is pure apart from the [`AuthnEnv`] it is handed. See docs/jwt.md.
 
+pub mod alg;
 pub mod cache;
 pub mod claims;
 pub mod config;
+pub mod der;
 pub mod json;
 pub mod jws;
 pub mod keys;
 pub mod remote;
 
+pub use alg::Alg;
 pub use cache::{CacheConfig, TokenCache};
 pub use config::JwtConfig;
-pub use jws::Alg;
 pub use remote::{FetchRequest, JwksSync, RemoteKeySet, RemoteKeys, RemoteKind, RemoteSpec};
 
-use crate::config::ConfigError;
 use crate::decision::{Deny, HeaderEdit};
+use crate::error::{valid_name, ConfigError};
 use crate::expr::{Activation, Expr, JwtAttributes};
 use crate::guard_index::GuardIndex;
 use crate::ports::{Counters, HostCrypto};
@@ -228,14 +230,6 @@ enum Eval {
     Invalid(Invalid),
     Pending(Vec<String>),
     Unavailable,
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 fn valid_header_name(name: &str) -> bool {
