@@ -5,7 +5,7 @@ mod abi;
 
 use crate::bytes;
 use crate::config::Config;
-use crate::decision::{Decision, HeaderEdit, Outcome};
+use crate::decision::{Decision, DenyReason, HeaderEdit, Outcome, Refusal};
 use crate::jwt::remote::{FetchRequest, JwksSync};
 use crate::jwt::{RemoteKeys, TokenCache};
 use crate::pipeline::{self, Env};
@@ -280,7 +280,7 @@ impl PortcullisRoot {
                         .counters
                         .increment("portcullis.jwt.pending_timeout", 1);
                     drop(state);
-                    let deny = Decision::Deny(config.authenticator.keys_unavailable());
+                    let deny = Decision::Deny(config.authenticator.keys_unavailable().answer());
                     apply(&config, &self.state, context_id, &deny);
                 }
                 Outcome::KeysPending { .. } => {}
@@ -329,7 +329,7 @@ impl HttpContext for PortcullisHttp {
         let Some(config) = self.config.clone() else {
             // No configuration means on_configure failed; Envoy does not route to us then,
             // but never let a request through unchecked.
-            let deny = not_configured();
+            let deny = Refusal::new(DenyReason::NotConfigured, None).answer();
             let body = deny.body(false);
             let headers = [("content-type".to_owned(), "application/json".to_owned())];
             abi::send_local_response(u32::from(deny.status), &headers, &body);
@@ -371,17 +371,6 @@ impl HttpContext for PortcullisHttp {
             abi::add_header(abi::RESPONSE_HEADERS, &name, &value);
         }
         Action::Continue
-    }
-}
-
-fn not_configured() -> crate::decision::Deny {
-    crate::decision::Deny {
-        status: 503,
-        error: "not_configured",
-        reason: "the policy filter has no valid configuration".into(),
-        rule: None,
-        headers: Vec::new(),
-        subject: None,
     }
 }
 
@@ -468,15 +457,8 @@ fn apply(
         }
         Decision::Deny(deny) => {
             if config.responses.filter_state {
-                for (name, value) in [
-                    ("portcullis.decision", "deny"),
-                    ("portcullis.rule", deny.log_rule()),
-                    ("portcullis.error", deny.error),
-                ] {
-                    let _ = abi::set_property(name, value);
-                }
-                if let Some(subject) = &deny.subject {
-                    let _ = abi::set_property("portcullis.jwt_sub", subject);
+                for (name, value) in deny.filter_state() {
+                    let _ = abi::set_property(name, &value);
                 }
             }
             send_deny(config, deny);

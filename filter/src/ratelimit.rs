@@ -32,7 +32,7 @@
 //! admits more than the bucket allows; the tokens workers hold unused are bounded by
 //! `workers × batch` (auto: ≤ 0.1 % of the burst per worker) and forgotten after one period.
 
-use crate::decision::Deny;
+use crate::decision::{DenyReason, RateLimited, Refusal};
 use crate::error::{valid_name, ConfigError};
 use crate::expr::{Activation, Expr, ExprSource};
 use crate::guard_index::GuardIndex;
@@ -135,7 +135,7 @@ pub enum RateVerdict {
     Admit {
         response_headers: Vec<(String, String)>,
     },
-    Limited(Deny),
+    Limited(Refusal),
 }
 
 /// Counter names, formatted once at configure time.
@@ -569,14 +569,7 @@ impl RateLimiter {
         // Persistent contention or a failing store: refuse rather than admit unmetered.
         counters.increment("portcullis.ratelimit.contention_exhausted", 1);
         let limit = slots.first().map(|s| s.limit.name.clone());
-        RateVerdict::Limited(Deny {
-            status: 429,
-            error: "rate_limited",
-            reason: "rate limit state is busy; retry".into(),
-            rule: limit,
-            headers: vec![("retry-after".into(), "1".into())],
-            subject: None,
-        })
+        RateVerdict::Limited(Refusal::new(DenyReason::Busy, limit))
     }
 
     fn slot<'l>(
@@ -850,21 +843,17 @@ fn rate_limit_headers(limit: &Limit, tokens: u64) -> Vec<(String, String)> {
     ]
 }
 
-fn limited(limit: &Limit, tokens: u64) -> Deny {
-    let retry_after = ceil_secs(nanos_until(limit, tokens, UNIT)).max(1);
-    let mut headers = vec![("retry-after".to_owned(), retry_after.to_string())];
-    headers.extend(rate_limit_headers(limit, tokens));
-    Deny {
-        status: 429,
-        error: "rate_limited",
-        reason: format!(
-            "rate limit `{}` exceeded: {} requests per {} s",
-            limit.name, limit.requests, limit.period_s
-        ),
-        rule: Some(limit.name.clone()),
-        headers,
-        subject: None,
-    }
+fn limited(limit: &Limit, tokens: u64) -> Refusal {
+    let retry_after_s =
+        u64::try_from(ceil_secs(nanos_until(limit, tokens, UNIT)).max(1)).unwrap_or(u64::MAX);
+    let limited = RateLimited {
+        limit: limit.name.clone(),
+        requests: limit.requests,
+        period_s: limit.period_s,
+        retry_after_s,
+        headers: rate_limit_headers(limit, tokens),
+    };
+    Refusal::new(DenyReason::RateLimited(limited), Some(limit.name.clone()))
 }
 
 #[cfg(test)]
@@ -962,6 +951,7 @@ mod tests {
         let RateVerdict::Limited(deny) = run(&limiter, &store, &mut counters, key, 0.0) else {
             panic!("not limited")
         };
+        let deny = deny.answer();
         assert_eq!(deny.status, 429);
         assert_eq!(deny.rule.as_deref(), Some("per-key"));
         let header = |name: &str| {

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod claims;
 pub mod config;
 pub mod der;
+pub mod invalid;
 pub mod json;
 pub mod jws;
 pub mod keys;
@@ -19,18 +20,18 @@ pub use cache::{CacheConfig, TokenCache};
 pub use config::JwtConfig;
 pub use remote::{FetchRequest, JwksSync, RemoteKeySet, RemoteKeys, RemoteKind, RemoteSpec};
 
-use crate::decision::{Deny, HeaderEdit};
+use crate::decision::{DenyReason, HeaderEdit, Refusal};
 use crate::error::{valid_name, ConfigError};
 use crate::expr::{Activation, Expr, JwtAttributes};
 use crate::guard_index::GuardIndex;
 use crate::ports::{Counters, HostCrypto};
 use crate::request::{HostAttribute, RequestView};
 use claims::{
-    check_claim_types, check_claims, header_value, sanitize, unix_seconds, ClaimPath, ClaimRules,
-    SubjectRule,
+    check_claim_types, check_claims, header_value, unix_seconds, ClaimPath, ClaimRules, SubjectRule,
 };
 use config::{JwksSource, ProviderConfig, RequirementConfig};
-use jws::{json_depth_ok, parse_json_object, verify_compact_with, Invalid};
+use invalid::{Cause, Invalid};
+use jws::{json_depth_ok, parse_json_object, verify_compact_with};
 use keys::{KeyPolicy, KeySet};
 use serde_json::Value;
 use std::borrow::Cow;
@@ -67,8 +68,8 @@ pub enum AuthnOutcome {
         token: Option<Arc<VerifiedToken>>,
         request_headers: Vec<HeaderEdit>,
     },
-    /// 401 (or 503 when keys are unavailable), with RFC 6750 headers.
-    Fail(Deny),
+    /// 401 (or 503 when keys are unavailable); [`Refusal::answer`] adds RFC 6750 headers.
+    Fail(Refusal),
     /// Keys for these providers have not been fetched yet.
     KeysPending(Vec<String>),
 }
@@ -152,14 +153,6 @@ pub struct Authenticator {
 }
 
 static EPOCH: AtomicU64 = AtomicU64::new(1);
-
-const REALM: &str = "portcullis";
-
-/// `Retry-After` of a 503 `keys_unavailable`, in seconds.
-pub const KEYS_RETRY_AFTER_S: u32 = 2;
-
-/// The `invalid_request` reason, also its `error_description` (nothing to escape).
-const MULTIPLE_TOKENS: &str = "more than one token in the request";
 
 /// Where a token was found: what `forward: false` removes before the request goes upstream.
 #[derive(Debug, Clone, PartialEq)]
@@ -349,26 +342,14 @@ impl Authenticator {
         self.pending_deadline_ms
     }
 
-    /// The answer when keys did not arrive in time (or are too stale).
-    pub fn keys_unavailable(&self) -> Deny {
-        let mut headers = Vec::new();
-        if self.keys_unavailable_status == 401 {
-            headers.push((
-                "www-authenticate".to_owned(),
-                format!("Bearer realm=\"{REALM}\""),
-            ));
-        } else {
-            // The first fetch retry is due within a second or two (docs/jwt.md, backoff).
-            headers.push(("retry-after".to_owned(), KEYS_RETRY_AFTER_S.to_string()));
-        }
-        Deny {
-            status: self.keys_unavailable_status,
-            error: "keys_unavailable",
-            reason: "signing keys unavailable".to_owned(),
-            rule: None,
-            headers,
-            subject: None,
-        }
+    /// The refusal when keys did not arrive in time (or are too stale).
+    pub fn keys_unavailable(&self) -> Refusal {
+        Refusal::new(
+            DenyReason::KeysUnavailable {
+                status: self.keys_unavailable_status,
+            },
+            None,
+        )
     }
 
     /// The requirement that applies to a request, and the rule that chose it.
@@ -428,54 +409,18 @@ impl Authenticator {
                     request_headers,
                 }
             }
-            Eval::Missing => AuthnOutcome::Fail(Deny {
-                status: 401,
-                error: "missing_token",
-                reason: "a bearer token is required".to_owned(),
-                rule,
-                headers: vec![(
-                    "www-authenticate".to_owned(),
-                    format!("Bearer realm=\"{REALM}\""),
-                )],
-                subject: None,
-            }),
-            // RFC 6750 3.1, with 401 rather than the 400 it suggests: every answer of
-            // authentication is a 401, as in Envoy's jwt_authn.
-            Eval::MultipleTokens => AuthnOutcome::Fail(Deny {
-                status: 401,
-                error: "invalid_request",
-                reason: MULTIPLE_TOKENS.to_owned(),
-                rule,
-                headers: vec![(
-                    "www-authenticate".to_owned(),
-                    format!(
-                        "Bearer realm=\"{REALM}\", error=\"invalid_request\", error_description=\"{MULTIPLE_TOKENS}\""
-                    ),
-                )],
-                subject: None,
-            }),
+            Eval::Missing => AuthnOutcome::Fail(Refusal::new(DenyReason::MissingToken, rule)),
+            Eval::MultipleTokens => {
+                AuthnOutcome::Fail(Refusal::new(DenyReason::MultipleTokens, rule))
+            }
             Eval::Invalid(invalid) => {
-                let description = sanitize(&invalid.detail);
-                AuthnOutcome::Fail(Deny {
-                    status: 401,
-                    error: "invalid_token",
-                    reason: description.clone(),
-                    rule,
-                    headers: vec![(
-                        "www-authenticate".to_owned(),
-                        format!(
-                            "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{description}\""
-                        ),
-                    )],
-                    subject: None,
-                })
+                AuthnOutcome::Fail(Refusal::new(DenyReason::InvalidToken(invalid), rule))
             }
             Eval::Pending(providers) => AuthnOutcome::KeysPending(providers),
-            Eval::Unavailable => {
-                let mut deny = self.keys_unavailable();
-                deny.rule = rule;
-                AuthnOutcome::Fail(deny)
-            }
+            Eval::Unavailable => AuthnOutcome::Fail(Refusal {
+                rule,
+                ..self.keys_unavailable()
+            }),
         }
     }
 
@@ -654,7 +599,7 @@ impl Authenticator {
                 ProviderResult::Verified(verified, source)
             }
             Err(invalid) => {
-                if invalid.code == "unknown_kid" && matches!(p.keys, ProviderKeys::Remote(_)) {
+                if invalid.code == Cause::UnknownKid && matches!(p.keys, ProviderKeys::Remote(_)) {
                     env.remote_keys.request_refetch(&p.name);
                 }
                 env.counters
@@ -719,14 +664,14 @@ fn verify_token(
         p.max_json_depth,
         |jws| {
             if !json_depth_ok(&jws.payload, p.max_json_depth) {
-                return Err(Invalid::new("malformed", "payload nests too deeply"));
+                return Err(Invalid::new(Cause::Malformed, "payload nests too deeply"));
             }
             let claims = parse_json_object(&jws.payload, "payload")?;
             // Malformed for every provider, so refused before the issuer filter and any crypto.
             check_claim_types(&claims)?;
             // Cheap issuer filter before any crypto (several providers may share a header).
             if claims.get("iss").and_then(Value::as_str) != Some(p.rules.issuer.as_str()) {
-                return Err(Invalid::new("wrong_issuer", "wrong issuer"));
+                return Err(Invalid::new(Cause::WrongIssuer, "wrong issuer"));
             }
             Ok(claims)
         },

@@ -1,6 +1,7 @@
 //! Unit tests of the authenticator: extraction, requirements, answers, cache, remote keys.
 
 use super::*;
+use crate::decision::Deny;
 use crate::expr::Activation;
 use crate::ports::memory::MemoryCounters;
 use crate::ports::NoHostCrypto;
@@ -142,7 +143,7 @@ fn bearer(token: &str) -> RequestView {
 
 fn deny(outcome: AuthnOutcome) -> Deny {
     match outcome {
-        AuthnOutcome::Fail(d) => d,
+        AuthnOutcome::Fail(refusal) => refusal.answer(),
         other => panic!("expected a deny, got {other:?}"),
     }
 }
