@@ -1,12 +1,12 @@
 //! The plugin configuration: parsed and compiled once in `on_configure`. Anything wrong is
 //! reported with the path of the offending field (and, for CEL, file, line and column).
 
+use crate::attributes::Attribute;
 use crate::canonical::{RequestCheck, RequestConfig};
 pub use crate::error::ConfigError;
 use crate::jwt::{Authenticator, JwtConfig};
 use crate::policy::{Policy, PolicyConfig};
 use crate::ratelimit::{RateLimitConfig, RateLimiter};
-use crate::request::HostAttribute;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 
@@ -53,7 +53,7 @@ pub struct Config {
     /// What is refused before any policy reads the request (paths, repeated headers).
     pub request_check: RequestCheck,
     /// Host attributes some expression reads: the shell fetches exactly these per request.
-    pub host_attributes: BTreeSet<HostAttribute>,
+    pub host_attributes: BTreeSet<Attribute>,
 }
 
 impl Config {

@@ -23,7 +23,8 @@
 //! by a macro, every `root.member` must be a known attribute, and every called function must
 //! be one the runtime registers. Errors carry the 1-based line and column.
 
-use crate::request::{AttributeValue, HostAttribute, RequestView};
+use crate::attributes::{Attribute, Derived, Source, ROOTS};
+use crate::request::{query_of, AttributeValue, RequestView};
 use cel::common::ast::{EntryExpr, Expr as Ast, IdedExpr};
 use cel::common::types::{
     CelBool, CelInt, CelMap, CelMapKey, CelString, Type, BOOL_TYPE, INT_TYPE, STRING_TYPE,
@@ -33,6 +34,7 @@ use cel::context::VariableResolver;
 use cel::{Env, ExecutionError};
 use serde::Deserialize;
 use std::any::Any;
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -401,46 +403,6 @@ const KNOWN_TYPES: &[&str] = &[
     "net.CIDR",
 ];
 
-/// The variables an expression may read, and their members.
-const ROOTS: &[(&str, &[&str])] = &[
-    (
-        "request",
-        &[
-            "path",
-            "url_path",
-            "host",
-            "scheme",
-            "method",
-            "headers",
-            "query",
-            "query_params",
-            "id",
-            "useragent",
-            "referer",
-            "time",
-            "protocol",
-        ],
-    ),
-    ("source", &["address", "port"]),
-    ("destination", &["address", "port"]),
-    (
-        "connection",
-        &[
-            "mtls",
-            "requested_server_name",
-            "tls_version",
-            "subject_peer_certificate",
-            "uri_san_peer_certificate",
-            "dns_san_peer_certificate",
-        ],
-    ),
-    ("jwt", &["claims", "header", "provider"]),
-];
-
-fn root_members(name: &str) -> Option<&'static [&'static str]> {
-    ROOTS.iter().find(|(r, _)| *r == name).map(|(_, m)| *m)
-}
-
 fn is_operator(name: &str) -> bool {
     name.starts_with('_')
         || name.starts_with('@')
@@ -463,7 +425,7 @@ pub struct Expr {
     /// compiled at configure time (see [`literal_regex`]); this is what runs.
     expression: IdedExpr,
     env: Arc<Env>,
-    host_attributes: Vec<HostAttribute>,
+    host_attributes: Vec<Attribute>,
     uses_jwt: bool,
     /// A native evaluator for the common shapes (see [`fast`]); `None` when the expression
     /// has another shape. It answers only when sure, else the interpreter runs.
@@ -587,7 +549,7 @@ impl Expr {
     }
 
     /// The host attributes this expression reads (fetched per request only if some expression needs them).
-    pub fn host_attributes(&self) -> Vec<HostAttribute> {
+    pub fn host_attributes(&self) -> Vec<Attribute> {
         self.host_attributes.clone()
     }
 
@@ -801,7 +763,7 @@ fn strip_comments(text: &str) -> String {
 
 struct Checker {
     bound: Vec<String>,
-    host: BTreeSet<HostAttribute>,
+    host: BTreeSet<Attribute>,
     uses_jwt: bool,
     error: Option<(u64, isize, String)>,
 }
@@ -862,39 +824,35 @@ impl Checker {
         if root == "jwt" {
             self.uses_jwt = true;
         }
-        let prefix = format!("{root}.");
-        for a in HostAttribute::ALL {
-            if a.cel_name().starts_with(&prefix) {
-                self.host.insert(a);
-            }
-        }
+        self.host
+            .extend(Attribute::members_of(root).filter(|a| a.is_host()));
     }
 
     /// `root.member...`: checks the member and records what it reads.
     fn root_member(&mut self, id: u64, shift: isize, root: &str, member: &str) {
-        let Some(members) = root_members(root) else {
+        if !Attribute::is_root(root) {
             return;
-        };
-        if !members.contains(&member) {
+        }
+        let Some(attribute) = Attribute::lookup(root, member) else {
+            let known: Vec<&str> = Attribute::members_of(root)
+                .map(Attribute::cel_name)
+                .collect();
             self.fail_at(
                 id,
                 shift,
                 format!(
                     "unknown attribute '{root}.{member}' (known: {})",
-                    members
-                        .iter()
-                        .map(|m| format!("{root}.{m}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    known.join(", ")
                 ),
             );
             return;
-        }
-        if root == "jwt" {
-            self.uses_jwt = true;
-        }
-        if let Some(a) = HostAttribute::from_cel_name(&format!("{root}.{member}")) {
-            self.host.insert(a);
+        };
+        match attribute.source() {
+            Source::Token => self.uses_jwt = true,
+            Source::Host(_) => {
+                self.host.insert(attribute);
+            }
+            Source::Header(_) | Source::Derived(_) => {}
         }
     }
 
@@ -907,7 +865,7 @@ impl Checker {
         if self.is_bound(first) {
             return;
         }
-        if root_members(first).is_some() {
+        if Attribute::is_root(first) {
             match segs.get(1) {
                 // a select's offset is its '.': point at the member's name
                 Some(member) => {
@@ -922,12 +880,11 @@ impl Checker {
         if KNOWN_TYPES.contains(&joined.as_str()) {
             return;
         }
-        let roots: Vec<&str> = ROOTS.iter().map(|(r, _)| *r).collect();
         self.fail(
             id,
             format!(
                 "undeclared reference to '{joined}' (variables are {})",
-                roots.join(", ")
+                ROOTS.join(", ")
             ),
         );
     }
@@ -965,7 +922,7 @@ impl Checker {
                 let qualified_fn = call.target.as_ref().and_then(|t| {
                     let segs = segments(t)?;
                     let first = segs.first()?;
-                    if self.is_bound(first) || root_members(first).is_some() {
+                    if self.is_bound(first) || Attribute::is_root(first) {
                         return None;
                     }
                     let name = format!("{}.{}", segs.join("."), call.func_name);
@@ -994,7 +951,7 @@ impl Checker {
                             Ast::Literal(cel::common::ast::LiteralValue::String(k)),
                         ) = (&target.expr, &key.expr)
                         {
-                            if !self.is_bound(root) && root_members(root).is_some() {
+                            if !self.is_bound(root) && Attribute::is_root(root) {
                                 self.root_member(key.id, 0, root, k.inner());
                                 return;
                             }
@@ -1110,34 +1067,10 @@ impl Checker {
                 if segs.len() != 2 || self.is_bound(segs.first()?) {
                     return None;
                 }
-                let name = segs.join(".");
-                Some(match name.as_str() {
-                    "request.path"
-                    | "request.url_path"
-                    | "request.host"
-                    | "request.scheme"
-                    | "request.method"
-                    | "request.query"
-                    | "request.id"
-                    | "request.useragent"
-                    | "request.referer"
-                    | "request.protocol"
-                    | "source.address"
-                    | "destination.address"
-                    | "connection.requested_server_name"
-                    | "connection.tls_version"
-                    | "connection.subject_peer_certificate"
-                    | "connection.uri_san_peer_certificate"
-                    | "connection.dns_san_peer_certificate"
-                    | "jwt.provider" => "string",
-                    "request.headers" | "request.query_params" | "jwt.claims" | "jwt.header" => {
-                        "map"
-                    }
-                    "source.port" | "destination.port" => "int",
-                    "connection.mtls" => "bool",
-                    "request.time" => "timestamp",
-                    _ => return None,
-                })
+                let (Some(root), Some(member)) = (segs.first(), segs.get(1)) else {
+                    return None;
+                };
+                Attribute::lookup(root, member).map(|a| a.cel_type().name())
             }
             _ => None,
         }
@@ -1182,34 +1115,20 @@ impl<'a> Activation<'a> {
         self.request.header(":path")
     }
 
-    #[allow(clippy::map_entry)]
     fn headers_map(&self) -> &CelMap<'a> {
         self.headers.get_or_init(|| {
+            let headers = &self.request.headers;
             let mut map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> =
-                HashMap::with_capacity(self.request.headers.len());
-            let mut joined: Vec<(&'a str, String)> = Vec::new();
-            for (k, v) in &self.request.headers {
-                let key = CelMapKey::String(CelString::from(k));
-                if map.contains_key(&key) {
-                    match joined.iter_mut().find(|(n, _)| *n == k) {
-                        Some((_, acc)) => {
-                            acc.push(',');
-                            acc.push_str(v);
-                        }
-                        None => {
-                            let first = self.request.header(k).unwrap_or("");
-                            joined.push((k, format!("{first},{v}")));
-                        }
-                    }
-                } else {
-                    map.insert(key, Box::new(CelString::from(v)));
+                HashMap::with_capacity(headers.len());
+            for (name, _) in headers {
+                let key = CelMapKey::String(CelString::from(name));
+                if let (false, Some(value)) = (map.contains_key(&key), headers.joined(name)) {
+                    let value: Box<dyn Val + 'a> = match value {
+                        Cow::Borrowed(v) => Box::new(CelString::from(v)),
+                        Cow::Owned(v) => Box::new(CelString::from(v)),
+                    };
+                    map.insert(key, value);
                 }
-            }
-            for (k, v) in joined {
-                map.insert(
-                    CelMapKey::String(CelString::from(k)),
-                    Box::new(CelString::from(v)),
-                );
             }
             CelMap::from(map)
         })
@@ -1247,7 +1166,7 @@ impl<'a> Activation<'a> {
             .as_deref()
     }
 
-    fn host(&self, attribute: HostAttribute) -> Option<Box<dyn Val + 'a>> {
+    fn host(&self, attribute: Attribute) -> Option<Box<dyn Val + 'a>> {
         Some(match self.request.attribute(attribute)? {
             AttributeValue::String(s) => Box::new(CelString::from(s.as_str())),
             AttributeValue::Int(i) => Box::new(CelInt::from(*i)),
@@ -1256,66 +1175,45 @@ impl<'a> Activation<'a> {
         })
     }
 
-    fn request_member(&self, member: &str) -> Option<CowVal<'_, 'a>> {
-        let s = |v: &'a str| Some(CowVal::owned(CelString::from(v)));
-        match member {
-            "path" => s(self.path()?),
-            "url_path" => {
-                let p = self.path()?;
-                s(p.split_once('?').map_or(p, |(a, _)| a))
+    /// One attribute's value, from where the attribute table says it comes from.
+    fn value(&self, attribute: Attribute) -> Option<CowVal<'_, 'a>> {
+        match attribute.source() {
+            Source::Header(_)
+            | Source::Derived(Derived::UrlPath | Derived::Authority | Derived::Query) => {
+                let value = self.request.string_attribute(attribute)?;
+                Some(CowVal::owned(CelString::from(value)))
             }
-            "host" => s(self
-                .request
-                .header(":authority")
-                .or_else(|| self.request.header("host"))?),
-            "scheme" => s(self.request.header(":scheme")?),
-            "method" => s(self.request.header(":method")?),
-            "headers" => Some(CowVal::Borrowed(self.headers_map())),
-            "query" => s(query_of(self.path()?)),
-            "query_params" => Some(CowVal::Borrowed(self.query_params_map())),
-            "id" => s(self.request.header("x-request-id")?),
-            "useragent" => s(self.request.header("user-agent")?),
-            "referer" => s(self.request.header("referer")?),
-            "time" => self.host(HostAttribute::RequestTime).map(CowVal::Owned),
-            "protocol" => self.host(HostAttribute::RequestProtocol).map(CowVal::Owned),
-            _ => None,
-        }
-    }
-
-    fn jwt_member(&self, member: &str) -> Option<CowVal<'_, 'a>> {
-        match member {
-            "provider" => Some(CowVal::owned(CelString::from(
-                self.jwt.map_or("", |j| j.provider.as_str()),
-            ))),
-            "claims" => self.claims_val().map(CowVal::Borrowed),
-            "header" => self.jwt_header_val().map(CowVal::Borrowed),
-            _ => None,
+            Source::Derived(Derived::Headers) => Some(CowVal::Borrowed(self.headers_map())),
+            Source::Derived(Derived::QueryParams) => {
+                Some(CowVal::Borrowed(self.query_params_map()))
+            }
+            Source::Host(_) => self.host(attribute).map(CowVal::Owned),
+            Source::Token => match attribute {
+                Attribute::JwtClaims => self.claims_val().map(CowVal::Borrowed),
+                Attribute::JwtHeader => self.jwt_header_val().map(CowVal::Borrowed),
+                _ => Some(CowVal::owned(CelString::from(
+                    self.jwt.map_or("", |j| j.provider.as_str()),
+                ))),
+            },
         }
     }
 
     fn member(&self, root: &str, member: &str) -> Option<CowVal<'_, 'a>> {
-        match root {
-            "request" => self.request_member(member),
-            "jwt" => self.jwt_member(member),
-            "source" | "destination" | "connection" => {
-                let attribute = HostAttribute::ALL.into_iter().find(|a| {
-                    a.cel_name()
-                        .split_once('.')
-                        .is_some_and(|(r, m)| r == root && m == member)
-                })?;
-                self.host(attribute).map(CowVal::Owned)
-            }
-            _ => None,
-        }
+        self.value(Attribute::lookup(root, member)?)
     }
 
     /// The whole `root` as a map of the members that are present.
     fn root_map(&self, root: &str) -> Option<CowVal<'_, 'a>> {
-        let members = root_members(root)?;
+        if !Attribute::is_root(root) {
+            return None;
+        }
         let mut map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::new();
-        for m in members {
-            if let Some(v) = self.member(root, m) {
-                map.insert(CelMapKey::String(CelString::from(*m)), v.into_owned());
+        for attribute in Attribute::members_of(root) {
+            if let Some(v) = self.value(attribute) {
+                map.insert(
+                    CelMapKey::String(CelString::from(attribute.member())),
+                    v.into_owned(),
+                );
             }
         }
         Some(CowVal::owned(CelMap::from(map)))
@@ -1352,10 +1250,6 @@ impl VariableResolver for Activation<'_> {
             Some(_) => None,
         }
     }
-}
-
-fn query_of(path: &str) -> &str {
-    path.split_once('?').map_or("", |(_, q)| q)
 }
 
 /// The value of one hexadecimal digit.
@@ -1581,7 +1475,8 @@ mod literal_regex {
 /// fast path can only ever agree with the interpreter; a unit test checks that it does.
 mod fast {
     use super::{Activation, Ast, IdedExpr};
-    use crate::request::{AttributeValue, HostAttribute};
+    use crate::attributes::{Attribute, AttributeKind, Source};
+    use crate::request::AttributeValue;
     use cel::common::ast::LiteralValue as L;
     use std::borrow::Cow;
 
@@ -1595,13 +1490,13 @@ mod fast {
     #[derive(Debug)]
     pub enum Fast {
         Lit(FVal<'static>),
-        /// `request.<member>` for the header-derived string attributes.
-        Request(&'static str),
+        /// A string attribute read from the headers ([`Attribute::is_header_string`]).
+        Request(Attribute),
         /// `request.headers["name"]` / `request.headers.name`.
         Header(String),
         /// `"name" in request.headers`, `has(request.headers.name)`.
         HasHeader(String),
-        Host(HostAttribute),
+        Host(Attribute),
         JwtProvider,
         /// `jwt.claims.name` (a string, int or bool claim).
         Claim(String),
@@ -1673,25 +1568,19 @@ mod fast {
 
     fn attribute(segs: &[&str]) -> Option<Fast> {
         match segs {
-            ["request", m @ ("path" | "url_path" | "host" | "scheme" | "method" | "query" | "id"
-            | "useragent" | "referer")] => Some(Fast::Request(match *m {
-                "path" => "path",
-                "url_path" => "url_path",
-                "host" => "host",
-                "scheme" => "scheme",
-                "method" => "method",
-                "query" => "query",
-                "id" => "id",
-                "useragent" => "useragent",
-                _ => "referer",
-            })),
             ["request", "headers", name] => Some(Fast::Header((*name).to_owned())),
-            ["jwt", "provider"] => Some(Fast::JwtProvider),
             ["jwt", "claims", name] => Some(Fast::Claim((*name).to_owned())),
             [root, member] => {
-                let a = HostAttribute::from_cel_name(&format!("{root}.{member}"))?;
-                // request.time is a timestamp: leave it to the interpreter.
-                (a != HostAttribute::RequestTime).then_some(Fast::Host(a))
+                let a = Attribute::lookup(root, member)?;
+                match a.source() {
+                    _ if a.is_header_string() => Some(Fast::Request(a)),
+                    // request.time is a timestamp: leave it to the interpreter.
+                    Source::Host(kind) => {
+                        (kind != AttributeKind::Timestamp).then_some(Fast::Host(a))
+                    }
+                    Source::Token => (a == Attribute::JwtProvider).then_some(Fast::JwtProvider),
+                    _ => None,
+                }
             }
             _ => None,
         }
@@ -1852,10 +1741,7 @@ mod fast {
     fn exists_or_all(c: &cel::common::ast::ComprehensionExpr) -> Option<Fast> {
         let accu = c.accu_var.as_str();
         let is_accu = |e: &IdedExpr| matches!(&e.expr, Ast::Ident(n) if n == accu);
-        if c.iter_var2.is_some()
-            || !is_accu(&c.result)
-            || super::root_members(&c.iter_var).is_some()
-        {
+        if c.iter_var2.is_some() || !is_accu(&c.result) || Attribute::is_root(&c.iter_var) {
             return None;
         }
         let all = match &c.accu_init.expr {
@@ -1965,42 +1851,10 @@ mod fast {
             let b = |x: bool| Some(FVal::Bool(x));
             match self {
                 Fast::Lit(v) => Some(borrowed(v)),
-                Fast::Request(member) => {
-                    let p = || act.request.header(":path");
-                    let v = match *member {
-                        "path" => p()?,
-                        "url_path" => {
-                            let p = p()?;
-                            p.split_once('?').map_or(p, |(a, _)| a)
-                        }
-                        "host" => act
-                            .request
-                            .header(":authority")
-                            .or_else(|| act.request.header("host"))?,
-                        "scheme" => act.request.header(":scheme")?,
-                        "method" => act.request.header(":method")?,
-                        "query" => super::query_of(p()?),
-                        "id" => act.request.header("x-request-id")?,
-                        "useragent" => act.request.header("user-agent")?,
-                        _ => act.request.header("referer")?,
-                    };
-                    Some(FVal::Str(Cow::Borrowed(v)))
-                }
-                Fast::Header(name) => {
-                    let mut values = act.request.headers.values(name);
-                    let first = values.next()?;
-                    match values.next() {
-                        None => Some(FVal::Str(Cow::Borrowed(first))),
-                        Some(second) => {
-                            let mut joined = format!("{first},{second}");
-                            for v in values {
-                                joined.push(',');
-                                joined.push_str(v);
-                            }
-                            Some(FVal::Str(Cow::Owned(joined)))
-                        }
-                    }
-                }
+                Fast::Request(attribute) => Some(FVal::Str(Cow::Borrowed(
+                    act.request.string_attribute(*attribute)?,
+                ))),
+                Fast::Header(name) => Some(FVal::Str(act.request.headers.joined(name)?)),
                 Fast::HasHeader(name) => b(act.request.headers.values(name).next().is_some()),
                 Fast::Host(a) => match act.request.attribute(*a)? {
                     AttributeValue::String(s) => Some(FVal::Str(Cow::Borrowed(s))),

@@ -32,6 +32,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod attributes;
 pub mod bytes;
 pub mod canonical;
 pub mod config;

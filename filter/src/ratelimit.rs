@@ -32,13 +32,13 @@
 //! admits more than the bucket allows; the tokens workers hold unused are bounded by
 //! `workers × batch` (auto: ≤ 0.1 % of the burst per worker) and forgotten after one period.
 
+use crate::attributes::Attribute;
 use crate::decision::{DenyReason, RateLimited, Refusal};
 use crate::error::{valid_name, ConfigError};
 use crate::expr::{Activation, Expr, ExprSource};
 use crate::guard_index::GuardIndex;
 use crate::mode::Mode;
 use crate::ports::{Counters, SharedStore, StoreError};
-use crate::request::HostAttribute;
 use serde::Deserialize;
 use siphasher::sip::SipHasher13;
 use std::hash::Hasher;
@@ -468,7 +468,7 @@ impl RateLimiter {
         })
     }
 
-    pub fn host_attributes(&self) -> Vec<HostAttribute> {
+    pub fn host_attributes(&self) -> Vec<Attribute> {
         self.exprs().flat_map(Expr::host_attributes).collect()
     }
 

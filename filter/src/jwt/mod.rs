@@ -20,12 +20,13 @@ pub use cache::{CacheConfig, TokenCache};
 pub use config::JwtConfig;
 pub use remote::{FetchRequest, JwksSync, RemoteKeySet, RemoteKeys, RemoteKind, RemoteSpec};
 
+use crate::attributes::Attribute;
 use crate::decision::{DenyReason, HeaderEdit, Refusal};
 use crate::error::{valid_name, ConfigError};
 use crate::expr::{Activation, Expr, JwtAttributes};
 use crate::guard_index::GuardIndex;
 use crate::ports::{Counters, HostCrypto};
-use crate::request::{HostAttribute, RequestView};
+use crate::request::RequestView;
 use claims::{
     check_claim_types, check_claims, header_value, unix_seconds, ClaimPath, ClaimRules, SubjectRule,
 };
@@ -299,8 +300,8 @@ impl Authenticator {
         })
     }
 
-    pub fn host_attributes(&self) -> Vec<HostAttribute> {
-        let mut all: Vec<HostAttribute> = self
+    pub fn host_attributes(&self) -> Vec<Attribute> {
+        let mut all: Vec<Attribute> = self
             .rules
             .iter()
             .flat_map(|r| r.when.host_attributes())
