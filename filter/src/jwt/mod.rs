@@ -5,6 +5,7 @@
 //! is pure apart from the [`AuthnEnv`] it is handed. See docs/jwt.md.
 
 pub mod alg;
+pub mod attributes;
 pub mod cache;
 pub mod claims;
 pub mod config;
