@@ -38,7 +38,6 @@ use keys::{KeyPolicy, KeySet};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -154,8 +153,6 @@ pub struct Authenticator {
     output_headers: Vec<String>,
 }
 
-static EPOCH: AtomicU64 = AtomicU64::new(1);
-
 /// Where a token was found: what `forward: false` removes before the request goes upstream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TokenLocation {
@@ -237,9 +234,6 @@ fn valid_header_name(name: &str) -> bool {
 
 impl Authenticator {
     pub fn compile(config: &JwtConfig) -> Result<Authenticator, ConfigError> {
-        // Distinguishes this compiled configuration in the token cache: a reconfigured VM
-        // never serves entries verified under the old issuer/audience rules.
-        let epoch = EPOCH.fetch_add(1, Ordering::Relaxed);
         let mut providers = Vec::with_capacity(config.providers.len());
         for (i, pc) in config.providers.iter().enumerate() {
             let field = format!("jwt.providers[{i}]");
@@ -249,7 +243,7 @@ impl Authenticator {
                     format!("duplicate provider name `{}`", pc.name),
                 ));
             }
-            providers.push(compile_provider(pc, &field, epoch)?);
+            providers.push(compile_provider(pc, &field)?);
         }
         let mut rules = Vec::with_capacity(config.requirements.len());
         for (i, rc) in config.requirements.iter().enumerate() {
@@ -919,7 +913,18 @@ fn remote_source_check(
     Ok(())
 }
 
-fn compile_provider(pc: &ProviderConfig, field: &str, epoch: u64) -> Result<Provider, ConfigError> {
+/// The provider's scope in the token cache: its name and a digest of its whole configuration,
+/// so a token verified under other issuer, audience or key rules is never served from the
+/// cache, and compiling the same configuration twice gives the same scope. (The shell also
+/// starts a new cache on every reconfiguration.)
+fn cache_scope(pc: &ProviderConfig) -> String {
+    use std::hash::Hasher;
+    let mut hasher = siphasher::sip::SipHasher13::new();
+    hasher.write(format!("{pc:?}").as_bytes());
+    format!("{}\0{:016x}", pc.name, hasher.finish())
+}
+
+fn compile_provider(pc: &ProviderConfig, field: &str) -> Result<Provider, ConfigError> {
     let name = pc.name.clone();
     if !valid_name(&name) {
         return Err(ConfigError::new(
@@ -1173,7 +1178,7 @@ fn compile_provider(pc: &ProviderConfig, field: &str, epoch: u64) -> Result<Prov
         claim_headers,
         max_token_bytes: pc.max_token_bytes,
         max_json_depth: pc.max_json_depth,
-        cache_scope: format!("{name}\0{epoch}"),
+        cache_scope: cache_scope(pc),
         c_ok: counter("ok"),
         c_missing: counter("missing"),
         c_multiple_tokens: counter("multiple_tokens"),
