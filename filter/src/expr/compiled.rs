@@ -8,8 +8,11 @@ use super::{fast, literal_regex};
 use crate::attributes::Attribute;
 use cel::common::ast::IdedExpr;
 use cel::common::types::CelBool;
+use cel::common::value::CowVal;
 use cel::common::value::Val;
+use cel::context::VariableResolver;
 use cel::{Env, ExecutionError};
+use regex::Regex;
 use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -86,6 +89,8 @@ pub struct Expr {
     /// A native evaluator for the common shapes (see [`fast`]); `None` when the expression
     /// has another shape. It answers only when sure, else the interpreter runs.
     pub(super) fast: Option<fast::Fast>,
+    /// The literal patterns of `matches`, compiled; the rewritten calls name them by index.
+    regexes: Vec<Arc<Regex>>,
 }
 
 impl fmt::Debug for Expr {
@@ -191,15 +196,18 @@ impl Expr {
         let host_attributes = checker.host.into_iter().collect();
         let uses_jwt = checker.uses_jwt;
         let mut expression = parsed;
-        if let Err((id, message)) = literal_regex::bind(&mut expression) {
+        let mut patterns = Vec::new();
+        if let Err((id, message)) = literal_regex::bind(&mut expression, &mut patterns) {
             return Err(error_at(id, 0, message));
         }
-        let fast = fast::compile(&expression);
+        let regexes: Vec<Arc<Regex>> = patterns.into_iter().map(|(_, regex)| regex).collect();
+        let fast = fast::compile(&expression, &regexes);
         Ok(Expr {
             expression,
             env,
             host_attributes,
             uses_jwt,
+            regexes,
             fast,
         })
     }
@@ -230,14 +238,22 @@ impl Expr {
         self.fast.is_some()
     }
 
-    fn context<'x>(&self, activation: &'x Activation<'_>) -> cel::Context<'x, 'x> {
+    fn resolver<'x, 'a>(&'x self, activation: &'x Activation<'a>) -> Variables<'x, 'a> {
+        Variables {
+            activation,
+            regexes: &self.regexes,
+        }
+    }
+
+    fn context<'x>(&self, variables: &'x Variables<'_, '_>) -> cel::Context<'x, 'x> {
         let mut ctx = cel::Context::with_env(Arc::clone(&self.env));
-        ctx.set_variable_resolver(activation);
+        ctx.set_variable_resolver(variables);
         ctx
     }
 
     pub fn eval(&self, activation: &Activation<'_>) -> Result<cel::Value, EvalError> {
-        let ctx = self.context(activation);
+        let variables = self.resolver(activation);
+        let ctx = self.context(&variables);
         cel::Value::resolve(&self.expression, &ctx).map_err(|e| sanitize(&e))
     }
 
@@ -250,7 +266,8 @@ impl Expr {
 
     /// [`Expr::eval_bool`] without the native fast path (for tests and benchmarks).
     pub fn eval_bool_interpreted(&self, activation: &Activation<'_>) -> Result<bool, EvalError> {
-        let ctx = self.context(activation);
+        let variables = self.resolver(activation);
+        let ctx = self.context(&variables);
         let value = cel::Value::resolve_val(&self.expression, &ctx).map_err(|e| sanitize(&e))?;
         match value.downcast_ref::<CelBool>() {
             Some(b) => Ok(*b.inner()),
@@ -279,6 +296,25 @@ impl Expr {
                 other.type_of()
             ))),
         }
+    }
+}
+
+/// What an expression's evaluation reads: the request's activation, and the expression's
+/// own compiled regexes under their reserved names.
+struct Variables<'x, 'a> {
+    activation: &'x Activation<'a>,
+    regexes: &'x [Arc<Regex>],
+}
+
+impl VariableResolver for Variables<'_, '_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        if let Some(index) = literal_regex::variable_index(variable) {
+            let regex = self.regexes.get(index)?;
+            return Some(CowVal::owned(literal_regex::CompiledRegex(Arc::clone(
+                regex,
+            ))));
+        }
+        self.activation.resolve(variable)
     }
 }
 

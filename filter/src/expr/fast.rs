@@ -11,7 +11,9 @@ use crate::attributes::{Attribute, AttributeKind, Source};
 use crate::request::AttributeValue;
 use cel::common::ast::LiteralValue as L;
 use cel::common::ast::{Expr as Ast, IdedExpr};
+use regex::Regex;
 use std::borrow::Cow;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum FVal<'a> {
@@ -117,18 +119,18 @@ pub(super) fn attribute(segs: &[&str]) -> Option<Fast> {
     }
 }
 
-pub fn compile(e: &IdedExpr) -> Option<Fast> {
-    compile_in(e, None)
+pub fn compile(e: &IdedExpr, regexes: &[Arc<Regex>]) -> Option<Fast> {
+    compile_in(e, None, regexes)
 }
 
 /// `var`: the iteration variable of the enclosing `exists`/`all`, if any.
-pub(super) fn compile_in(e: &IdedExpr, var: Option<&str>) -> Option<Fast> {
+pub(super) fn compile_in(e: &IdedExpr, var: Option<&str>, regexes: &[Arc<Regex>]) -> Option<Fast> {
     if let Some(v) = lit(e) {
         return Some(Fast::Lit(v));
     }
     match &e.expr {
         Ast::Ident(name) if Some(name.as_str()) == var => Some(Fast::Elem),
-        Ast::Comprehension(c) => exists_or_all(c),
+        Ast::Comprehension(c) => exists_or_all(c, regexes),
         Ast::Select(s) if s.test => {
             let segs = path(&s.operand)?;
             match segs.as_slice() {
@@ -147,7 +149,7 @@ pub(super) fn compile_in(e: &IdedExpr, var: Option<&str>) -> Option<Fast> {
         Ast::Select(_) => attribute(&path(e)?),
         Ast::Call(c) => {
             let arg = |i: usize| c.args.get(i);
-            let bx = |x: Option<&IdedExpr>| compile_in(x?, var).map(Box::new);
+            let bx = |x: Option<&IdedExpr>| compile_in(x?, var, regexes).map(Box::new);
             match (c.func_name.as_str(), c.target.as_deref(), c.args.len()) {
                 ("_[_]", None, 2) => {
                     let (segs, key) = index_of(e)?;
@@ -163,11 +165,11 @@ pub(super) fn compile_in(e: &IdedExpr, var: Option<&str>) -> Option<Fast> {
                 ("_||_", None, 2) => Some(Fast::Or(bx(arg(0))?, bx(arg(1))?)),
                 ("!_", None, 1) => Some(Fast::Not(bx(arg(0))?)),
                 ("startsWith", Some(t), 1) => Some(Fast::StartsWith(
-                    compile_in(t, var).map(Box::new)?,
+                    compile_in(t, var, regexes).map(Box::new)?,
                     bx(arg(0))?,
                 )),
                 ("endsWith", Some(t), 1) => Some(Fast::EndsWith(
-                    compile_in(t, var).map(Box::new)?,
+                    compile_in(t, var, regexes).map(Box::new)?,
                     bx(arg(0))?,
                 )),
                 ("containsIP", Some(t), 1) => {
@@ -181,9 +183,9 @@ pub(super) fn compile_in(e: &IdedExpr, var: Option<&str>) -> Option<Fast> {
                     let a = arg(0)?;
                     let addr = match &a.expr {
                         Ast::Call(ip) if ip.func_name == "ip" && ip.target.is_none() => {
-                            compile_in(ip.args.first()?, var)?
+                            compile_in(ip.args.first()?, var, regexes)?
                         }
-                        _ => compile_in(a, var)?,
+                        _ => compile_in(a, var, regexes)?,
                     };
                     Some(Fast::CidrContains(net, Box::new(addr)))
                 }
@@ -194,17 +196,22 @@ pub(super) fn compile_in(e: &IdedExpr, var: Option<&str>) -> Option<Fast> {
                         Some(Fast::IsLoopback(Box::new(compile_in(
                             ip.args.first()?,
                             var,
+                            regexes,
                         )?)))
                     }
                     _ => None,
                 },
                 ("contains", Some(t), 1) => Some(Fast::Contains(
-                    compile_in(t, var).map(Box::new)?,
+                    compile_in(t, var, regexes).map(Box::new)?,
                     bx(arg(0))?,
                 )),
                 (super::literal_regex::FUNCTION, None, 2) => {
-                    let regex = super::literal_regex::get(&string_lit(arg(1)?)?)?;
-                    Some(Fast::Matches(bx(arg(0))?, regex))
+                    let Ast::Ident(name) = &arg(1)?.expr else {
+                        return None;
+                    };
+                    let index = super::literal_regex::variable_index(name)?;
+                    let regex = regexes.get(index)?;
+                    Some(Fast::Matches(bx(arg(0))?, Arc::clone(regex)))
                 }
                 ("@in", None, 2) => {
                     let (needle, hay) = (arg(0)?, arg(1)?);
@@ -217,14 +224,17 @@ pub(super) fn compile_in(e: &IdedExpr, var: Option<&str>) -> Option<Fast> {
                                 matches!(w, [a, b] if std::mem::discriminant(a) == std::mem::discriminant(b))
                             });
                             same.then_some(())?;
-                            Some(Fast::InList(Box::new(compile_in(needle, var)?), items))
+                            Some(Fast::InList(
+                                Box::new(compile_in(needle, var, regexes)?),
+                                items,
+                            ))
                         }
                         Ast::Call(split) if split.func_name == "split" && split.args.len() == 1 => {
                             let target = path(split.target.as_deref()?)?;
                             let sep = string_lit(split.args.first()?)?;
                             match target.as_slice() {
                                 ["jwt", "claims", name] => Some(Fast::InClaimSplit(
-                                    Box::new(compile_in(needle, var)?),
+                                    Box::new(compile_in(needle, var, regexes)?),
                                     (*name).to_owned(),
                                     sep,
                                 )),
@@ -238,7 +248,7 @@ pub(super) fn compile_in(e: &IdedExpr, var: Option<&str>) -> Option<Fast> {
                                     Some(Fast::HasHeader(string_lit(needle)?))
                                 }
                                 ["jwt", "claims", name] => Some(Fast::InClaimList(
-                                    Box::new(compile_in(needle, var)?),
+                                    Box::new(compile_in(needle, var, regexes)?),
                                     (*name).to_owned(),
                                 )),
                                 _ => None,
@@ -264,7 +274,10 @@ pub enum QuantifierRange {
 
 /// `jwt.claims.<name>.exists(x, p)` / `.all(x, p)` (or over a list literal) as the `cel`
 /// crate expands them, with `p` on the fast path in terms of `x` alone.
-pub(super) fn exists_or_all(c: &cel::common::ast::ComprehensionExpr) -> Option<Fast> {
+pub(super) fn exists_or_all(
+    c: &cel::common::ast::ComprehensionExpr,
+    regexes: &[Arc<Regex>],
+) -> Option<Fast> {
     let accu = c.accu_var.as_str();
     let is_accu = |e: &IdedExpr| matches!(&e.expr, Ast::Ident(n) if n == accu);
     if c.iter_var2.is_some() || !is_accu(&c.result) || Attribute::is_root(&c.iter_var) {
@@ -294,7 +307,7 @@ pub(super) fn exists_or_all(c: &cel::common::ast::ComprehensionExpr) -> Option<F
             _ => return None,
         },
     };
-    let pred = compile_in(pred, Some(c.iter_var.as_str()))?;
+    let pred = compile_in(pred, Some(c.iter_var.as_str()), regexes)?;
     Some(Fast::Quantifier {
         over,
         pred: Box::new(pred),

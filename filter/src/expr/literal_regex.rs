@@ -1,47 +1,66 @@
 //! `matches` with a literal pattern, compiled once at configure time.
 //!
 //! The `cel` crate compiles the pattern on every call: `groups.exists(g, g.matches('.+'))`
-//! cost ~70 µs per request in the harness, most of it building the same regex again. At
+//! cost most of a request's evaluation time, building the same regex again (history:
+//! docs/benchmarks.md). At
 //! configure time every `x.matches('lit')` / `matches(x, 'lit')` is checked (an invalid
 //! pattern rejects the configuration with its line and column) and rewritten to a call of
-//! [`FUNCTION`], which finds the compiled regex by its pattern in a process-wide table. The
-//! answers are the interpreter's: the same `regex` crate and the same `is_match`.
+//! [`FUNCTION`] whose second argument is a variable no user can name ([`VARIABLE`] and an
+//! index). The compiled expression holds the regexes and resolves those variables to them
+//! ([`CompiledRegex`]), so no table outside the expression is kept. The answers are the
+//! interpreter's: the same `regex` crate and the same `is_match`.
 
 use cel::common::ast::{EntryExpr, IdedEntryExpr, LiteralValue};
 use cel::common::ast::{Expr as Ast, IdedExpr};
-use cel::common::types::{CelBool, CelString};
-use cel::common::value::CowVal;
+use cel::common::types::{CelBool, CelString, Type, STRING_TYPE};
+use cel::common::value::{CowVal, StaticVal, Val};
 use cel::ExecutionError;
 use regex::Regex;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::any::Any;
+use std::sync::Arc;
 
 /// Not a name users can write: the checker only admits known functions, and this
 /// rewrite runs after it.
 pub const FUNCTION: &str = "__portcullis_matches_literal";
 
-/// Compiled patterns by source text. Entries are added only at configure time, from the
-/// configuration's own literals, so the table is bounded by the configurations loaded.
-pub(super) fn table() -> &'static Mutex<HashMap<String, Arc<Regex>>> {
-    static TABLE: OnceLock<Mutex<HashMap<String, Arc<Regex>>>> = OnceLock::new();
-    TABLE.get_or_init(|| Mutex::new(HashMap::new()))
+/// The prefix of the variables that stand for an expression's compiled regexes (`@` cannot
+/// start an identifier in CEL text).
+pub const VARIABLE: &str = "@portcullis_regex_";
+
+pub static REGEX_TYPE: Type = Type::new_unspecified_type("portcullis.regex");
+
+/// A regex compiled at configure time, as an interpreter value.
+#[derive(Debug, Clone)]
+pub struct CompiledRegex(pub Arc<Regex>);
+
+impl Val for CompiledRegex {
+    fn get_type(&self) -> &Type {
+        &REGEX_TYPE
+    }
+    fn cel_type() -> &'static Type {
+        &REGEX_TYPE
+    }
+    fn equals(&self, other: &dyn Val) -> bool {
+        other
+            .downcast_ref::<CompiledRegex>()
+            .is_some_and(|o| Arc::ptr_eq(&o.0, &self.0))
+    }
+    fn clone_as_boxed<'v>(&self) -> Box<dyn Val + 'v> {
+        Box::new(self.clone())
+    }
+    fn as_any(&self) -> Option<&dyn Any> {
+        Some(self)
+    }
+}
+impl StaticVal for CompiledRegex {}
+
+/// The index of a regex variable's name.
+pub fn variable_index(name: &str) -> Option<usize> {
+    name.strip_prefix(VARIABLE)?.parse().ok()
 }
 
-/// Compiles (or finds) `pattern`.
-pub fn compile(pattern: &str) -> Result<Arc<Regex>, String> {
-    if let Some(found) = get(pattern) {
-        return Ok(found);
-    }
-    let compiled =
-        Arc::new(Regex::new(pattern).map_err(|e| format!("invalid regex in matches(): {e}"))?);
-    if let Ok(mut table) = table().lock() {
-        table.insert(pattern.to_owned(), Arc::clone(&compiled));
-    }
-    Ok(compiled)
-}
-
-pub fn get(pattern: &str) -> Option<Arc<Regex>> {
-    table().lock().ok()?.get(pattern).cloned()
+fn compile(pattern: &str) -> Result<Regex, String> {
+    Regex::new(pattern).map_err(|e| format!("invalid regex in matches(): {e}"))
 }
 
 pub(super) fn literal(e: &IdedExpr) -> Option<&str> {
@@ -51,30 +70,45 @@ pub(super) fn literal(e: &IdedExpr) -> Option<&str> {
     }
 }
 
-/// Rewrites every literal-pattern `matches` in `e` (recursively); the error is the id of
-/// the offending pattern and the message.
-pub fn bind(e: &mut IdedExpr) -> Result<(), (u64, String)> {
+/// Rewrites every literal-pattern `matches` in `e` (recursively), compiling its pattern into
+/// `regexes`; the error is the id of the offending pattern and the message.
+pub fn bind(
+    e: &mut IdedExpr,
+    regexes: &mut Vec<(String, Arc<Regex>)>,
+) -> Result<(), (u64, String)> {
     match &mut e.expr {
         Ast::Call(call) => {
             if let Some(target) = call.target.as_deref_mut() {
-                bind(target)?;
+                bind(target, regexes)?;
             }
             for arg in &mut call.args {
-                bind(arg)?;
+                bind(arg, regexes)?;
             }
             if call.func_name != "matches" {
                 return Ok(());
             }
             // Only a literal pattern is bound; anything else is left as it was, for the
             // interpreter's own `matches`.
-            let pattern = match (call.target.is_some(), call.args.as_slice()) {
-                (true, [pattern]) | (false, [_, pattern]) => pattern,
+            let at = match (call.target.is_some(), call.args.len()) {
+                (true, 1) => 0,
+                (false, 2) => 1,
                 _ => return Ok(()),
             };
-            let (Some(text), id) = (literal(pattern), pattern.id) else {
+            let Some(pattern) = call.args.get_mut(at) else {
                 return Ok(());
             };
-            compile(text).map_err(|message| (id, message))?;
+            let Some(text) = literal(pattern).map(str::to_owned) else {
+                return Ok(());
+            };
+            let index = match regexes.iter().position(|(p, _)| *p == text) {
+                Some(index) => index,
+                None => {
+                    let regex = compile(&text).map_err(|message| (pattern.id, message))?;
+                    regexes.push((text, Arc::new(regex)));
+                    regexes.len() - 1
+                }
+            };
+            pattern.expr = Ast::Ident(format!("{VARIABLE}{index}"));
             if let Some(target) = call.target.take() {
                 call.args.insert(0, *target);
             }
@@ -89,25 +123,34 @@ pub fn bind(e: &mut IdedExpr) -> Result<(), (u64, String)> {
                 &mut c.loop_step,
                 &mut c.result,
             ] {
-                bind(part)?;
+                bind(part, regexes)?;
             }
             Ok(())
         }
-        Ast::Select(s) => bind(&mut s.operand),
-        Ast::List(l) => l.elements.iter_mut().try_for_each(bind),
-        Ast::Map(m) => m.entries.iter_mut().try_for_each(bind_entry),
-        Ast::Struct(st) => st.entries.iter_mut().try_for_each(bind_entry),
+        Ast::Select(s) => bind(&mut s.operand, regexes),
+        Ast::List(l) => l.elements.iter_mut().try_for_each(|e| bind(e, regexes)),
+        Ast::Map(m) => m
+            .entries
+            .iter_mut()
+            .try_for_each(|e| bind_entry(e, regexes)),
+        Ast::Struct(st) => st
+            .entries
+            .iter_mut()
+            .try_for_each(|e| bind_entry(e, regexes)),
         Ast::Unspecified | Ast::Ident(_) | Ast::Literal(_) => Ok(()),
     }
 }
 
-pub(super) fn bind_entry(entry: &mut IdedEntryExpr) -> Result<(), (u64, String)> {
+pub(super) fn bind_entry(
+    entry: &mut IdedEntryExpr,
+    regexes: &mut Vec<(String, Arc<Regex>)>,
+) -> Result<(), (u64, String)> {
     match &mut entry.expr {
         EntryExpr::MapEntry(kv) => {
-            bind(&mut kv.key)?;
-            bind(&mut kv.value)
+            bind(&mut kv.key, regexes)?;
+            bind(&mut kv.value, regexes)
         }
-        EntryExpr::StructField(f) => bind(&mut f.value),
+        EntryExpr::StructField(f) => bind(&mut f.value, regexes),
     }
 }
 
@@ -115,29 +158,23 @@ pub(super) fn matches_literal<'b, 'v>(
     args: Vec<CowVal<'b, 'v>>,
 ) -> Result<CowVal<'b, 'v>, ExecutionError> {
     let text = args.first().and_then(|a| a.downcast_ref::<CelString>());
-    let pattern = args.get(1).and_then(|a| a.downcast_ref::<CelString>());
-    let (Some(text), Some(pattern)) = (text, pattern) else {
+    let regex = args.get(1).and_then(|a| a.downcast_ref::<CompiledRegex>());
+    let (Some(text), Some(regex)) = (text, regex) else {
         let types = args
             .iter()
             .map(|a| a.get_type().name().to_owned())
             .collect();
         return Err(ExecutionError::no_such_overload("matches", types));
     };
-    let regex = match get(pattern.inner()) {
-        Some(regex) => regex,
-        None => {
-            compile(pattern.inner()).map_err(|e| ExecutionError::function_error("matches", e))?
-        }
-    };
-    Ok(CowVal::owned(CelBool::from(regex.is_match(text.inner()))))
+    Ok(CowVal::owned(CelBool::from(regex.0.is_match(text.inner()))))
 }
 
 pub fn extension(env: &mut cel::Env) -> Result<(), cel::DeclarationError> {
-    use cel::common::types::STRING_TYPE;
+    env.add_type(REGEX_TYPE.to_owned())?;
     env.add_overload(
         FUNCTION,
         FUNCTION,
-        vec![STRING_TYPE, STRING_TYPE],
+        vec![STRING_TYPE, REGEX_TYPE.to_owned()],
         matches_literal,
     )
 }
