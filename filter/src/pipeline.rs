@@ -22,7 +22,8 @@ pub struct Env<'a> {
     pub now: SystemTime,
     pub store: &'a dyn SharedStore,
     pub crypto: &'a dyn HostCrypto,
-    pub remote_keys: &'a RemoteKeys,
+    /// Remote key sets; unknown kids leave refetch requests here for the shell.
+    pub remote_keys: &'a mut RemoteKeys,
     pub token_cache: &'a mut TokenCache,
     /// Rate-limit tokens this worker holds (batches taken from shared buckets).
     pub local_tokens: &'a mut LocalTokens,
@@ -101,7 +102,7 @@ fn authenticate(
     let mut authn_env = AuthnEnv {
         now: env.now,
         crypto: env.crypto,
-        remote_keys: env.remote_keys,
+        remote_keys: &mut *env.remote_keys,
         cache: env.token_cache,
         counters: env.counters,
     };

@@ -57,7 +57,8 @@ pub struct VerifiedToken {
 pub struct AuthnEnv<'a> {
     pub now: SystemTime,
     pub crypto: &'a dyn HostCrypto,
-    pub remote_keys: &'a RemoteKeys,
+    /// Remote key sets; authentication also records refetch requests here.
+    pub remote_keys: &'a mut RemoteKeys,
     pub cache: &'a mut TokenCache,
     pub counters: &'a mut dyn Counters,
 }

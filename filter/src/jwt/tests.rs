@@ -121,7 +121,7 @@ impl World {
         let mut env = AuthnEnv {
             now: self.now,
             crypto,
-            remote_keys: &self.remote,
+            remote_keys: &mut self.remote,
             cache: &mut self.cache,
             counters: &mut self.counters,
         };
