@@ -2,10 +2,12 @@
 
 use super::*;
 use crate::decision::Deny;
+use crate::error::ConfigError;
 use crate::expr::Activation;
 use crate::ports::memory::MemoryCounters;
 use crate::ports::NoHostCrypto;
 use jws::b64url_encode;
+use keys::{KeyPolicy, KeySet};
 use serde_json::json;
 use std::cell::RefCell;
 use std::time::{Duration, UNIX_EPOCH};
