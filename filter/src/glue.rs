@@ -488,14 +488,14 @@ impl crate::ports::Log for HostLog {
 
 /// Counters as proxy-wasm metrics, defined on first use. Increments are summed in the VM and
 /// flushed on every tick: a host call per counter per request would cost more than the
-/// policy itself (~0.3 µs each in V8); stats lag by at most one tick period. The maps hash
+/// policy itself; stats lag by at most one tick period. The maps hash
 /// with Fx, not SipHash: their keys are the configuration's counter names, not input, and a
 /// request touches several of them.
 #[derive(Default)]
 struct HostCounters {
     /// Metric ids by a hash of the name. The name is kept and compared, so a collision can't
-    /// merge two counters: a name whose hash is taken goes to `collided`. (Keying by the name
-    /// itself cost a byte-by-byte `memcmp` per increment, ~5 % of a cached request.)
+    /// merge two counters: a name whose hash is taken goes to `collided`. Keying by the name
+    /// itself would cost a byte-by-byte `memcmp` per increment on wasm32 ([`crate::bytes`]).
     ids: FxHashMap<u64, (Box<str>, u32)>,
     collided: FxHashMap<String, u32>,
     /// Unflushed increments, by metric id.

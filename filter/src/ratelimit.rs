@@ -378,8 +378,8 @@ fn now_nanos(now: SystemTime) -> u64 {
 
 /// The slot hash of a key: SipHash-1-3 under fixed keys, so every VM of the proxy (and every
 /// build: the algorithm is specified, unlike std's `DefaultHasher`) maps a key to the same
-/// slot. Only this 64-bit hash is stored, never the key. (SHA-256 cost several thousand
-/// instructions per request in V8; the hash has no secret either way, see docs/ratelimit.md.)
+/// slot. Only this 64-bit hash is stored, never the key. The hash has no secret, so a
+/// cryptographic one would only cost more (docs/ratelimit.md, docs/benchmarks.md).
 fn hash_key(limit: &str, key: &str) -> u64 {
     const K0: u64 = 0x706f_7274_6375_6c6c; // "portcull"
     const K1: u64 = 0x6973_2e72_6174_656c; // "is.ratel"

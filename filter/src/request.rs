@@ -48,8 +48,8 @@ impl AttributeValue {
 }
 
 /// Request headers: names lower-case, in arrival order, pseudo-headers (`:method`, `:path`,
-/// `:authority`, `:scheme`) included. All names and values share one buffer — the shell builds
-/// this on every request, and a `String` per name and value was ~two dozen allocations.
+/// `:authority`, `:scheme`) included. All names and values share one buffer: the shell builds
+/// this on every request, and a `String` per name and value would be two allocations each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers {
     text: String,
