@@ -106,7 +106,10 @@ pub enum Outcome {
     },
 }
 
-/// Why a stage ended the request before it was allowed.
+/// Why a stage ended the request before it was allowed. A stage that must wait for something
+/// the shell fetches (keys today; a callout tomorrow) is one more variant here and one more
+/// arm in `From<Stop> for Outcome`; a new refusal is one more [`DenyReason`] and one more arm
+/// in [`Refusal::answer`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stop {
     /// Refused: answer locally.
