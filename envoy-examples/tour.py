@@ -7,8 +7,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import mint  # noqa: E402
+import mint
 
 KEYS = Path(__file__).resolve().parent.parent / "policies" / "keys" / "private.jwks.json"
 

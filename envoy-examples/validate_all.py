@@ -14,8 +14,7 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import render  # noqa: E402
+import render
 
 
 # The HttpConnectionManager settings every shipped Envoy config carries (docs/security.md).

@@ -29,7 +29,6 @@ command -v wasm-opt >/dev/null || die "wasm-opt missing after install"
 command -v wrk >/dev/null || die "wrk missing after install"
 
 venv="$root/.venv"
-envoy="$venv/lib/python3.11/site-packages/envoy/_bin/envoy"
 if [ ! -x "$venv/bin/python" ]; then
   say "creating $venv"
   python3 -m venv "$venv" || die "cannot create the venv"

@@ -48,6 +48,6 @@ step "envoy --mode validate every Envoy config under envoy-examples/"
 "$root/.venv/bin/python" envoy-examples/validate_all.py --envoy "$envoy" --wasm "$PORTCULLIS_WASM" --plugin-config out/plugin.json --portcullis target/debug/portcullis
 
 step "end-to-end tests against a real Envoy"
-"$root/.venv/bin/python" -m unittest discover -s envoy-examples -p '*_test.py' -v
+"$root/.venv/bin/python" -m unittest discover -s envoy-examples/tests -t envoy-examples -p '*_test.py' -v
 
 step "all tests passed"

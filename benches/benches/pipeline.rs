@@ -52,7 +52,7 @@ fn request(token: Option<&str>) -> RequestView {
 fn bench(c: &mut Criterion) {
     let token = include_str!("../fixtures/alice-rs256.jwt").trim();
     let store = MemoryStore::default();
-    let remote = RemoteKeys::default();
+    let mut remote = RemoteKeys::default();
 
     let full = full_config(&jwks());
     let mut cache = full.authenticator.new_token_cache();
@@ -63,7 +63,7 @@ fn bench(c: &mut Criterion) {
             now: now(),
             store: &store,
             crypto: &NoHostCrypto,
-            remote_keys: &remote,
+            remote_keys: &mut remote,
             token_cache: cache,
             local_tokens: &mut LocalTokens::default(),
             counters: &mut counters,
@@ -217,13 +217,13 @@ fn stages(c: &mut Criterion) {
 
     // The verified token, as the pipeline gets it (its claims feed the policy benches).
     let full = full_config(&jwks());
-    let remote = RemoteKeys::default();
+    let mut remote = RemoteKeys::default();
     let mut token_cache = full.authenticator.new_token_cache();
-    let authenticate = |cache: &mut TokenCache, counters: &mut MemoryCounters| {
+    let mut authenticate = |cache: &mut TokenCache, counters: &mut MemoryCounters| {
         let mut env = AuthnEnv {
             now: now(),
             crypto: &NoHostCrypto,
-            remote_keys: &remote,
+            remote_keys: &mut remote,
             cache,
             counters,
         };

@@ -2,7 +2,7 @@
 """Envoy instructions per request, counted by callgrind — repeatable where CPU time is not
 (this VM's CPU-time figures vary by ±15–30 µs between runs; instruction counts by < 0.5 %).
 
-    .venv/bin/python benches/envoy/envoy_instructions.py [--only a b portcullis-idle ...]
+    PYTHONPATH=envoy-examples .venv/bin/python benches/envoy/envoy_instructions.py [--only a b portcullis-idle ...]
 
 Each variant of envoy_load.py (letters a-f or names, extras included) runs in Envoy (--concurrency 1) under
 `valgrind --tool=callgrind --smc-check=all` (V8's JIT code included). After a warm-up, the
@@ -19,12 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent.parent / "envoy-examples"))
-import envoy_load  # noqa: E402
-import envoyproc  # noqa: E402
-import mint  # noqa: E402
+import envoy_load  # this script's directory is on the path, envoy-examples/ on PYTHONPATH
+import mint
+from tests import envoyproc
 
 
 def send(port, n, token):
@@ -63,20 +60,21 @@ def measure(name, yaml_text, port, token, n, start_timeout=900):
     tmp = Path(tempfile.mkdtemp(prefix=f"portcullis-cg-{name}-"))
     (tmp / "envoy.yaml").write_text(yaml_text)
     out = tmp / "cg.out"
-    proc = subprocess.Popen(["valgrind", "--tool=callgrind", "--smc-check=all", f"--callgrind-out-file={out}",
-                             envoyproc.envoy_binary(), "-c", str(tmp / "envoy.yaml"), "--concurrency", "1",
-                             "--use-dynamic-base-id", "-l", "warning"],
-                            stdout=open(tmp / "envoy.log", "w"), stderr=subprocess.STDOUT)
+    valgrind = ["valgrind", "--tool=callgrind", "--smc-check=all", f"--callgrind-out-file={out}"]
+    proc = envoyproc.launch_envoy(tmp / "envoy.yaml", open(tmp / "envoy.log", "w"), 1, level="warning",
+                                  prefix=valgrind)
+
+    def answers():
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name}: Envoy exited under valgrind")
+        try:
+            send(port, 1, token)
+            return True
+        except OSError:
+            return False
     try:
-        deadline = time.time() + start_timeout
-        while True:
-            try:
-                send(port, 1, token)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"{name}: Envoy did not start under valgrind")
-                time.sleep(2)
+        if envoyproc.eventually(answers, timeout=start_timeout, every=2) is not True:
+            raise RuntimeError(f"{name}: Envoy did not start under valgrind")
         send(port, 30, token)  # warm-up: JIT tiers, token cache
         one = [counted(proc.pid, out, port, n, token) for _ in range(2)]
         two = [counted(proc.pid, out, port, 2 * n, token) for _ in range(2)]

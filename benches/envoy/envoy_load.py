@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The Envoy load comparison: Portcullis against Envoy's native filters, side by side in one run.
 
-    .venv/bin/python benches/envoy/envoy_load.py            # a-f, 5 interleaved rounds, writes benches/RESULTS.md
-    .venv/bin/python benches/envoy/envoy_load.py --extras   # + the single-feature Portcullis variants
-    .venv/bin/python benches/envoy/envoy_load.py --only a b --rounds 1 --no-results
+    PYTHONPATH=envoy-examples .venv/bin/python benches/envoy/envoy_load.py            # a-f, 5 interleaved rounds, writes benches/RESULTS.md
+    PYTHONPATH=envoy-examples .venv/bin/python benches/envoy/envoy_load.py --extras   # + the single-feature Portcullis variants
+    PYTHONPATH=envoy-examples .venv/bin/python benches/envoy/envoy_load.py --only a b --rounds 1 --no-results
 
 Every variant is the same topology (main listener -> a direct_response listener in the same Envoy,
 like benches/envoy/native-chain.envoy.yaml), Envoy `--concurrency 1` pinned to the last CPU,
@@ -50,10 +50,9 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT / "envoy-examples"))
-import envoyproc  # noqa: E402
-import mint  # noqa: E402
-import render  # noqa: E402
+import mint  # envoy-examples/ on PYTHONPATH, see the usage above
+import render
+from tests import envoyproc
 
 TICKS = os.sysconf("SC_CLK_TCK")
 PIN = True
@@ -190,22 +189,15 @@ class Envoy:
         self.port = doc["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
         self.admin = doc["admin"]["address"]["socket_address"]["port_value"]
         self.log = open(self.tmp / "envoy.log", "w")
-        self.proc = subprocess.Popen((pin or []) + [envoyproc.envoy_binary(), "-c", str(cfg), "--concurrency",
-                                                    str(concurrency), "--use-dynamic-base-id", "-l", "warning",
-                                                    *extra],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = envoyproc.launch_envoy(cfg, self.log, concurrency, level="warning", extra=extra,
+                                           prefix=pin or ())
         started = time.monotonic()
-        deadline = time.time() + 60
-        while True:
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise RuntimeError(f"{name}: Envoy did not start: {(self.tmp / 'envoy.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=0.5)
-                self.ready_s = time.monotonic() - started
-                return
-            except OSError:
-                time.sleep(0.1)
+        try:
+            envoyproc.wait_ready(self.proc, self.admin, 60, lambda: (self.tmp / "envoy.log").read_text())
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{name}: {e}") from None
+        self.ready_s = time.monotonic() - started
 
     def stop(self):
         envoyproc.stop_process(self.proc, self.log)

@@ -4,7 +4,7 @@ minutes — valid cached tokens, rate-limit keys drawn from a large set — samp
 over time and checking afterwards that the rate-limit table kept its bound and that no error
 counter moved. Not part of scripts/test.sh (it is long); results go to docs/benchmarks.md.
 
-    .venv/bin/python benches/envoy/soak.py --minutes 5 [--keys 1000000] [--markdown]
+    PYTHONPATH=envoy-examples .venv/bin/python benches/envoy/soak.py --minutes 5 [--keys 1000000] [--markdown]
 
 Needs out/portcullis.wasm and out/plugin.json (scripts/build.sh; portcullis bundle) and wrk.
 Exits non-zero when RSS keeps growing after warm-up, a counter that must stay at zero moved,
@@ -19,11 +19,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "envoy-examples"))
-import envoyproc  # noqa: E402
-import mint  # noqa: E402
-import tour  # noqa: E402
+import mint  # envoy-examples/ on PYTHONPATH, see the usage above
+import tour
+from tests import envoyproc
 
 # Counters that must not move under well-formed traffic. (`key_errors` does move: the example's
 # per-user limit has no `sub` to key on for the public requests, and skips them.)

@@ -18,7 +18,7 @@
 //!
 //! See docs/security.md.
 
-use crate::decision::Deny;
+use crate::decision::{DenyReason, Refusal};
 use crate::expr::{hex_digit, Expr};
 use crate::ports::Counters;
 use crate::request::RequestView;
@@ -358,8 +358,8 @@ impl RequestCheck {
         }
     }
 
-    /// `Some(deny)` if the request must be refused before any policy reads it.
-    pub fn check(&self, request: &RequestView, counters: &mut dyn Counters) -> Option<Deny> {
+    /// Refuses what must be refused before any policy reads the request.
+    pub fn check(&self, request: &RequestView, counters: &mut dyn Counters) -> Result<(), Refusal> {
         if self.path == PathCheck::Reject {
             if let Err(violation) = check_path(request.path()) {
                 counters.increment("portcullis.request.path_rejected", 1);
@@ -367,22 +367,22 @@ impl RequestCheck {
                     &format!("portcullis.request.path_rejected.{}", violation.cause()),
                     1,
                 );
-                return Some(invalid_request(violation.reason().to_owned()));
+                return Err(invalid_request(violation.reason().to_owned()));
             }
         }
         if let Some(name) = self.repeated_header(request) {
             counters.increment("portcullis.request.repeated_header", 1);
-            return Some(invalid_request(format!(
+            return Err(invalid_request(format!(
                 "the header `{name}` is given more than once"
             )));
         }
         if let Some(name) = self.repeated_param(request) {
             counters.increment("portcullis.request.repeated_query_param", 1);
-            return Some(invalid_request(format!(
+            return Err(invalid_request(format!(
                 "the query parameter `{name}` is given more than once"
             )));
         }
-        None
+        Ok(())
     }
 
     fn repeated_header<'r>(&'r self, request: &'r RequestView) -> Option<&'r str> {
@@ -427,20 +427,14 @@ impl RequestCheck {
     }
 }
 
-fn invalid_request(reason: String) -> Deny {
-    Deny {
-        status: 400,
-        error: "invalid_request",
-        reason,
-        rule: None,
-        headers: Vec::new(),
-        subject: None,
-    }
+fn invalid_request(reason: String) -> Refusal {
+    Refusal::new(DenyReason::InvalidRequest(reason), None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::Deny;
     use crate::expr::ExprSource;
     use crate::ports::memory::MemoryCounters;
     use proptest::prelude::*;
@@ -601,7 +595,10 @@ mod tests {
     fn check(config: RequestConfig, expr: &str, request: &RequestView) -> Option<Deny> {
         let expr = Expr::compile(&ExprSource::Inline(expr.into())).unwrap();
         let check = RequestCheck::compile(&config, [&expr]);
-        check.check(request, &mut MemoryCounters::default())
+        check
+            .check(request, &mut MemoryCounters::default())
+            .err()
+            .map(Refusal::answer)
     }
 
     #[test]
@@ -647,7 +644,7 @@ mod tests {
         let bad = RequestView::new("GET", "/public/../admin", &[]);
         let mut counters = MemoryCounters::default();
         let check = RequestCheck::compile(&RequestConfig::default(), []);
-        let deny = check.check(&bad, &mut counters).unwrap();
+        let deny = check.check(&bad, &mut counters).unwrap_err().answer();
         assert_eq!(deny.status, 400);
         assert_eq!(counters.get("portcullis.request.path_rejected"), 1);
         assert_eq!(
@@ -662,6 +659,9 @@ mod tests {
     }
 
     fn check_off(config: &RequestConfig, request: &RequestView) -> Option<Deny> {
-        RequestCheck::compile(config, []).check(request, &mut MemoryCounters::default())
+        RequestCheck::compile(config, [])
+            .check(request, &mut MemoryCounters::default())
+            .err()
+            .map(Refusal::answer)
     }
 }

@@ -1,15 +1,14 @@
 //! The plugin configuration: parsed and compiled once in `on_configure`. Anything wrong is
 //! reported with the path of the offending field (and, for CEL, file, line and column).
 
+use crate::attributes::Attribute;
 use crate::canonical::{RequestCheck, RequestConfig};
-use crate::expr::ExprError;
+pub use crate::error::ConfigError;
 use crate::jwt::{Authenticator, JwtConfig};
 use crate::policy::{Policy, PolicyConfig};
 use crate::ratelimit::{RateLimitConfig, RateLimiter};
-use crate::request::HostAttribute;
 use serde::Deserialize;
 use std::collections::BTreeSet;
-use std::fmt;
 
 /// The JSON document Envoy hands the plugin (`configuration` in the Wasm filter config).
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -44,42 +43,6 @@ pub struct ResponseConfig {
     pub filter_state: bool,
 }
 
-/// A rejected configuration.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConfigError {
-    /// Path of the offending field, e.g. `policy.rules[2].allow`.
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-
-    pub fn from_expr(field: impl Into<String>, error: &ExprError) -> ConfigError {
-        ConfigError {
-            field: field.into(),
-            message: format!("CEL error at {error}"),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid plugin configuration: field `{}`: {}",
-            self.field, self.message
-        )
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
 /// The compiled configuration: everything the pipeline needs, nothing left to parse.
 #[derive(Debug)]
 pub struct Config {
@@ -90,7 +53,7 @@ pub struct Config {
     /// What is refused before any policy reads the request (paths, repeated headers).
     pub request_check: RequestCheck,
     /// Host attributes some expression reads: the shell fetches exactly these per request.
-    pub host_attributes: BTreeSet<HostAttribute>,
+    pub host_attributes: BTreeSet<Attribute>,
 }
 
 impl Config {

@@ -1,5 +1,13 @@
 //! What the core decides, as types. The shell turns these into proxy-wasm actions.
+//!
+//! Every stage of the pipeline returns `Result<T, Stop>`: a [`Stop`] ends the request early,
+//! either refused ([`Refusal`], whose [`DenyReason`] says why) or waiting for something the
+//! shell must fetch. [`Refusal::answer`] is the README's outcome table as one `match`: the
+//! status, headers, body fields and access-log facts of every refusal live there and only
+//! there.
 
+use crate::jwt::claims::sanitize;
+use crate::jwt::invalid::Invalid;
 use serde::Serialize;
 
 /// The final word on one request.
@@ -59,6 +67,19 @@ impl Deny {
         }
     }
 
+    /// The access-log facts of a refusal (filter state `wasm.<name>`), when configured.
+    pub fn filter_state(&self) -> Vec<(&'static str, String)> {
+        let mut facts = vec![
+            ("portcullis.decision", "deny".to_owned()),
+            ("portcullis.rule", self.log_rule().to_owned()),
+            ("portcullis.error", self.error.to_owned()),
+        ];
+        if let Some(subject) = &self.subject {
+            facts.push(("portcullis.jwt_sub", subject.clone()));
+        }
+        facts
+    }
+
     /// The JSON body of the local response.
     pub fn body(&self, hide_rule: bool) -> String {
         let body = DenyBody {
@@ -83,4 +104,185 @@ pub enum Outcome {
     KeysPending {
         providers: Vec<String>,
     },
+}
+
+/// Why a stage ended the request before it was allowed. A stage that must wait for something
+/// the shell fetches (keys today; a callout tomorrow) is one more variant here and one more
+/// arm in `From<Stop> for Outcome`; a new refusal is one more [`DenyReason`] and one more arm
+/// in [`Refusal::answer`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stop {
+    /// Refused: answer locally.
+    Deny(Refusal),
+    /// Signing keys of these providers are not available yet: pause the request, fetch, retry.
+    KeysPending(Vec<String>),
+}
+
+impl Stop {
+    /// Attaches the verified token's subject to a refusal, for the access log.
+    pub fn with_subject(self, subject: Option<String>) -> Stop {
+        match self {
+            Stop::Deny(refusal) => Stop::Deny(Refusal { subject, ..refusal }),
+            pending => pending,
+        }
+    }
+}
+
+impl From<Refusal> for Stop {
+    fn from(refusal: Refusal) -> Stop {
+        Stop::Deny(refusal)
+    }
+}
+
+impl From<Stop> for Outcome {
+    fn from(stop: Stop) -> Outcome {
+        match stop {
+            Stop::Deny(refusal) => Outcome::Decided(Decision::Deny(refusal.answer())),
+            Stop::KeysPending(providers) => Outcome::KeysPending { providers },
+        }
+    }
+}
+
+/// A refused request: why, and which rule or limit decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub reason: DenyReason,
+    /// The rule, requirement rule or limit that decided, if any.
+    pub rule: Option<String>,
+    /// The verified token's `sub`, for the access log only.
+    pub subject: Option<String>,
+}
+
+/// Why a request is refused: one variant per row of the README's outcome table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DenyReason {
+    /// The request itself is malformed or ambiguous (path, repeated header or parameter).
+    InvalidRequest(String),
+    /// Authentication is required and no token was sent.
+    MissingToken,
+    /// More than one token was sent where one is expected.
+    MultipleTokens,
+    /// The token was refused, by cause.
+    InvalidToken(Invalid),
+    /// No signing keys to verify with; `status` is `jwt.keys_unavailable_status` (401 or 503).
+    KeysUnavailable { status: u16 },
+    /// A policy denied (`reason` names the rule, never a value).
+    Forbidden(String),
+    /// A rate limit is exhausted.
+    RateLimited(RateLimited),
+    /// The shared rate-limit state stayed contended; refuse rather than admit unmetered.
+    Busy,
+    /// The filter has no valid configuration.
+    NotConfigured,
+}
+
+/// The facts of an exhausted limit that its answer reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RateLimited {
+    pub limit: String,
+    pub requests: u32,
+    pub period_s: u32,
+    pub retry_after_s: u64,
+    /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Realm of every `WWW-Authenticate` challenge.
+const REALM: &str = "portcullis";
+
+/// `Retry-After` of a 503 `keys_unavailable`, in seconds: the first fetch retry is due within
+/// a second or two (docs/jwt.md, backoff).
+pub const KEYS_RETRY_AFTER_S: u32 = 2;
+
+/// The `invalid_request` reason of two tokens, also its `error_description`.
+const MULTIPLE_TOKENS: &str = "more than one token in the request";
+
+fn challenge(extra: Option<(&str, &str)>) -> (String, String) {
+    let value = match extra {
+        None => format!("Bearer realm=\"{REALM}\""),
+        Some((error, description)) => format!(
+            "Bearer realm=\"{REALM}\", error=\"{error}\", error_description=\"{description}\""
+        ),
+    };
+    ("www-authenticate".to_owned(), value)
+}
+
+impl Refusal {
+    pub fn new(reason: DenyReason, rule: Option<String>) -> Refusal {
+        Refusal {
+            reason,
+            rule,
+            subject: None,
+        }
+    }
+
+    /// The outcome table: status, machine-readable error, reason and headers of each refusal.
+    /// Every answer of authentication is a 401 (as in Envoy's jwt_authn), also for two tokens,
+    /// where RFC 6750 3.1 suggests 400.
+    pub fn answer(self) -> Deny {
+        let (status, error, reason, headers) = match self.reason {
+            DenyReason::InvalidRequest(reason) => (400, "invalid_request", reason, Vec::new()),
+            DenyReason::MissingToken => (
+                401,
+                "missing_token",
+                "a bearer token is required".to_owned(),
+                vec![challenge(None)],
+            ),
+            DenyReason::MultipleTokens => (
+                401,
+                "invalid_request",
+                MULTIPLE_TOKENS.to_owned(),
+                vec![challenge(Some(("invalid_request", MULTIPLE_TOKENS)))],
+            ),
+            DenyReason::InvalidToken(invalid) => {
+                let description = sanitize(&invalid.detail);
+                let header = challenge(Some(("invalid_token", &description)));
+                (401, "invalid_token", description, vec![header])
+            }
+            DenyReason::KeysUnavailable { status } => {
+                let header = if status == 401 {
+                    challenge(None)
+                } else {
+                    ("retry-after".to_owned(), KEYS_RETRY_AFTER_S.to_string())
+                };
+                (
+                    status,
+                    "keys_unavailable",
+                    "signing keys unavailable".to_owned(),
+                    vec![header],
+                )
+            }
+            DenyReason::Forbidden(reason) => (403, "forbidden", reason, Vec::new()),
+            DenyReason::RateLimited(limited) => {
+                let mut headers =
+                    vec![("retry-after".to_owned(), limited.retry_after_s.to_string())];
+                headers.extend(limited.headers);
+                let reason = format!(
+                    "rate limit `{}` exceeded: {} requests per {} s",
+                    limited.limit, limited.requests, limited.period_s
+                );
+                (429, "rate_limited", reason, headers)
+            }
+            DenyReason::Busy => (
+                429,
+                "rate_limited",
+                "rate limit state is busy; retry".to_owned(),
+                vec![("retry-after".to_owned(), "1".to_owned())],
+            ),
+            DenyReason::NotConfigured => (
+                503,
+                "not_configured",
+                "the policy filter has no valid configuration".to_owned(),
+                Vec::new(),
+            ),
+        };
+        Deny {
+            status,
+            error,
+            reason,
+            rule: self.rule,
+            headers,
+            subject: self.subject,
+        }
+    }
 }

@@ -5,7 +5,7 @@ mod abi;
 
 use crate::bytes;
 use crate::config::Config;
-use crate::decision::{Decision, HeaderEdit, Outcome};
+use crate::decision::{Decision, DenyReason, HeaderEdit, Outcome, Refusal};
 use crate::jwt::remote::{FetchRequest, JwksSync};
 use crate::jwt::{RemoteKeys, TokenCache};
 use crate::pipeline::{self, Env};
@@ -288,7 +288,7 @@ impl PortcullisRoot {
                         .counters
                         .increment("portcullis.jwt.pending_timeout", 1);
                     drop(state);
-                    let deny = Decision::Deny(config.authenticator.keys_unavailable());
+                    let deny = Decision::Deny(config.authenticator.keys_unavailable().answer());
                     apply(&config, &self.state, context_id, &deny);
                 }
                 Outcome::KeysPending { .. } => {}
@@ -337,7 +337,7 @@ impl HttpContext for PortcullisHttp {
         let Some(config) = self.config.clone() else {
             // No configuration means on_configure failed; Envoy does not route to us then,
             // but never let a request through unchecked.
-            let deny = not_configured();
+            let deny = Refusal::new(DenyReason::NotConfigured, None).answer();
             let body = deny.body(false);
             let headers = [("content-type".to_owned(), "application/json".to_owned())];
             abi::send_local_response(u32::from(deny.status), &headers, &body);
@@ -379,17 +379,6 @@ impl HttpContext for PortcullisHttp {
             abi::add_header(abi::RESPONSE_HEADERS, &name, &value);
         }
         Action::Continue
-    }
-}
-
-fn not_configured() -> crate::decision::Deny {
-    crate::decision::Deny {
-        status: 503,
-        error: "not_configured",
-        reason: "the policy filter has no valid configuration".into(),
-        rule: None,
-        headers: Vec::new(),
-        subject: None,
     }
 }
 
@@ -476,15 +465,8 @@ fn apply(
         }
         Decision::Deny(deny) => {
             if config.responses.filter_state {
-                for (name, value) in [
-                    ("portcullis.decision", "deny"),
-                    ("portcullis.rule", deny.log_rule()),
-                    ("portcullis.error", deny.error),
-                ] {
-                    let _ = abi::set_property(name, value);
-                }
-                if let Some(subject) = &deny.subject {
-                    let _ = abi::set_property("portcullis.jwt_sub", subject);
+                for (name, value) in deny.filter_state() {
+                    let _ = abi::set_property(name, &value);
                 }
             }
             send_deny(config, deny);
@@ -514,14 +496,14 @@ impl crate::ports::Log for HostLog {
 
 /// Counters as proxy-wasm metrics, defined on first use. Increments are summed in the VM and
 /// flushed on every tick: a host call per counter per request would cost more than the
-/// policy itself (~0.3 µs each in V8); stats lag by at most one tick period. The maps hash
+/// policy itself; stats lag by at most one tick period. The maps hash
 /// with Fx, not SipHash: their keys are the configuration's counter names, not input, and a
 /// request touches several of them.
 #[derive(Default)]
 struct HostCounters {
     /// Metric ids by a hash of the name. The name is kept and compared, so a collision can't
-    /// merge two counters: a name whose hash is taken goes to `collided`. (Keying by the name
-    /// itself cost a byte-by-byte `memcmp` per increment, ~5 % of a cached request.)
+    /// merge two counters: a name whose hash is taken goes to `collided`. Keying by the name
+    /// itself would cost a byte-by-byte `memcmp` per increment on wasm32 ([`crate::bytes`]).
     ids: FxHashMap<u64, (Box<str>, u32)>,
     collided: FxHashMap<String, u32>,
     /// Unflushed increments, by metric id.

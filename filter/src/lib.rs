@@ -19,8 +19,30 @@
 //! ```
 //!
 //! Every stage is a pure function of the request view, the compiled [`config::Config`] and
-//! the [`pipeline::Env`]. Everything that can be parsed or compiled is, once, at configure
-//! time; bad configuration is rejected then, with the field's path.
+//! the [`pipeline::Env`], and returns `Result<T, `[`decision::Stop`]`>`: [`pipeline::decide`]
+//! chains them with `?`. A refusal carries a typed [`decision::DenyReason`];
+//! [`decision::Refusal::answer`] maps every reason to its status, headers and body in one
+//! `match`. Side effects are outputs: counters, and refetch requests left in the
+//! [`jwt::RemoteKeys`] the shell lends; compiling a configuration is deterministic.
+//! Everything that can be parsed or compiled is, once, at configure time; bad configuration
+//! is rejected then, with the field's path.
+//!
+//! ## Layout, in pipeline order
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`pipeline`] | `decide`: the stages in order |
+//! | [`decision`] | what the core decides: `Decision`, `Outcome`, `Stop`, `DenyReason` |
+//! | [`request`] | the request view the shell builds |
+//! | [`attributes`] | the attribute table: names, CEL types, sources |
+//! | [`canonical`] | refusals before any policy reads the request |
+//! | [`jwt`] | compile (`compile.rs`), extract (`extract.rs`), evaluate requirements (`mod.rs`) |
+//! | [`expr`] | CEL: compiled expression, checker, activation, fast path, environment, extensions |
+//! | [`policy`] (+ `guard_index`) | authorization rules |
+//! | [`ratelimit`] | shared token buckets |
+//! | [`config`], [`error`], [`mode`] | configuration, why it is refused, enforce/shadow |
+//! | [`ports`], [`wire`], [`bytes`] | narrow ports; host wire formats; fast equality |
+//! | `glue` (wasm32 only) | the proxy-wasm shell and its checked ABI layer |
 //!
 //! Non-goals: reading files (the Wasm VM can't; `portcullis bundle` inlines `.cel` files),
 //! talking to an external rate-limit service (see the docs for the mapping).
@@ -29,16 +51,24 @@
 
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
 )]
 
+pub mod attributes;
 pub mod bytes;
 pub mod canonical;
 pub mod config;
 pub mod decision;
+pub mod error;
 pub mod expr;
 mod guard_index;
 pub mod jwt;
+pub mod mode;
 pub mod pipeline;
 pub mod policy;
 pub mod ports;

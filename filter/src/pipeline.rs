@@ -1,16 +1,20 @@
-//! The decision pipeline: extract → authenticate → authorize → rate-limit → decide.
+//! The decision pipeline: check the request → authenticate → authorize → rate-limit → decide.
+//!
+//! Each stage is a function returning `Result<T, Stop>` ([`crate::decision::Stop`]); a new
+//! stage (e.g. a call to a global rate-limit service) is one more function and one more `?`.
 //!
 //! A pure function of the request, the compiled configuration and the environment (clock,
 //! shared store, host crypto, counters). It never touches proxy-wasm directly.
 
 use crate::config::Config;
-use crate::decision::{Decision, Deny, HeaderEdit, Outcome};
+use crate::decision::{Decision, Deny, DenyReason, HeaderEdit, Outcome, Refusal, Stop};
 use crate::expr::Activation;
-use crate::jwt::{AuthnEnv, AuthnOutcome, RemoteKeys, TokenCache};
+use crate::jwt::{AuthnEnv, AuthnOutcome, RemoteKeys, TokenCache, VerifiedToken};
 use crate::policy::Verdict;
 use crate::ports::{Counters, HostCrypto, Log, SharedStore};
 use crate::ratelimit::{LocalTokens, RateVerdict};
 use crate::request::RequestView;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// The outside world, as the pipeline sees it for one request.
@@ -18,7 +22,8 @@ pub struct Env<'a> {
     pub now: SystemTime,
     pub store: &'a dyn SharedStore,
     pub crypto: &'a dyn HostCrypto,
-    pub remote_keys: &'a RemoteKeys,
+    /// Remote key sets; unknown kids leave refetch requests here for the shell.
+    pub remote_keys: &'a mut RemoteKeys,
     pub token_cache: &'a mut TokenCache,
     /// Rate-limit tokens this worker holds (batches taken from shared buckets).
     pub local_tokens: &'a mut LocalTokens,
@@ -28,65 +33,28 @@ pub struct Env<'a> {
 
 /// Decides one request.
 pub fn decide(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Outcome {
-    if let Some(deny) = config.request_check.check(request, env.counters) {
-        return Outcome::Decided(Decision::Deny(deny));
+    match run(config, request, env) {
+        Ok(decision) => Outcome::Decided(decision),
+        Err(stop) => stop.into(),
     }
-    // Extract + authenticate: requirement selection only sees the request, never `jwt`.
-    let mut authn_env = AuthnEnv {
-        now: env.now,
-        crypto: env.crypto,
-        remote_keys: env.remote_keys,
-        cache: env.token_cache,
-        counters: env.counters,
-    };
-    let authn = config
-        .authenticator
-        .authenticate(&Activation::new(request), &mut authn_env);
-    let (token, mut request_headers) = match authn {
-        AuthnOutcome::Pass {
-            token,
-            request_headers,
-        } => (token, request_headers),
-        AuthnOutcome::Fail(deny) => return Outcome::Decided(Decision::Deny(deny)),
-        AuthnOutcome::KeysPending(providers) => return Outcome::KeysPending { providers },
-    };
+}
+
+/// The stages in order; each returns `Result<T, Stop>` and the first `Stop` ends the request.
+fn run(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Result<Decision, Stop> {
+    config.request_check.check(request, env.counters)?;
+    let Authenticated {
+        token,
+        mut request_headers,
+    } = authenticate(config, request, env)?;
     let activation = Activation::new(request).with_jwt(token.as_deref().map(|t| &t.attributes));
     let subject = || {
         token
             .as_deref()
             .and_then(|t| string_claim(&t.attributes.claims, "sub"))
     };
-
-    // Authorize.
-    let rule = match config.policy.evaluate(&activation, env.counters, env.log) {
-        Verdict::Allow { rule } => rule,
-        Verdict::Deny { rule, reason } => {
-            env.counters.increment("portcullis.denied", 1);
-            return Outcome::Decided(Decision::Deny(Deny {
-                status: 403,
-                error: "forbidden",
-                reason,
-                rule,
-                headers: Vec::new(),
-                subject: subject(),
-            }));
-        }
-    };
-
-    // Rate-limit: only requests that would otherwise be allowed consume tokens.
-    let response_headers = match config.rate_limiter.check(
-        &activation,
-        env.store,
-        env.local_tokens,
-        env.now,
-        env.counters,
-    ) {
-        RateVerdict::Admit { response_headers } => response_headers,
-        RateVerdict::Limited(mut deny) => {
-            deny.subject = subject();
-            return Outcome::Decided(Decision::Deny(deny));
-        }
-    };
+    let rule = authorize(config, &activation, env).map_err(|stop| stop.with_subject(subject()))?;
+    let response_headers =
+        rate_limit(config, &activation, env).map_err(|stop| stop.with_subject(subject()))?;
 
     env.counters.increment("portcullis.allowed", 1);
     if let Some(header) = &config.responses.decision_header {
@@ -110,12 +78,82 @@ pub fn decide(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Outc
             }
         }
     }
-    Outcome::Decided(Decision::Allow {
+    Ok(Decision::Allow {
         rule,
         request_headers,
         response_headers,
         filter_state,
     })
+}
+
+/// What authentication hands on: the verified token, if any, and the header edits for the
+/// upstream (stripped tokens, claim headers).
+struct Authenticated {
+    token: Option<Arc<VerifiedToken>>,
+    request_headers: Vec<HeaderEdit>,
+}
+
+/// Extract + authenticate: requirement selection only sees the request, never `jwt`.
+fn authenticate(
+    config: &Config,
+    request: &RequestView,
+    env: &mut Env<'_>,
+) -> Result<Authenticated, Stop> {
+    let mut authn_env = AuthnEnv {
+        now: env.now,
+        crypto: env.crypto,
+        remote_keys: &mut *env.remote_keys,
+        cache: env.token_cache,
+        counters: env.counters,
+    };
+    match config
+        .authenticator
+        .authenticate(&Activation::new(request), &mut authn_env)
+    {
+        AuthnOutcome::Pass {
+            token,
+            request_headers,
+        } => Ok(Authenticated {
+            token,
+            request_headers,
+        }),
+        AuthnOutcome::Fail(refusal) => Err(Stop::Deny(refusal)),
+        AuthnOutcome::KeysPending(providers) => Err(Stop::KeysPending(providers)),
+    }
+}
+
+/// The policy: the rule that allowed, or `None` for the default action.
+fn authorize(
+    config: &Config,
+    activation: &Activation<'_>,
+    env: &mut Env<'_>,
+) -> Result<Option<String>, Stop> {
+    match config.policy.evaluate(activation, env.counters, env.log) {
+        Verdict::Allow { rule } => Ok(rule),
+        Verdict::Deny { rule, reason } => {
+            env.counters.increment("portcullis.denied", 1);
+            Err(Refusal::new(DenyReason::Forbidden(reason), rule).into())
+        }
+    }
+}
+
+/// Rate limits: only requests that would otherwise be allowed consume tokens. Returns the
+/// response headers of an admitted request.
+fn rate_limit(
+    config: &Config,
+    activation: &Activation<'_>,
+    env: &mut Env<'_>,
+) -> Result<Vec<(String, String)>, Stop> {
+    match config.rate_limiter.check(
+        activation,
+        env.store,
+        env.local_tokens,
+        env.now,
+        env.counters,
+    ) {
+        RateVerdict::Admit { response_headers } => Ok(response_headers),
+        RateVerdict::Limited(refusal) => Err(refusal.into()),
+    }
 }
 
 fn string_claim(claims: &cel::Value, name: &str) -> Option<String> {

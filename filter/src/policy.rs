@@ -22,11 +22,12 @@
 //! a rule skipped there is one whose `when` is false, which has no effect on the verdict,
 //! the counters or the log, so large policies cost about what small ones do.
 
-use crate::config::ConfigError;
+use crate::attributes::Attribute;
+use crate::error::{valid_name, ConfigError};
 use crate::expr::{Activation, Expr, ExprSource};
 use crate::guard_index::{Candidates, GuardIndex};
+pub use crate::mode::Mode;
 use crate::ports::{Counters, Log, LogLevel};
-use crate::request::HostAttribute;
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -37,14 +38,6 @@ pub enum Action {
     Allow,
     #[default]
     Deny,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    #[default]
-    Enforce,
-    Shadow,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,7 +176,7 @@ pub struct Policy {
     rules: Vec<Rule>,
     default_action: Action,
     mode: Mode,
-    host_attributes: Vec<HostAttribute>,
+    host_attributes: Vec<Attribute>,
     uses_jwt: bool,
     /// Which rules' guards may hold for a request, so that rules whose `when` is certainly
     /// false are never evaluated (see [`crate::guard_index`]).
@@ -205,15 +198,6 @@ fn compile_shared<'c>(
     let expr = Arc::new(expr);
     compiled.insert(source.text(), Arc::clone(&expr));
     Ok(expr)
-}
-
-/// Rule names end up in counter names and responses: keep them simple.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl Policy {
@@ -277,7 +261,7 @@ impl Policy {
             });
         }
         let exprs = || rules.iter().flat_map(Rule::exprs);
-        let host_attributes: BTreeSet<HostAttribute> =
+        let host_attributes: BTreeSet<Attribute> =
             exprs().flat_map(Expr::host_attributes).collect();
         let uses_jwt = exprs().any(Expr::uses_jwt);
         let guards = GuardIndex::build(rules.iter().map(|r| r.when.as_deref()));
@@ -291,7 +275,7 @@ impl Policy {
         })
     }
 
-    pub fn host_attributes(&self) -> Vec<HostAttribute> {
+    pub fn host_attributes(&self) -> Vec<Attribute> {
         self.host_attributes.clone()
     }
 
@@ -433,7 +417,7 @@ mod tests {
     use crate::expr::JwtAttributes;
     use crate::ports::memory::MemoryCounters;
     use crate::ports::NoLog;
-    use crate::request::{AttributeValue, RequestView};
+    use crate::request::{AttributeValue, HostAttribute, RequestView};
     use serde_json::json;
 
     fn policy(config: serde_json::Value) -> Result<Policy, ConfigError> {

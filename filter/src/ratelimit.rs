@@ -32,13 +32,13 @@
 //! admits more than the bucket allows; the tokens workers hold unused are bounded by
 //! `workers × batch` (auto: ≤ 0.1 % of the burst per worker) and forgotten after one period.
 
-use crate::config::ConfigError;
-use crate::decision::Deny;
+use crate::attributes::Attribute;
+use crate::decision::{DenyReason, RateLimited, Refusal};
+use crate::error::{valid_name, ConfigError};
 use crate::expr::{Activation, Expr, ExprSource};
 use crate::guard_index::GuardIndex;
-use crate::policy::Mode;
+use crate::mode::Mode;
 use crate::ports::{Counters, SharedStore, StoreError};
-use crate::request::HostAttribute;
 use serde::Deserialize;
 use siphasher::sip::SipHasher13;
 use std::hash::Hasher;
@@ -135,7 +135,7 @@ pub enum RateVerdict {
     Admit {
         response_headers: Vec<(String, String)>,
     },
-    Limited(Deny),
+    Limited(Refusal),
 }
 
 /// Counter names, formatted once at configure time.
@@ -378,8 +378,8 @@ fn now_nanos(now: SystemTime) -> u64 {
 
 /// The slot hash of a key: SipHash-1-3 under fixed keys, so every VM of the proxy (and every
 /// build: the algorithm is specified, unlike std's `DefaultHasher`) maps a key to the same
-/// slot. Only this 64-bit hash is stored, never the key. (SHA-256 cost several thousand
-/// instructions per request in V8; the hash has no secret either way, see docs/ratelimit.md.)
+/// slot. Only this 64-bit hash is stored, never the key. The hash has no secret, so a
+/// cryptographic one would only cost more (docs/ratelimit.md, docs/benchmarks.md).
 fn hash_key(limit: &str, key: &str) -> u64 {
     const K0: u64 = 0x706f_7274_6375_6c6c; // "portcull"
     const K1: u64 = 0x6973_2e72_6174_656c; // "is.ratel"
@@ -401,15 +401,10 @@ impl RateLimiter {
         let mut limits = Vec::with_capacity(config.limits.len());
         for (i, limit) in config.limits.iter().enumerate() {
             let field = |name: &str| format!("rate_limits.limits[{i}].{name}");
-            if limit.name.is_empty()
-                || !limit
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
-            {
+            if !valid_name(&limit.name) {
                 return Err(ConfigError::new(
                     field("name"),
-                    "must be non-empty and use only [A-Za-z0-9_-]",
+                    "must be 1-64 characters of [A-Za-z0-9_-]",
                 ));
             }
             if config
@@ -473,7 +468,7 @@ impl RateLimiter {
         })
     }
 
-    pub fn host_attributes(&self) -> Vec<HostAttribute> {
+    pub fn host_attributes(&self) -> Vec<Attribute> {
         self.exprs().flat_map(Expr::host_attributes).collect()
     }
 
@@ -574,14 +569,7 @@ impl RateLimiter {
         // Persistent contention or a failing store: refuse rather than admit unmetered.
         counters.increment("portcullis.ratelimit.contention_exhausted", 1);
         let limit = slots.first().map(|s| s.limit.name.clone());
-        RateVerdict::Limited(Deny {
-            status: 429,
-            error: "rate_limited",
-            reason: "rate limit state is busy; retry".into(),
-            rule: limit,
-            headers: vec![("retry-after".into(), "1".into())],
-            subject: None,
-        })
+        RateVerdict::Limited(Refusal::new(DenyReason::Busy, limit))
     }
 
     fn slot<'l>(
@@ -855,21 +843,17 @@ fn rate_limit_headers(limit: &Limit, tokens: u64) -> Vec<(String, String)> {
     ]
 }
 
-fn limited(limit: &Limit, tokens: u64) -> Deny {
-    let retry_after = ceil_secs(nanos_until(limit, tokens, UNIT)).max(1);
-    let mut headers = vec![("retry-after".to_owned(), retry_after.to_string())];
-    headers.extend(rate_limit_headers(limit, tokens));
-    Deny {
-        status: 429,
-        error: "rate_limited",
-        reason: format!(
-            "rate limit `{}` exceeded: {} requests per {} s",
-            limit.name, limit.requests, limit.period_s
-        ),
-        rule: Some(limit.name.clone()),
-        headers,
-        subject: None,
-    }
+fn limited(limit: &Limit, tokens: u64) -> Refusal {
+    let retry_after_s =
+        u64::try_from(ceil_secs(nanos_until(limit, tokens, UNIT)).max(1)).unwrap_or(u64::MAX);
+    let limited = RateLimited {
+        limit: limit.name.clone(),
+        requests: limit.requests,
+        period_s: limit.period_s,
+        retry_after_s,
+        headers: rate_limit_headers(limit, tokens),
+    };
+    Refusal::new(DenyReason::RateLimited(limited), Some(limit.name.clone()))
 }
 
 #[cfg(test)]
@@ -967,6 +951,7 @@ mod tests {
         let RateVerdict::Limited(deny) = run(&limiter, &store, &mut counters, key, 0.0) else {
             panic!("not limited")
         };
+        let deny = deny.answer();
         assert_eq!(deny.status, 429);
         assert_eq!(deny.rule.as_deref(), Some("per-key"));
         let header = |name: &str| {

@@ -1,98 +1,15 @@
 //! The request as the decision core sees it: headers plus the host attributes that some
 //! compiled expression actually references. The proxy-wasm shell fills it; tests build it by hand.
 
+use crate::attributes::{Attribute, Derived, Source};
+use std::borrow::Cow;
 use std::ops::Range;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// An attribute that lives in the host (Envoy properties), not in the header map.
-/// Only the ones a compiled expression references are fetched, once per request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum HostAttribute {
-    SourceAddress,
-    SourcePort,
-    DestinationAddress,
-    DestinationPort,
-    ConnectionMtls,
-    ConnectionRequestedServerName,
-    ConnectionTlsVersion,
-    ConnectionSubjectPeerCertificate,
-    ConnectionUriSanPeerCertificate,
-    ConnectionDnsSanPeerCertificate,
-    RequestProtocol,
-    RequestTime,
-}
-
-impl HostAttribute {
-    pub const ALL: [HostAttribute; 12] = [
-        HostAttribute::SourceAddress,
-        HostAttribute::SourcePort,
-        HostAttribute::DestinationAddress,
-        HostAttribute::DestinationPort,
-        HostAttribute::ConnectionMtls,
-        HostAttribute::ConnectionRequestedServerName,
-        HostAttribute::ConnectionTlsVersion,
-        HostAttribute::ConnectionSubjectPeerCertificate,
-        HostAttribute::ConnectionUriSanPeerCertificate,
-        HostAttribute::ConnectionDnsSanPeerCertificate,
-        HostAttribute::RequestProtocol,
-        HostAttribute::RequestTime,
-    ];
-
-    /// The attribute's name in CEL, identical to Envoy's attribute vocabulary.
-    pub fn cel_name(self) -> &'static str {
-        match self {
-            HostAttribute::SourceAddress => "source.address",
-            HostAttribute::SourcePort => "source.port",
-            HostAttribute::DestinationAddress => "destination.address",
-            HostAttribute::DestinationPort => "destination.port",
-            HostAttribute::ConnectionMtls => "connection.mtls",
-            HostAttribute::ConnectionRequestedServerName => "connection.requested_server_name",
-            HostAttribute::ConnectionTlsVersion => "connection.tls_version",
-            HostAttribute::ConnectionSubjectPeerCertificate => {
-                "connection.subject_peer_certificate"
-            }
-            HostAttribute::ConnectionUriSanPeerCertificate => "connection.uri_san_peer_certificate",
-            HostAttribute::ConnectionDnsSanPeerCertificate => "connection.dns_san_peer_certificate",
-            HostAttribute::RequestProtocol => "request.protocol",
-            HostAttribute::RequestTime => "request.time",
-        }
-    }
-
-    /// The property path to pass to `proxy_get_property`.
-    pub fn property_path(self) -> [&'static str; 2] {
-        let name = self.cel_name();
-        let (a, b) = name.split_once('.').unwrap_or((name, ""));
-        [a, b]
-    }
-
-    /// How Envoy encodes the property's bytes.
-    pub fn kind(self) -> AttributeKind {
-        match self {
-            HostAttribute::SourcePort | HostAttribute::DestinationPort => AttributeKind::Int,
-            HostAttribute::ConnectionMtls => AttributeKind::Bool,
-            HostAttribute::RequestTime => AttributeKind::Timestamp,
-            _ => AttributeKind::String,
-        }
-    }
-
-    pub fn from_cel_name(name: &str) -> Option<HostAttribute> {
-        HostAttribute::ALL
-            .iter()
-            .copied()
-            .find(|a| a.cel_name() == name)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttributeKind {
-    String,
-    /// int64, 8 bytes little endian.
-    Int,
-    /// one byte, 0 or 1.
-    Bool,
-    /// int64 nanoseconds since the epoch, 8 bytes little endian.
-    Timestamp,
-}
+/// Host attributes are the [`Attribute`]s whose [`Source`] is the host; the name stays for
+/// the callers that only ever deal with those.
+pub use crate::attributes::Attribute as HostAttribute;
+pub use crate::attributes::AttributeKind;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttributeValue {
@@ -131,8 +48,8 @@ impl AttributeValue {
 }
 
 /// Request headers: names lower-case, in arrival order, pseudo-headers (`:method`, `:path`,
-/// `:authority`, `:scheme`) included. All names and values share one buffer — the shell builds
-/// this on every request, and a `String` per name and value was ~two dozen allocations.
+/// `:authority`, `:scheme`) included. All names and values share one buffer: the shell builds
+/// this on every request, and a `String` per name and value would be two allocations each.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Headers {
     text: String,
@@ -182,6 +99,21 @@ impl Headers {
 
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
+    }
+
+    /// A header's value as CEL sees it: repeated headers joined with `,` (RFC 9110 5.3).
+    pub fn joined(&self, name: &str) -> Option<Cow<'_, str>> {
+        let mut values = self.values(name);
+        let first = values.next()?;
+        let Some(second) = values.next() else {
+            return Some(Cow::Borrowed(first));
+        };
+        let mut joined = format!("{first},{second}");
+        for value in values {
+            joined.push(',');
+            joined.push_str(value);
+        }
+        Some(Cow::Owned(joined))
     }
 
     /// First value of a header (name compared case-insensitively).
@@ -308,6 +240,25 @@ impl RequestView {
         self.header(":path").unwrap_or("")
     }
 
+    /// The value of a string attribute read from the headers
+    /// ([`Attribute::is_header_string`]); `None` for any other attribute or an absent header.
+    pub fn string_attribute(&self, attribute: Attribute) -> Option<&str> {
+        match attribute.source() {
+            Source::Header(name) => self.header(name),
+            Source::Derived(Derived::UrlPath) => {
+                let path = self.header(":path")?;
+                Some(path.split_once('?').map_or(path, |(path, _)| path))
+            }
+            Source::Derived(Derived::Authority) => {
+                self.header(":authority").or_else(|| self.header("host"))
+            }
+            Source::Derived(Derived::Query) => Some(query_of(self.header(":path")?)),
+            Source::Derived(Derived::Headers | Derived::QueryParams)
+            | Source::Host(_)
+            | Source::Token => None,
+        }
+    }
+
     pub fn attribute(&self, attribute: HostAttribute) -> Option<&AttributeValue> {
         self.attributes
             .iter()
@@ -338,6 +289,11 @@ impl RequestView {
         self.attributes.push((attribute, value));
         self
     }
+}
+
+/// The query of a `:path`: what follows the first `?`.
+pub fn query_of(path: &str) -> &str {
+    path.split_once('?').map_or("", |(_, query)| query)
 }
 
 #[cfg(test)]

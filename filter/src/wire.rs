@@ -72,8 +72,8 @@ fn visit_map(bytes: &[u8], mut each: impl FnMut(&str, &str)) {
         let mut take = |len: usize| -> Option<std::borrow::Cow<'_, str>> {
             let end = at.checked_add(len)?;
             let raw = bytes.get(at..end)?;
-            // `from_utf8` checks ASCII a word at a time; the lossy decoder goes byte by byte
-            // (~9 % of a cached request in the wasm, over a ~700-byte bearer token).
+            // `from_utf8` checks ASCII a word at a time; the lossy decoder goes byte by byte,
+            // which shows over a ~700-byte bearer token (docs/benchmarks.md).
             let text = match std::str::from_utf8(raw) {
                 Ok(text) => std::borrow::Cow::Borrowed(text),
                 Err(_) => String::from_utf8_lossy(raw),

@@ -68,7 +68,7 @@ impl World {
             now: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             store: &self.store,
             crypto: &NoHostCrypto,
-            remote_keys: &self.remote,
+            remote_keys: &mut self.remote,
             token_cache: cache,
             local_tokens: &mut LocalTokens::default(),
             counters: &mut self.counters,

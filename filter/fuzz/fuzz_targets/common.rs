@@ -142,7 +142,7 @@ pub fn request(u: &mut Unstructured<'_>) -> Result<RequestView> {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     let mut request = RequestView::new(&method, &path, &refs);
-    for attribute in HostAttribute::ALL {
+    for attribute in HostAttribute::ALL.iter().copied().filter(|a| a.is_host()) {
         if u.arbitrary()? {
             let value = attribute_value(u, attribute)?;
             request = request.with_attribute(attribute, value);

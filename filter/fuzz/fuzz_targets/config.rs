@@ -17,7 +17,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 fn run(config: &Config, request: &RequestView) -> portcullis_filter::decision::Outcome {
     let store = MemoryStore::default();
-    let remote_keys = RemoteKeys::default();
+    let mut remote_keys = RemoteKeys::default();
     let mut token_cache = config.authenticator.new_token_cache();
     let mut local_tokens = LocalTokens::default();
     let mut counters = MemoryCounters::default();
@@ -26,7 +26,7 @@ fn run(config: &Config, request: &RequestView) -> portcullis_filter::decision::O
         now: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
         store: &store,
         crypto: &NoHostCrypto,
-        remote_keys: &remote_keys,
+        remote_keys: &mut remote_keys,
         token_cache: &mut token_cache,
         local_tokens: &mut local_tokens,
         counters: &mut counters,

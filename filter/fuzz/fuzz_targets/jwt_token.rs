@@ -90,14 +90,14 @@ fuzz_target!(|data: &[u8]| {
         RequestView::new("GET", &format!("/?access_token={text}"), &[]),
         RequestView::new("GET", "/", &[("cookie", &format!("a=b; session={text}"))]),
     ];
-    let remote = RemoteKeys::default();
+    let mut remote = RemoteKeys::default();
     let mut cache = authenticator().new_token_cache();
     let mut counters = MemoryCounters::default();
     for request in &requests {
         let mut env = AuthnEnv {
             now: UNIX_EPOCH + Duration::from_secs(1_800_000_000),
             crypto: &NoHostCrypto,
-            remote_keys: &remote,
+            remote_keys: &mut remote,
             cache: &mut cache,
             counters: &mut counters,
         };

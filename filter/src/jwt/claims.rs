@@ -6,7 +6,7 @@
 //! those characters: `sub`, `org.team` (claim `org`, member `team`),
 //! `["https://example.com/roles"]`, `realm_access.roles`, `["a.b"].c`.
 
-use super::jws::Invalid;
+use super::invalid::{Cause, Invalid};
 use serde_json::{Map, Value};
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -159,11 +159,17 @@ fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Optio
                     Some(f) if f.is_finite() => Ok(Some(
                         f.floor().clamp(i64::MIN as f64, i64::MAX as f64) as i64,
                     )),
-                    _ => Err(Invalid::new("malformed", format!("{name} is not a number"))),
+                    _ => Err(Invalid::new(
+                        Cause::Malformed,
+                        format!("{name} is not a number"),
+                    )),
                 }
             }
         }
-        Some(_) => Err(Invalid::new("malformed", format!("{name} is not a number"))),
+        Some(_) => Err(Invalid::new(
+            Cause::Malformed,
+            format!("{name} is not a number"),
+        )),
     }
 }
 
@@ -176,7 +182,7 @@ pub fn check_claim_types(claims: &Map<String, Value>) -> Result<(), Invalid> {
     for name in ["iss", "sub", "jti"] {
         if claims.get(name).is_some_and(|v| !v.is_string()) {
             return Err(Invalid::new(
-                "malformed",
+                Cause::Malformed,
                 format!("{name} must be a string"),
             ));
         }
@@ -184,7 +190,7 @@ pub fn check_claim_types(claims: &Map<String, Value>) -> Result<(), Invalid> {
     for name in ["exp", "nbf", "iat"] {
         if claims.get(name).is_some_and(|v| !v.is_number()) {
             return Err(Invalid::new(
-                "malformed",
+                Cause::Malformed,
                 format!("{name} must be a number"),
             ));
         }
@@ -193,7 +199,7 @@ pub fn check_claim_types(claims: &Map<String, Value>) -> Result<(), Invalid> {
         None | Some(Value::String(_)) => Ok(()),
         Some(Value::Array(auds)) if auds.iter().all(Value::is_string) => Ok(()),
         Some(_) => Err(Invalid::new(
-            "malformed",
+            Cause::Malformed,
             "aud must be a string or an array of strings",
         )),
     }
@@ -226,37 +232,40 @@ pub fn check_claims(
     let iat = numeric_date(claims, "iat")?;
     if let Some(exp) = exp {
         if now >= exp.saturating_add(skew) {
-            return Err(Invalid::new("expired", "token expired"));
+            return Err(Invalid::new(Cause::Expired, "token expired"));
         }
     }
     if let Some(nbf) = nbf {
         if now.saturating_add(skew) < nbf {
-            return Err(Invalid::new("not_yet_valid", "token not yet valid"));
+            return Err(Invalid::new(Cause::NotYetValid, "token not yet valid"));
         }
     }
     if let Some(iat) = iat {
         if iat > now.saturating_add(skew) {
             return Err(Invalid::new(
-                "issued_in_future",
+                Cause::IssuedInFuture,
                 "token issued in the future",
             ));
         }
     }
     if let Some(max) = rules.max_lifetime_s {
         let Some(exp) = exp else {
-            return Err(Invalid::new("missing_exp", "token has no exp"));
+            return Err(Invalid::new(Cause::MissingExp, "token has no exp"));
         };
         let start = iat.or(nbf).unwrap_or(now);
         let lifetime = exp.saturating_sub(start);
         if lifetime > i64::try_from(max).unwrap_or(i64::MAX) {
-            return Err(Invalid::new("lifetime_too_long", "token lifetime too long"));
+            return Err(Invalid::new(
+                Cause::LifetimeTooLong,
+                "token lifetime too long",
+            ));
         }
     }
     match claims.get("iss") {
         Some(Value::String(iss)) if *iss == rules.issuer => {}
-        Some(Value::String(_)) => return Err(Invalid::new("wrong_issuer", "wrong issuer")),
-        None => return Err(Invalid::new("wrong_issuer", "missing issuer")),
-        Some(_) => return Err(Invalid::new("malformed", "iss must be a string")),
+        Some(Value::String(_)) => return Err(Invalid::new(Cause::WrongIssuer, "wrong issuer")),
+        None => return Err(Invalid::new(Cause::WrongIssuer, "missing issuer")),
+        Some(_) => return Err(Invalid::new(Cause::Malformed, "iss must be a string")),
     }
     if !rules.audiences.is_empty() {
         let ok = match claims.get("aud") {
@@ -266,7 +275,7 @@ pub fn check_claims(
                 for aud in auds {
                     let Some(aud) = aud.as_str() else {
                         return Err(Invalid::new(
-                            "malformed",
+                            Cause::Malformed,
                             "aud must be a string or an array of strings",
                         ));
                     };
@@ -277,19 +286,19 @@ pub fn check_claims(
             None => false,
             Some(_) => {
                 return Err(Invalid::new(
-                    "malformed",
+                    Cause::Malformed,
                     "aud must be a string or an array of strings",
                 ))
             }
         };
         if !ok {
-            return Err(Invalid::new("wrong_audience", "audience not allowed"));
+            return Err(Invalid::new(Cause::WrongAudience, "audience not allowed"));
         }
     }
     for path in &rules.required {
         if matches!(path.lookup(claims), None | Some(Value::Null)) {
             return Err(Invalid::new(
-                "missing_claim",
+                Cause::MissingClaim,
                 format!("missing claim {}", sanitize(&path.to_string())),
             ));
         }
@@ -298,9 +307,9 @@ pub fn check_claims(
         match claims.get("sub") {
             Some(Value::String(sub)) if subjects.allows(sub) => {}
             None | Some(Value::String(_)) => {
-                return Err(Invalid::new("wrong_subject", "subject not allowed"))
+                return Err(Invalid::new(Cause::WrongSubject, "subject not allowed"))
             }
-            Some(_) => return Err(Invalid::new("malformed", "sub must be a string")),
+            Some(_) => return Err(Invalid::new(Cause::Malformed, "sub must be a string")),
         }
     }
     Ok(exp)
@@ -376,7 +385,8 @@ mod tests {
         let now = 1_000_000;
         let ok = json!({"iss": "iss", "aud": ["x", "aud"], "sub": "user:1", "exp": now + 100, "iat": now});
         let check = |v: Value| {
-            check_claims(v.as_object().unwrap_or(&Map::new()), &rules(), now).map_err(|e| e.code)
+            check_claims(v.as_object().unwrap_or(&Map::new()), &rules(), now)
+                .map_err(|e| e.code.as_str())
         };
         assert_eq!(check(ok.clone()), Ok(Some(now + 100)));
         let with = |k: &str, v: Value| {
@@ -436,12 +446,16 @@ mod tests {
         for (name, value) in wrong {
             let claims = with(name, value.clone());
             let malformed = Some("malformed");
-            let code = check_claim_types(&claims).err().map(|e| e.code);
+            let code = check_claim_types(&claims).err().map(|e| e.code.as_str());
             assert_eq!(code, malformed, "{name}: {value}");
             // Even a provider that checks no audience, subject or claim refuses them.
-            let code = check_claims(&claims, &open, now).err().map(|e| e.code);
+            let code = check_claims(&claims, &open, now)
+                .err()
+                .map(|e| e.code.as_str());
             assert_eq!(code, malformed, "{name}: {value}");
-            let code = check_claims(&claims, &rules(), now).err().map(|e| e.code);
+            let code = check_claims(&claims, &rules(), now)
+                .err()
+                .map(|e| e.code.as_str());
             assert_eq!(code, malformed, "{name}: {value}");
         }
         // Absent is not a wrong type; an array of strings is the other form of `aud`.

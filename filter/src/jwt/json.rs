@@ -1,4 +1,5 @@
-//! JOSE JSON with a single reading: a JSON object whose member names are unique at every
+//! JOSE text: strict base64url (RFC 7515 2), a nesting-depth guard, and JSON with a single
+//! reading: a JSON object whose member names are unique at every
 //! nesting level.
 //!
 //! `serde_json` keeps the last of repeated members, while other parsers in a request's path
@@ -7,6 +8,8 @@
 //! RFC 7515 §4 and RFC 7519 §4 allow. The check happens while the `Value` is built, in the
 //! same single pass `serde_json::from_slice` would make, so it costs no extra allocation.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
@@ -126,6 +129,48 @@ impl<'de> Visitor<'de> for StrictValue<'_> {
         }
         Ok(Value::Object(map))
     }
+}
+
+/// Strict base64url without padding (RFC 7515 2): no `=`, no whitespace, no stray
+/// characters, canonical trailing bits.
+pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(text).ok()
+}
+
+pub fn b64url_encode(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether the JSON text nests at most `max` arrays/objects deep. Linear, allocation-free;
+/// run before `serde_json` so hostile input never reaches a deep recursive parse.
+pub fn json_depth_ok(bytes: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
 }
 
 #[cfg(test)]

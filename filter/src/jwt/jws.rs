@@ -5,138 +5,14 @@
 //! decoded once per key set here, whereas `jsonwebtoken::crypto::verify` rebuilds the key
 //! and re-decodes base64 on every call (costly on wasm32, where every µs counts).
 
+pub use super::alg::Alg;
+use super::der::ecdsa_raw_to_der;
+pub use super::invalid::{Cause, Invalid};
+pub use super::json::{b64url_decode, b64url_encode, json_depth_ok};
 use super::json::{parse_object, JsonError};
-use super::keys::{ecdsa_raw_to_der, Jwk, KeyMaterial};
+use super::keys::{Jwk, KeyMaterial};
 use crate::ports::HostCrypto;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use serde_json::{Map, Value};
-
-/// A JWS signature algorithm this filter verifies. `none` is not one of them, in any casing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Alg {
-    RS256,
-    RS384,
-    RS512,
-    PS256,
-    PS384,
-    PS512,
-    ES256,
-    ES384,
-    EdDSA,
-    HS256,
-    HS384,
-    HS512,
-}
-
-impl Alg {
-    pub const ALL: [Alg; 12] = [
-        Alg::RS256,
-        Alg::RS384,
-        Alg::RS512,
-        Alg::PS256,
-        Alg::PS384,
-        Alg::PS512,
-        Alg::ES256,
-        Alg::ES384,
-        Alg::EdDSA,
-        Alg::HS256,
-        Alg::HS384,
-        Alg::HS512,
-    ];
-
-    /// Exact, case-sensitive names (RFC 7518 / RFC 8037).
-    pub fn parse(name: &str) -> Option<Alg> {
-        Alg::ALL.iter().copied().find(|a| a.name() == name)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Alg::RS256 => "RS256",
-            Alg::RS384 => "RS384",
-            Alg::RS512 => "RS512",
-            Alg::PS256 => "PS256",
-            Alg::PS384 => "PS384",
-            Alg::PS512 => "PS512",
-            Alg::ES256 => "ES256",
-            Alg::ES384 => "ES384",
-            Alg::EdDSA => "EdDSA",
-            Alg::HS256 => "HS256",
-            Alg::HS384 => "HS384",
-            Alg::HS512 => "HS512",
-        }
-    }
-
-    pub fn is_rsa(self) -> bool {
-        matches!(
-            self,
-            Alg::RS256 | Alg::RS384 | Alg::RS512 | Alg::PS256 | Alg::PS384 | Alg::PS512
-        )
-    }
-
-    pub fn is_hmac(self) -> bool {
-        matches!(self, Alg::HS256 | Alg::HS384 | Alg::HS512)
-    }
-}
-
-/// Strict base64url without padding (RFC 7515 2): no `=`, no whitespace, no stray
-/// characters, canonical trailing bits.
-pub fn b64url_decode(text: &str) -> Option<Vec<u8>> {
-    URL_SAFE_NO_PAD.decode(text).ok()
-}
-
-pub fn b64url_encode(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// Whether the JSON text nests at most `max` arrays/objects deep. Linear, allocation-free;
-/// run before `serde_json` so hostile input never reaches a deep recursive parse.
-pub fn json_depth_ok(bytes: &[u8], max: usize) -> bool {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in bytes {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > max {
-                    return false;
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    true
-}
-
-/// Why a token was rejected. `code` becomes the counter suffix
-/// (`portcullis.jwt.<provider>.invalid.<code>`); `detail` goes to `error_description`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Invalid {
-    pub code: &'static str,
-    pub detail: String,
-}
-
-impl Invalid {
-    pub fn new(code: &'static str, detail: impl Into<String>) -> Invalid {
-        Invalid {
-            code,
-            detail: detail.into(),
-        }
-    }
-}
 
 /// A compact JWS, split and decoded, signature not yet checked.
 #[derive(Debug)]
@@ -158,10 +34,13 @@ const UNDERSTOOD_CRIT: &[&str] = &[];
 /// depth (see [`super::json`]). `part` names the segment in the reason.
 pub fn parse_json_object(bytes: &[u8], part: &str) -> Result<Map<String, Value>, Invalid> {
     parse_object(bytes).map_err(|e| match e {
-        JsonError::DuplicateMember => {
-            Invalid::new("duplicate_member", format!("{part} repeats a member name"))
+        JsonError::DuplicateMember => Invalid::new(
+            Cause::DuplicateMember,
+            format!("{part} repeats a member name"),
+        ),
+        JsonError::NotAnObject => {
+            Invalid::new(Cause::Malformed, format!("{part} is not a JSON object"))
         }
-        JsonError::NotAnObject => Invalid::new("malformed", format!("{part} is not a JSON object")),
     })
 }
 
@@ -219,7 +98,7 @@ fn check_header_types(header: &Map<String, Value>) -> Result<(), Invalid> {
     for (name, kind) in HEADER_TYPES {
         if header.get(name).is_some_and(|v| !kind.fits(v)) {
             return Err(Invalid::new(
-                "malformed",
+                Cause::Malformed,
                 format!("{name} must be {}", kind.describe()),
             ));
         }
@@ -235,21 +114,21 @@ pub fn parse_compact(
     max_depth: usize,
 ) -> Result<ParsedJws<'_>, Invalid> {
     if token.len() > max_bytes {
-        return Err(Invalid::new("too_large", "token too large"));
+        return Err(Invalid::new(Cause::TooLarge, "token too large"));
     }
     let mut parts = token.split('.');
     let (Some(h), Some(p), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(Invalid::new("malformed", "not a compact JWS"));
+        return Err(Invalid::new(Cause::Malformed, "not a compact JWS"));
     };
     let signing_input = token
         .get(..h.len() + 1 + p.len())
-        .ok_or_else(|| Invalid::new("malformed", "not a compact JWS"))?;
-    let header_bytes =
-        b64url_decode(h).ok_or_else(|| Invalid::new("malformed", "header is not base64url"))?;
+        .ok_or_else(|| Invalid::new(Cause::Malformed, "not a compact JWS"))?;
+    let header_bytes = b64url_decode(h)
+        .ok_or_else(|| Invalid::new(Cause::Malformed, "header is not base64url"))?;
     if !json_depth_ok(&header_bytes, max_depth.min(8)) {
-        return Err(Invalid::new("malformed", "header nests too deeply"));
+        return Err(Invalid::new(Cause::Malformed, "header nests too deeply"));
     }
     let header = parse_json_object(&header_bytes, "header")?;
     // From here on, a registered parameter that is present has its type: a `kid` that is
@@ -258,12 +137,15 @@ pub fn parse_compact(
     let alg = match header.get("alg") {
         Some(Value::String(name)) => {
             if name.eq_ignore_ascii_case("none") {
-                return Err(Invalid::new("alg_none", "unsigned tokens are not accepted"));
+                return Err(Invalid::new(
+                    Cause::AlgNone,
+                    "unsigned tokens are not accepted",
+                ));
             }
             Alg::parse(name)
-                .ok_or_else(|| Invalid::new("unsupported_alg", "unsupported algorithm"))?
+                .ok_or_else(|| Invalid::new(Cause::UnsupportedAlg, "unsupported algorithm"))?
         }
-        _ => return Err(Invalid::new("malformed", "header has no alg")),
+        _ => return Err(Invalid::new(Cause::Malformed, "header has no alg")),
     };
     let kid = match header.get("kid") {
         Some(Value::String(kid)) => Some(kid.clone()),
@@ -273,7 +155,7 @@ pub fn parse_compact(
         for name in names {
             if !UNDERSTOOD_CRIT.contains(&name.as_str().unwrap_or_default()) {
                 return Err(Invalid::new(
-                    "unsupported_crit",
+                    Cause::UnsupportedCrit,
                     "unsupported critical header parameter",
                 ));
             }
@@ -281,14 +163,14 @@ pub fn parse_compact(
     }
     if header.get("b64") == Some(&Value::Bool(false)) {
         return Err(Invalid::new(
-            "unsupported_crit",
+            Cause::UnsupportedCrit,
             "unencoded payloads are not accepted",
         ));
     }
-    let payload =
-        b64url_decode(p).ok_or_else(|| Invalid::new("malformed", "payload is not base64url"))?;
-    let signature =
-        b64url_decode(s).ok_or_else(|| Invalid::new("malformed", "signature is not base64url"))?;
+    let payload = b64url_decode(p)
+        .ok_or_else(|| Invalid::new(Cause::Malformed, "payload is not base64url"))?;
+    let signature = b64url_decode(s)
+        .ok_or_else(|| Invalid::new(Cause::Malformed, "signature is not base64url"))?;
     Ok(ParsedJws {
         signing_input,
         header,
@@ -318,7 +200,7 @@ pub fn select_keys<'k>(
             let fitting_named: Vec<&Jwk> = named.iter().copied().filter(|k| k.fits(alg)).collect();
             if fitting_named.len() > 1 {
                 return Err(Invalid::new(
-                    "ambiguous_kid",
+                    Cause::AmbiguousKid,
                     "several keys share the token's kid",
                 ));
             }
@@ -326,10 +208,10 @@ pub fn select_keys<'k>(
             candidates.extend(keys.iter().filter(|k| k.kid.is_none() && k.fits(alg)));
             if candidates.is_empty() {
                 return Err(if named.is_empty() {
-                    Invalid::new("unknown_kid", "no key with the token's kid")
+                    Invalid::new(Cause::UnknownKid, "no key with the token's kid")
                 } else {
                     Invalid::new(
-                        "key_mismatch",
+                        Cause::KeyMismatch,
                         "the token's key does not allow its algorithm",
                     )
                 });
@@ -340,7 +222,7 @@ pub fn select_keys<'k>(
             let candidates: Vec<&Jwk> = keys.iter().filter(|k| k.fits(alg)).collect();
             if candidates.is_empty() {
                 return Err(Invalid::new(
-                    "no_matching_key",
+                    Cause::NoMatchingKey,
                     "no key for the token's algorithm",
                 ));
             }
@@ -533,7 +415,7 @@ pub fn verify_compact_with<T>(
 ) -> Result<(VerifiedJws, T), Invalid> {
     let jws = parse_compact(token, max_bytes, max_depth)?;
     if !allowed.contains(&jws.alg) {
-        return Err(Invalid::new("alg_not_allowed", "algorithm not allowed"));
+        return Err(Invalid::new(Cause::AlgNotAllowed, "algorithm not allowed"));
     }
     let checked = pre_check(&jws)?;
     let candidates = select_keys(keys, jws.alg, jws.kid.as_deref())?;
@@ -548,7 +430,7 @@ pub fn verify_compact_with<T>(
     });
     if !ok {
         return Err(Invalid::new(
-            "bad_signature",
+            Cause::BadSignature,
             "signature verification failed",
         ));
     }
@@ -578,7 +460,7 @@ mod tests {
             let header = b64url_encode(format!("{{\"alg\":\"{alg}\"}}").as_bytes());
             let token = format!("{header}.e30.");
             let err = parse_compact(&token, 8192, 32).err();
-            assert_eq!(err.map(|e| e.code), Some("alg_none"));
+            assert_eq!(err.map(|e| e.code.as_str()), Some("alg_none"));
         }
     }
 
@@ -603,7 +485,9 @@ mod tests {
         let header = b64url_encode(br#"{"alg":"HS256","crit":["exp"],"exp":1}"#);
         let token = format!("{header}.e30.AAAA");
         assert_eq!(
-            parse_compact(&token, 8192, 32).err().map(|e| e.code),
+            parse_compact(&token, 8192, 32)
+                .err()
+                .map(|e| e.code.as_str()),
             Some("unsupported_crit")
         );
     }
@@ -612,7 +496,7 @@ mod tests {
         let token = format!("{}.e30.AAAA", b64url_encode(header.as_bytes()));
         parse_compact(&token, 8192, 32)
             .map(|jws| jws.alg)
-            .map_err(|e| e.code)
+            .map_err(|e| e.code.as_str())
     }
 
     #[test]
@@ -678,7 +562,7 @@ mod tests {
     fn wrong_segment_counts() {
         for t in ["a", "a.b", "a.b.c.d", "a.b.c.d.e", ""] {
             assert_eq!(
-                parse_compact(t, 8192, 32).err().map(|e| e.code),
+                parse_compact(t, 8192, 32).err().map(|e| e.code.as_str()),
                 Some("malformed")
             );
         }

@@ -3,37 +3,50 @@
 //!
 //! Everything is compiled once in [`Authenticator::compile`]; [`Authenticator::authenticate`]
 //! is pure apart from the [`AuthnEnv`] it is handed. See docs/jwt.md.
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `mod.rs` | requirement evaluation: [`Authenticator::authenticate`] |
+//! | `compile.rs` | providers and requirements from [`JwtConfig`] |
+//! | `config.rs` | the `jwt` section of the configuration |
+//! | `extract.rs` | token sources, what a request holds, stripping |
+//! | `jws.rs` | compact JWS parsing and signature verification |
+//! | `alg.rs`, `der.rs`, `json.rs`, `keys.rs` | algorithms, DER, JOSE text, JWKs |
+//! | `claims.rs`, `invalid.rs` | registered-claim checks; why a token was refused |
+//! | `attributes.rs` | the verified token as CEL values |
+//! | `cache.rs`, `remote.rs` | per-VM token cache; remote JWKS state machine |
 
+pub mod alg;
+pub mod attributes;
 pub mod cache;
 pub mod claims;
+mod compile;
 pub mod config;
+pub mod der;
+mod extract;
+pub mod invalid;
 pub mod json;
 pub mod jws;
 pub mod keys;
 pub mod remote;
 
+pub use alg::Alg;
 pub use cache::{CacheConfig, TokenCache};
 pub use config::JwtConfig;
-pub use jws::Alg;
+pub use extract::{extract, Extracted, TokenLocation, TokenSource};
 pub use remote::{FetchRequest, JwksSync, RemoteKeySet, RemoteKeys, RemoteKind, RemoteSpec};
 
-use crate::config::ConfigError;
-use crate::decision::{Deny, HeaderEdit};
+use crate::attributes::Attribute;
+use crate::decision::{DenyReason, HeaderEdit, Refusal};
 use crate::expr::{Activation, Expr, JwtAttributes};
 use crate::guard_index::GuardIndex;
 use crate::ports::{Counters, HostCrypto};
-use crate::request::{HostAttribute, RequestView};
-use claims::{
-    check_claim_types, check_claims, header_value, sanitize, unix_seconds, ClaimPath, ClaimRules,
-    SubjectRule,
-};
-use config::{JwksSource, ProviderConfig, RequirementConfig};
-use jws::{json_depth_ok, parse_json_object, verify_compact_with, Invalid};
-use keys::{KeyPolicy, KeySet};
+use crate::request::RequestView;
+use claims::{check_claim_types, check_claims, header_value, unix_seconds, ClaimPath, ClaimRules};
+use invalid::{Cause, Invalid};
+use jws::{json_depth_ok, parse_json_object, verify_compact_with};
+use keys::KeySet;
 use serde_json::Value;
-use std::borrow::Cow;
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -53,7 +66,8 @@ pub struct VerifiedToken {
 pub struct AuthnEnv<'a> {
     pub now: SystemTime,
     pub crypto: &'a dyn HostCrypto,
-    pub remote_keys: &'a RemoteKeys,
+    /// Remote key sets; authentication also records refetch requests here.
+    pub remote_keys: &'a mut RemoteKeys,
     pub cache: &'a mut TokenCache,
     pub counters: &'a mut dyn Counters,
 }
@@ -65,8 +79,8 @@ pub enum AuthnOutcome {
         token: Option<Arc<VerifiedToken>>,
         request_headers: Vec<HeaderEdit>,
     },
-    /// 401 (or 503 when keys are unavailable), with RFC 6750 headers.
-    Fail(Deny),
+    /// 401 (or 503 when keys are unavailable); [`Refusal::answer`] adds RFC 6750 headers.
+    Fail(Refusal),
     /// Keys for these providers have not been fetched yet.
     KeysPending(Vec<String>),
 }
@@ -86,20 +100,6 @@ pub enum Requirement {
 enum ProviderKeys {
     Static(Arc<KeySet>),
     Remote(RemoteSpec),
-}
-
-/// Where a provider looks for its token (`from_headers`, `from_params`, `from_cookies`).
-/// Public only so the benchmarks can time [`extract`]; the default source is
-/// `Header { name: "authorization", prefix: Some("Bearer ") }`.
-#[derive(Debug, Clone)]
-pub enum TokenSource {
-    /// A header (name lower-case), with an optional case-insensitive value prefix.
-    Header {
-        name: String,
-        prefix: Option<String>,
-    },
-    Param(String),
-    Cookie(String),
 }
 
 #[derive(Debug)]
@@ -149,65 +149,6 @@ pub struct Authenticator {
     output_headers: Vec<String>,
 }
 
-static EPOCH: AtomicU64 = AtomicU64::new(1);
-
-const REALM: &str = "portcullis";
-
-/// `Retry-After` of a 503 `keys_unavailable`, in seconds.
-pub const KEYS_RETRY_AFTER_S: u32 = 2;
-
-/// The `invalid_request` reason, also its `error_description` (nothing to escape).
-const MULTIPLE_TOKENS: &str = "more than one token in the request";
-
-/// Where a token was found: what `forward: false` removes before the request goes upstream.
-#[derive(Debug, Clone, PartialEq)]
-pub enum TokenLocation {
-    Header(String),
-    Param(String),
-    Cookie(String),
-}
-
-impl TokenLocation {
-    /// The request edit that removes the token from where it was found.
-    fn strip(&self, request: &RequestView) -> Option<HeaderEdit> {
-        match self {
-            TokenLocation::Header(name) => Some(HeaderEdit::Remove(name.clone())),
-            TokenLocation::Param(param) => {
-                let (path, query) = request.path().split_once('?')?;
-                let kept: Vec<&str> = query
-                    .split('&')
-                    .filter(|pair| {
-                        let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-                        percent_decode(key).as_deref() != Some(param.as_str())
-                    })
-                    .collect();
-                let path = if kept.is_empty() {
-                    path.to_owned()
-                } else {
-                    format!("{path}?{}", kept.join("&"))
-                };
-                Some(HeaderEdit::Set(":path".to_owned(), path))
-            }
-            TokenLocation::Cookie(cookie) => {
-                let kept: Vec<&str> = request
-                    .headers
-                    .iter()
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
-                    .flat_map(|(_, v)| v.split(';'))
-                    .map(str::trim)
-                    .filter(|pair| pair.split_once('=').is_none_or(|(n, _)| n.trim() != cookie))
-                    .filter(|pair| !pair.is_empty())
-                    .collect();
-                Some(if kept.is_empty() {
-                    HeaderEdit::Remove("cookie".to_owned())
-                } else {
-                    HeaderEdit::Set("cookie".to_owned(), kept.join("; "))
-                })
-            }
-        }
-    }
-}
-
 /// The result of one provider for one request (memoised per request).
 #[derive(Debug, Clone)]
 enum ProviderResult {
@@ -230,90 +171,9 @@ enum Eval {
     Unavailable,
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-}
-
-fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(':')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 impl Authenticator {
-    pub fn compile(config: &JwtConfig) -> Result<Authenticator, ConfigError> {
-        // Distinguishes this compiled configuration in the token cache: a reconfigured VM
-        // never serves entries verified under the old issuer/audience rules.
-        let epoch = EPOCH.fetch_add(1, Ordering::Relaxed);
-        let mut providers = Vec::with_capacity(config.providers.len());
-        for (i, pc) in config.providers.iter().enumerate() {
-            let field = format!("jwt.providers[{i}]");
-            if providers.iter().any(|p: &Provider| p.name == pc.name) {
-                return Err(ConfigError::new(
-                    format!("{field}.name"),
-                    format!("duplicate provider name `{}`", pc.name),
-                ));
-            }
-            providers.push(compile_provider(pc, &field, epoch)?);
-        }
-        let mut rules = Vec::with_capacity(config.requirements.len());
-        for (i, rc) in config.requirements.iter().enumerate() {
-            let field = format!("jwt.requirements[{i}]");
-            let when = Expr::compile(&rc.when)
-                .map_err(|e| ConfigError::from_expr(format!("{field}.when"), &e))?;
-            if when.uses_jwt() {
-                return Err(ConfigError::new(
-                    format!("{field}.when"),
-                    "a requirement's `when` is evaluated before authentication and must not use `jwt`",
-                ));
-            }
-            let require =
-                compile_requirement(&rc.require, &providers, &format!("{field}.require"))?;
-            rules.push(Rule {
-                name: rc.name.clone(),
-                when,
-                require,
-            });
-        }
-        let default = match &config.default_requirement {
-            Some(rc) => compile_requirement(rc, &providers, "jwt.default_requirement")?,
-            None => match providers.len() {
-                0 => Requirement::None,
-                1 => Requirement::Provider(0),
-                n => Requirement::AnyOf((0..n).map(Requirement::Provider).collect()),
-            },
-        };
-        if !matches!(config.keys_unavailable_status, 401 | 503) {
-            return Err(ConfigError::new(
-                "jwt.keys_unavailable_status",
-                "must be 401 or 503",
-            ));
-        }
-        let mut output_headers = BTreeSet::new();
-        for p in &providers {
-            output_headers.extend(p.payload_header.iter().cloned());
-            output_headers.extend(p.claim_headers.iter().map(|(_, h)| h.clone()));
-        }
-        Ok(Authenticator {
-            providers,
-            guards: GuardIndex::build(rules.iter().map(|r| Some(&r.when))),
-            rules,
-            default,
-            keys_unavailable_status: config.keys_unavailable_status,
-            pending_deadline_ms: config.pending_deadline_ms,
-            cache: config.cache.clone(),
-            output_headers: output_headers.into_iter().collect(),
-        })
-    }
-
-    pub fn host_attributes(&self) -> Vec<HostAttribute> {
-        let mut all: Vec<HostAttribute> = self
+    pub fn host_attributes(&self) -> Vec<Attribute> {
+        let mut all: Vec<Attribute> = self
             .rules
             .iter()
             .flat_map(|r| r.when.host_attributes())
@@ -355,26 +215,14 @@ impl Authenticator {
         self.pending_deadline_ms
     }
 
-    /// The answer when keys did not arrive in time (or are too stale).
-    pub fn keys_unavailable(&self) -> Deny {
-        let mut headers = Vec::new();
-        if self.keys_unavailable_status == 401 {
-            headers.push((
-                "www-authenticate".to_owned(),
-                format!("Bearer realm=\"{REALM}\""),
-            ));
-        } else {
-            // The first fetch retry is due within a second or two (docs/jwt.md, backoff).
-            headers.push(("retry-after".to_owned(), KEYS_RETRY_AFTER_S.to_string()));
-        }
-        Deny {
-            status: self.keys_unavailable_status,
-            error: "keys_unavailable",
-            reason: "signing keys unavailable".to_owned(),
-            rule: None,
-            headers,
-            subject: None,
-        }
+    /// The refusal when keys did not arrive in time (or are too stale).
+    pub fn keys_unavailable(&self) -> Refusal {
+        Refusal::new(
+            DenyReason::KeysUnavailable {
+                status: self.keys_unavailable_status,
+            },
+            None,
+        )
     }
 
     /// The requirement that applies to a request, and the rule that chose it.
@@ -434,54 +282,18 @@ impl Authenticator {
                     request_headers,
                 }
             }
-            Eval::Missing => AuthnOutcome::Fail(Deny {
-                status: 401,
-                error: "missing_token",
-                reason: "a bearer token is required".to_owned(),
-                rule,
-                headers: vec![(
-                    "www-authenticate".to_owned(),
-                    format!("Bearer realm=\"{REALM}\""),
-                )],
-                subject: None,
-            }),
-            // RFC 6750 3.1, with 401 rather than the 400 it suggests: every answer of
-            // authentication is a 401, as in Envoy's jwt_authn.
-            Eval::MultipleTokens => AuthnOutcome::Fail(Deny {
-                status: 401,
-                error: "invalid_request",
-                reason: MULTIPLE_TOKENS.to_owned(),
-                rule,
-                headers: vec![(
-                    "www-authenticate".to_owned(),
-                    format!(
-                        "Bearer realm=\"{REALM}\", error=\"invalid_request\", error_description=\"{MULTIPLE_TOKENS}\""
-                    ),
-                )],
-                subject: None,
-            }),
+            Eval::Missing => AuthnOutcome::Fail(Refusal::new(DenyReason::MissingToken, rule)),
+            Eval::MultipleTokens => {
+                AuthnOutcome::Fail(Refusal::new(DenyReason::MultipleTokens, rule))
+            }
             Eval::Invalid(invalid) => {
-                let description = sanitize(&invalid.detail);
-                AuthnOutcome::Fail(Deny {
-                    status: 401,
-                    error: "invalid_token",
-                    reason: description.clone(),
-                    rule,
-                    headers: vec![(
-                        "www-authenticate".to_owned(),
-                        format!(
-                            "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{description}\""
-                        ),
-                    )],
-                    subject: None,
-                })
+                AuthnOutcome::Fail(Refusal::new(DenyReason::InvalidToken(invalid), rule))
             }
             Eval::Pending(providers) => AuthnOutcome::KeysPending(providers),
-            Eval::Unavailable => {
-                let mut deny = self.keys_unavailable();
-                deny.rule = rule;
-                AuthnOutcome::Fail(deny)
-            }
+            Eval::Unavailable => AuthnOutcome::Fail(Refusal {
+                rule,
+                ..self.keys_unavailable()
+            }),
         }
     }
 
@@ -660,7 +472,7 @@ impl Authenticator {
                 ProviderResult::Verified(verified, source)
             }
             Err(invalid) => {
-                if invalid.code == "unknown_kid" && matches!(p.keys, ProviderKeys::Remote(_)) {
+                if invalid.code == Cause::UnknownKid && matches!(p.keys, ProviderKeys::Remote(_)) {
                     env.remote_keys.request_refetch(&p.name);
                 }
                 env.counters
@@ -725,14 +537,14 @@ fn verify_token(
         p.max_json_depth,
         |jws| {
             if !json_depth_ok(&jws.payload, p.max_json_depth) {
-                return Err(Invalid::new("malformed", "payload nests too deeply"));
+                return Err(Invalid::new(Cause::Malformed, "payload nests too deeply"));
             }
             let claims = parse_json_object(&jws.payload, "payload")?;
             // Malformed for every provider, so refused before the issuer filter and any crypto.
             check_claim_types(&claims)?;
             // Cheap issuer filter before any crypto (several providers may share a header).
             if claims.get("iss").and_then(Value::as_str) != Some(p.rules.issuer.as_str()) {
-                return Err(Invalid::new("wrong_issuer", "wrong issuer"));
+                return Err(Invalid::new(Cause::WrongIssuer, "wrong issuer"));
             }
             Ok(claims)
         },
@@ -754,494 +566,6 @@ fn verify_token(
         attributes,
         header_edits,
         exp,
-    })
-}
-
-/// What a provider's token locations hold in one request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Extracted<'r> {
-    Missing,
-    /// Exactly one token, and where it was.
-    One(Cow<'r, str>, TokenLocation),
-    /// More than one candidate: a token header with several values (Envoy joins a repeated
-    /// header with `,`), a repeated parameter or cookie, or tokens in two locations. Which
-    /// one is "the" token is a guess another component could make differently, and RFC 6750
-    /// 2 allows one method per request: the request is refused (`invalid_request`).
-    Several,
-}
-
-/// A second token, or a token next to another value of its location: the search ends there.
-struct SecondToken;
-
-/// Collects candidates across a provider's locations.
-struct Candidates<'r> {
-    first: Option<(Cow<'r, str>, TokenLocation)>,
-}
-
-impl<'r> Candidates<'r> {
-    /// Fails on the second candidate.
-    fn add(
-        &mut self,
-        token: Cow<'r, str>,
-        location: impl FnOnce() -> TokenLocation,
-    ) -> Result<(), SecondToken> {
-        if self.first.is_some() {
-            return Err(SecondToken);
-        }
-        self.first = Some((token, location()));
-        Ok(())
-    }
-}
-
-/// Finds the provider's token in every configured location (headers, then query
-/// parameters, then cookies) and makes sure there is only one. Public only so the
-/// benchmarks can time this stage on its own.
-pub fn extract<'r>(sources: &[TokenSource], request: &'r RequestView) -> Extracted<'r> {
-    match find_candidates(sources, request) {
-        Ok(Candidates { first: None }) => Extracted::Missing,
-        Ok(Candidates {
-            first: Some((token, location)),
-        }) => Extracted::One(token, location),
-        Err(SecondToken) => Extracted::Several,
-    }
-}
-
-fn find_candidates<'r>(
-    sources: &[TokenSource],
-    request: &'r RequestView,
-) -> Result<Candidates<'r>, SecondToken> {
-    let mut found = Candidates { first: None };
-    for source in sources {
-        // Values of this location, and how many of them are tokens: a token next to any
-        // other value of the same location (`Bearer t, Basic x`, `?access_token=t&access_token=%`)
-        // is one value too many.
-        let mut values = 0usize;
-        let mut tokens = 0usize;
-        match source {
-            TokenSource::Header { name, prefix } => {
-                for v in request.headers.values_ignore_case(name) {
-                    // A token never contains `,` (RFC 6750 b64token), so splitting undoes
-                    // Envoy's merge of a repeated header and can't cut a token in two.
-                    for element in v.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-                        values += 1;
-                        let token = match prefix {
-                            None => Some(element),
-                            Some(prefix) => element
-                                .get(..prefix.len())
-                                .filter(|head| head.eq_ignore_ascii_case(prefix))
-                                .and_then(|_| element.get(prefix.len()..))
-                                .map(str::trim)
-                                .filter(|t| !t.is_empty()),
-                        };
-                        if let Some(token) = token {
-                            tokens += 1;
-                            found.add(Cow::Borrowed(token), || {
-                                TokenLocation::Header(name.clone())
-                            })?;
-                        }
-                    }
-                }
-            }
-            TokenSource::Param(param) => {
-                let path = request.path();
-                let Some((_, query)) = path.split_once('?') else {
-                    continue;
-                };
-                let query = query.split('#').next().unwrap_or_default();
-                for pair in query.split('&') {
-                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                    if v.is_empty() || percent_decode(k).as_deref() != Some(param.as_str()) {
-                        continue;
-                    }
-                    values += 1;
-                    if let Some(token) = percent_decode(v).filter(|t| !t.is_empty()) {
-                        tokens += 1;
-                        found.add(Cow::Owned(token), || TokenLocation::Param(param.clone()))?;
-                    }
-                }
-            }
-            TokenSource::Cookie(cookie) => {
-                for v in request.headers.values_ignore_case("cookie") {
-                    for pair in v.split(';') {
-                        if let Some((name, value)) = pair.trim().split_once('=') {
-                            let value = value.trim().trim_matches('"');
-                            if name.trim() == cookie && !value.is_empty() {
-                                values += 1;
-                                tokens += 1;
-                                found.add(Cow::Borrowed(value), || {
-                                    TokenLocation::Cookie(cookie.clone())
-                                })?;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        if tokens > 0 && values > 1 {
-            return Err(SecondToken);
-        }
-    }
-    Ok(found)
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-fn compile_requirement(
-    rc: &RequirementConfig,
-    providers: &[Provider],
-    field: &str,
-) -> Result<Requirement, ConfigError> {
-    Ok(match rc {
-        RequirementConfig::Provider(name) => {
-            let i = providers
-                .iter()
-                .position(|p| p.name == *name)
-                .ok_or_else(|| {
-                    ConfigError::new(
-                        format!("{field}.provider"),
-                        format!("unknown provider `{name}`"),
-                    )
-                })?;
-            Requirement::Provider(i)
-        }
-        RequirementConfig::AnyOf(list) | RequirementConfig::AllOf(list) => {
-            let any = matches!(rc, RequirementConfig::AnyOf(_));
-            let key = if any { "any_of" } else { "all_of" };
-            if list.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{field}.{key}"),
-                    "must not be empty",
-                ));
-            }
-            let children = list
-                .iter()
-                .enumerate()
-                .map(|(j, c)| compile_requirement(c, providers, &format!("{field}.{key}[{j}]")))
-                .collect::<Result<Vec<_>, _>>()?;
-            if any {
-                Requirement::AnyOf(children)
-            } else {
-                Requirement::AllOf(children)
-            }
-        }
-        RequirementConfig::AllowMissing(_) => Requirement::AllowMissing,
-        RequirementConfig::AllowMissingOrFailed(_) => Requirement::AllowMissingOrFailed,
-        RequirementConfig::None(_) => Requirement::None,
-    })
-}
-
-/// What every fetched key source needs: no HS* (remote sets never carry secrets), a cluster.
-fn remote_source_check(
-    field: &str,
-    source_field: &str,
-    algorithms: &[Alg],
-    cluster: &str,
-) -> Result<(), ConfigError> {
-    if let Some(a) = algorithms.iter().find(|a| a.is_hmac()) {
-        return Err(ConfigError::new(
-            format!("{field}.algorithms"),
-            format!(
-                "{} needs an inline oct key; remote key sets never provide secrets",
-                a.name()
-            ),
-        ));
-    }
-    if cluster.is_empty() {
-        return Err(ConfigError::new(
-            format!("{source_field}.cluster"),
-            "must not be empty",
-        ));
-    }
-    Ok(())
-}
-
-fn compile_provider(pc: &ProviderConfig, field: &str, epoch: u64) -> Result<Provider, ConfigError> {
-    let name = pc.name.clone();
-    if !valid_name(&name) {
-        return Err(ConfigError::new(
-            format!("{field}.name"),
-            "must be 1-64 characters of [A-Za-z0-9_-]",
-        ));
-    }
-    if pc.issuer.is_empty() {
-        return Err(ConfigError::new(
-            format!("{field}.issuer"),
-            "must not be empty",
-        ));
-    }
-    let algorithms: Vec<Alg> = match &pc.algorithms {
-        None => Alg::ALL.iter().copied().filter(|a| !a.is_hmac()).collect(),
-        Some(list) => {
-            if list.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{field}.algorithms"),
-                    "must not be empty",
-                ));
-            }
-            let mut out = Vec::new();
-            for (j, name) in list.iter().enumerate() {
-                let alg = Alg::parse(name).ok_or_else(|| {
-                    ConfigError::new(
-                        format!("{field}.algorithms[{j}]"),
-                        if name.eq_ignore_ascii_case("none") {
-                            "`none` is never accepted".to_owned()
-                        } else {
-                            format!("unsupported algorithm `{name}`")
-                        },
-                    )
-                })?;
-                out.push(alg);
-            }
-            out
-        }
-    };
-    let timing_check = |t: &config::FetchTiming, f: &str| -> Result<(), ConfigError> {
-        if t.timeout_ms == 0 || t.cache_duration_s == 0 {
-            return Err(ConfigError::new(
-                f.to_owned(),
-                "timeout_ms and cache_duration_s must be positive",
-            ));
-        }
-        Ok(())
-    };
-    let keys = match &pc.jwks {
-        JwksSource::Inline(value) => {
-            let f = format!("{field}.jwks.inline");
-            let parsed;
-            let value = match value {
-                Value::String(text) => {
-                    if !json_depth_ok(text.as_bytes(), 32) {
-                        return Err(ConfigError::new(f, "JWKS nests too deeply"));
-                    }
-                    parsed = serde_json::from_str::<Value>(text)
-                        .map_err(|e| ConfigError::new(f.clone(), format!("not JSON: {e}")))?;
-                    &parsed
-                }
-                other => other,
-            };
-            let set = KeySet::from_value(value, KeyPolicy::Inline)
-                .map_err(|e| ConfigError::new(f.clone(), e.0))?;
-            if let Some(hs) = algorithms.iter().find(|a| a.is_hmac()) {
-                if !set.keys.iter().any(|k| k.fits(*hs)) {
-                    return Err(ConfigError::new(
-                        format!("{field}.algorithms"),
-                        format!(
-                            "{} is listed but the key set has no oct key for it (at least the hash size)",
-                            hs.name()
-                        ),
-                    ));
-                }
-            }
-            if !set
-                .keys
-                .iter()
-                .any(|k| algorithms.iter().any(|a| k.fits(*a)))
-            {
-                return Err(ConfigError::new(
-                    f,
-                    "no key fits the provider's algorithms (HS* must be listed explicitly, with an oct key of at least the hash size)",
-                ));
-            }
-            ProviderKeys::Static(Arc::new(set))
-        }
-        JwksSource::Remote(r) => {
-            let f = format!("{field}.jwks.remote");
-            remote_source_check(field, &f, &algorithms, &r.cluster)?;
-            if !r.path.starts_with('/') {
-                return Err(ConfigError::new(format!("{f}.path"), "must start with `/`"));
-            }
-            timing_check(&r.timing(), &f)?;
-            let authority = match &r.authority {
-                Some(a) => a.clone(),
-                None => remote::split_url(&pc.issuer)
-                    .map(|(a, _)| a)
-                    .ok_or_else(|| {
-                        ConfigError::new(
-                            format!("{f}.authority"),
-                            "required when the issuer is not an http(s) URL",
-                        )
-                    })?,
-            };
-            ProviderKeys::Remote(RemoteSpec {
-                provider: name.clone(),
-                cluster: r.cluster.clone(),
-                authority,
-                kind: RemoteKind::Jwks {
-                    path: r.path.clone(),
-                },
-                timing: r.timing(),
-            })
-        }
-        JwksSource::Oidc(o) => {
-            let f = format!("{field}.jwks.oidc");
-            remote_source_check(field, &f, &algorithms, &o.cluster)?;
-            timing_check(&o.timing(), &f)?;
-            let (issuer_authority, issuer_path) =
-                remote::split_url(&pc.issuer).ok_or_else(|| {
-                    ConfigError::new(
-                        format!("{field}.issuer"),
-                        "OIDC discovery needs an http(s) issuer URL",
-                    )
-                })?;
-            let base = issuer_path.trim_end_matches('/');
-            ProviderKeys::Remote(RemoteSpec {
-                provider: name.clone(),
-                cluster: o.cluster.clone(),
-                authority: o.authority.clone().unwrap_or(issuer_authority),
-                kind: RemoteKind::Oidc {
-                    path: format!("{base}/.well-known/openid-configuration"),
-                    issuer: pc.issuer.clone(),
-                },
-                timing: o.timing(),
-            })
-        }
-    };
-    let mut sources = Vec::new();
-    let headers = pc.from_headers.clone().unwrap_or_else(|| {
-        vec![config::HeaderSource {
-            name: "authorization".into(),
-            value_prefix: Some("Bearer ".into()),
-        }]
-    });
-    for (j, h) in headers.iter().enumerate() {
-        let lower = h.name.to_ascii_lowercase();
-        if !valid_header_name(&lower) {
-            return Err(ConfigError::new(
-                format!("{field}.from_headers[{j}].name"),
-                "not a valid header name",
-            ));
-        }
-        if h.value_prefix.as_deref().is_some_and(|p| p.contains(',')) {
-            // `,` separates the values of a repeated header (see `find_candidates`).
-            return Err(ConfigError::new(
-                format!("{field}.from_headers[{j}].value_prefix"),
-                "must not contain `,`",
-            ));
-        }
-        sources.push(TokenSource::Header {
-            name: lower,
-            prefix: h.value_prefix.clone().filter(|p| !p.is_empty()),
-        });
-    }
-    sources.extend(pc.from_params.iter().cloned().map(TokenSource::Param));
-    sources.extend(pc.from_cookies.iter().cloned().map(TokenSource::Cookie));
-    if sources.is_empty() {
-        return Err(ConfigError::new(
-            format!("{field}.from_headers"),
-            "the provider has no token location",
-        ));
-    }
-    let required = pc
-        .required_claims
-        .iter()
-        .enumerate()
-        .map(|(j, c)| {
-            ClaimPath::parse(c)
-                .map_err(|e| ConfigError::new(format!("{field}.required_claims[{j}]"), e))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut claim_headers = Vec::new();
-    for (j, ch) in pc.claim_to_headers.iter().enumerate() {
-        let path = ClaimPath::parse(&ch.claim)
-            .map_err(|e| ConfigError::new(format!("{field}.claim_to_headers[{j}].claim"), e))?;
-        let header = ch.header.to_ascii_lowercase();
-        if !valid_header_name(&header) {
-            return Err(ConfigError::new(
-                format!("{field}.claim_to_headers[{j}].header"),
-                "not a valid header name",
-            ));
-        }
-        claim_headers.push((path, header));
-    }
-    let payload_header = match &pc.forward_payload_header {
-        None => None,
-        Some(h) => {
-            let h = h.to_ascii_lowercase();
-            if !valid_header_name(&h) {
-                return Err(ConfigError::new(
-                    format!("{field}.forward_payload_header"),
-                    "not a valid header name",
-                ));
-            }
-            Some(h)
-        }
-    };
-    if pc.max_token_bytes < 16 || pc.max_token_bytes > 1024 * 1024 {
-        return Err(ConfigError::new(
-            format!("{field}.max_token_bytes"),
-            "must be between 16 and 1048576",
-        ));
-    }
-    if pc.max_json_depth == 0 || pc.max_json_depth > 128 {
-        return Err(ConfigError::new(
-            format!("{field}.max_json_depth"),
-            "must be between 1 and 128",
-        ));
-    }
-    let subjects = pc.subjects.as_ref().map(|s| SubjectRule {
-        exact: s.exact.clone(),
-        prefixes: s.prefix.iter().chain(s.prefixes.iter()).cloned().collect(),
-    });
-    if subjects
-        .as_ref()
-        .is_some_and(|s| s.exact.is_empty() && s.prefixes.is_empty())
-    {
-        return Err(ConfigError::new(
-            format!("{field}.subjects"),
-            "give `exact` and/or `prefix`/`prefixes`",
-        ));
-    }
-    let counter = |suffix: &str| format!("portcullis.jwt.{name}.{suffix}");
-    Ok(Provider {
-        rules: ClaimRules {
-            issuer: pc.issuer.clone(),
-            audiences: pc.audiences.clone(),
-            clock_skew_s: pc.clock_skew_s,
-            max_lifetime_s: pc.max_lifetime_s,
-            required,
-            subjects,
-        },
-        algorithms,
-        keys,
-        sources,
-        forward: pc.forward,
-        payload_header,
-        claim_headers,
-        max_token_bytes: pc.max_token_bytes,
-        max_json_depth: pc.max_json_depth,
-        cache_scope: format!("{name}\0{epoch}"),
-        c_ok: counter("ok"),
-        c_missing: counter("missing"),
-        c_multiple_tokens: counter("multiple_tokens"),
-        c_invalid: counter("invalid"),
-        c_cache_hit: counter("cache_hit"),
-        c_cache_miss: counter("cache_miss"),
-        c_keys_pending: counter("keys_pending"),
-        c_keys_unavailable: counter("keys_unavailable"),
-        name,
     })
 }
 

@@ -20,7 +20,6 @@
 use super::config::FetchTiming;
 use super::keys::{KeyPolicy, KeySet};
 use crate::ports::{Counters, LogLevel, SharedStore};
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -46,8 +45,9 @@ pub struct RemoteKeySet {
 #[derive(Debug, Default)]
 pub struct RemoteKeys {
     sets: HashMap<String, RemoteKeySet>,
-    /// Providers for which a token carried an unknown kid (drained by [`JwksSync::poll`]).
-    refetch: RefCell<Vec<String>>,
+    /// Providers for which a token carried an unknown kid: an output of authentication,
+    /// drained by [`JwksSync::poll`].
+    refetch: Vec<String>,
     next_generation: u64,
 }
 
@@ -69,15 +69,14 @@ impl RemoteKeys {
     }
 
     /// Asks for a (throttled) refetch: a token named a kid this set does not have.
-    pub fn request_refetch(&self, provider: &str) {
-        let mut pending = self.refetch.borrow_mut();
-        if !pending.iter().any(|p| p == provider) {
-            pending.push(provider.to_owned());
+    pub fn request_refetch(&mut self, provider: &str) {
+        if !self.refetch.iter().any(|p| p == provider) {
+            self.refetch.push(provider.to_owned());
         }
     }
 
-    pub fn take_refetch_requests(&self) -> Vec<String> {
-        std::mem::take(&mut *self.refetch.borrow_mut())
+    pub fn take_refetch_requests(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.refetch)
     }
 }
 

@@ -1,10 +1,13 @@
 //! Unit tests of the authenticator: extraction, requirements, answers, cache, remote keys.
 
 use super::*;
+use crate::decision::Deny;
+use crate::error::ConfigError;
 use crate::expr::Activation;
 use crate::ports::memory::MemoryCounters;
 use crate::ports::NoHostCrypto;
 use jws::b64url_encode;
+use keys::{KeyPolicy, KeySet};
 use serde_json::json;
 use std::cell::RefCell;
 use std::time::{Duration, UNIX_EPOCH};
@@ -120,7 +123,7 @@ impl World {
         let mut env = AuthnEnv {
             now: self.now,
             crypto,
-            remote_keys: &self.remote,
+            remote_keys: &mut self.remote,
             cache: &mut self.cache,
             counters: &mut self.counters,
         };
@@ -142,7 +145,7 @@ fn bearer(token: &str) -> RequestView {
 
 fn deny(outcome: AuthnOutcome) -> Deny {
     match outcome {
-        AuthnOutcome::Fail(d) => d,
+        AuthnOutcome::Fail(refusal) => refusal.answer(),
         other => panic!("expected a deny, got {other:?}"),
     }
 }

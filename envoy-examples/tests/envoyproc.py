@@ -1,5 +1,6 @@
 """Starts a real Envoy (and the demo upstream) as children of the test process and stops
-them on exit. Used by the end-to-end tests and the load script."""
+them on exit: the one Envoy process helper and the one polling helper of the end-to-end tests
+and the benchmark scripts (benches/envoy/)."""
 import json
 import os
 import socket
@@ -10,10 +11,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-import render  # noqa: E402
+import render
+
+EXAMPLES = Path(__file__).resolve().parent.parent
+ROOT = EXAMPLES.parent
 
 
 def envoy_binary():
@@ -40,7 +41,7 @@ def bundled_config():
     return json.loads(path.read_text())
 
 
-def direct_response_template(match, template=HERE / "local.envoy.yaml"):
+def direct_response_template(match, template=EXAMPLES / "local.envoy.yaml"):
     """`template` with a route answered by Envoy itself (200 "ok") ahead of the upstream route:
     load tests of the filter that neither the demo upstream nor the machine's cores should cap.
     `match` is the route's match, e.g. `{ path: "/public/flood" }` or `{ prefix: "/" }`."""
@@ -80,6 +81,39 @@ def eventually(check, timeout=10, every=0.2):
     return last
 
 
+def accepts(port):
+    """Whether something listens on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def launch_envoy(config_path, log, concurrency, level="info", extra=(), prefix=()):
+    """An Envoy child process for `config_path`, its output to the open file `log`. `prefix`
+    runs it under another command (taskset, valgrind)."""
+    return subprocess.Popen(
+        [*prefix, envoy_binary(), "-c", str(config_path), "--concurrency", str(concurrency),
+         "--use-dynamic-base-id", "-l", level, *extra],
+        stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(proc, admin_port, timeout, log_text):
+    """Waits until Envoy's admin `/ready` answers 200; raises with the log's tail if Envoy exits
+    or the time is up."""
+    def ready():
+        if proc.poll() is not None:
+            raise RuntimeError(f"Envoy exited ({proc.returncode}):\n{log_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/ready", timeout=0.5) as r:
+                return r.status == 200
+        except OSError:
+            return False
+    if eventually(ready, timeout=timeout, every=0.1) is not True:
+        raise RuntimeError(f"Envoy not ready in {timeout}s:\n{log_text()[-4000:]}")
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,15 +125,9 @@ class Upstream:
 
     def __init__(self, jwks=ROOT / "policies" / "keys" / "jwks.json"):
         self.port = free_port()
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "upstream.py"), "--port", str(self.port), "--jwks", str(jwks)])
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("upstream did not start")
+        self.proc = subprocess.Popen([sys.executable, str(EXAMPLES / "upstream.py"), "--port", str(self.port), "--jwks", str(jwks)])
+        if eventually(lambda: accepts(self.port), timeout=10, every=0.05) is not True:
+            raise RuntimeError("upstream did not start")
 
     def set_jwks_mode(self, mode):
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}/__jwks_mode?mode={mode}", method="POST", data=b"")
@@ -118,7 +146,7 @@ class Envoy:
     """A real Envoy running the filter. `plugin_config` is the bundled JSON (a dict)."""
 
     def __init__(self, plugin_config, upstream_port, concurrency=2, jwks="inline",
-                 template=HERE / "local.envoy.yaml", wait_ready=True):
+                 template=EXAMPLES / "local.envoy.yaml", wait_ready=True):
         self.port, self.admin_port = free_port(), free_port()
         text = render.render(Path(template).read_text(), wasm_path(), plugin_config,
                              self.port, upstream_port, self.admin_port, jwks)
@@ -127,28 +155,14 @@ class Envoy:
         self.config_path.write_text(text)
         self.log_path = Path(self.dir) / "envoy.log"
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(concurrency),
-             "--use-dynamic-base-id", "-l", "info", "--component-log-level", "wasm:debug",
-             "--file-flush-interval-msec", "200"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = launch_envoy(self.config_path, self.log, concurrency,
+                                 extra=("--component-log-level", "wasm:debug", "--file-flush-interval-msec", "200"))
         self.base = f"http://127.0.0.1:{self.port}"
         if wait_ready:
             self.wait_ready()
 
     def wait_ready(self, timeout=30):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Envoy exited ({self.proc.returncode}):\n{self.log_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=0.5) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"Envoy not ready in {timeout}s:\n{self.log_text()[-4000:]}")
+        wait_ready(self.proc, self.admin_port, timeout, self.log_text)
 
     def wait_exit(self, timeout=30):
         return self.proc.wait(timeout=timeout)

@@ -11,16 +11,14 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 import unittest
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import envoyproc  # noqa: E402
-import mint  # noqa: E402
-import tour  # noqa: E402
+from . import envoyproc
+from .envoyproc import EXAMPLES, ROOT
+import mint
+import tour
 
 KEYS = mint.private_keys(tour.KEYS)
 
@@ -46,7 +44,7 @@ class EnvoyTestCase(unittest.TestCase):
     plugin_config = None
     jwks = "inline"
     concurrency = 2
-    template = HERE / "local.envoy.yaml"
+    template = EXAMPLES / "local.envoy.yaml"
 
     @classmethod
     def setUpClass(cls):
@@ -104,12 +102,10 @@ class TourTest(EnvoyTestCase):
         self.assertStatus(403, "/api/access-log-denied", alice, headers={"x-tenant": "globex"})
         bob = mint.mint(KEYS, mint.SAMPLES["bob (reader, tenant globex)"])
         self.assertStatus(403, "/admin/access-log-default", bob)
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            access = [line for line in self.envoy.log_text().splitlines() if line.startswith("access: ")]
-            if any("access-log-default" in line for line in access):
-                break
-            time.sleep(0.2)
+        def access_lines():
+            return [line for line in self.envoy.log_text().splitlines() if line.startswith("access: ")]
+        envoyproc.eventually(lambda: any("access-log-default" in line for line in access_lines()), timeout=15)
+        access = access_lines()
         self.assertIn("access: GET /api/access-log-allowed 200 decision=allow rule=api-reads error=- sub=alice", access)
         self.assertIn("access: GET /api/access-log-denied 403 decision=deny rule=tenant-isolation error=forbidden sub=alice",
                       access)
@@ -127,7 +123,7 @@ class TokenAttackTest(EnvoyTestCase):
     """Each malformed or malicious token gets the right status, and Envoy keeps serving."""
 
     def test_attacks(self):
-        rsa_pub = json.loads((HERE.parent / "policies" / "keys" / "jwks.json").read_text())["keys"][0]
+        rsa_pub = json.loads((ROOT / "policies" / "keys" / "jwks.json").read_text())["keys"][0]
         good = mint.mint(KEYS, {"sub": "alice"})
         h, p, s = good.split(".")
         attacker_key = {"kty": "oct", "k": b64(b"attacker")}
@@ -436,7 +432,7 @@ class BatchedRateLimitTest(EnvoyTestCase):
         # The benchmark's template: the upstream is a direct_response listener of the same Envoy,
         # so the load is not capped by the Python echo server (~300 requests/s).
         cls.envoy = envoyproc.Envoy(config, envoyproc.free_port(), concurrency=2,
-                                    template=HERE.parent / "benches" / "envoy" / "bench.envoy.yaml")
+                                    template=ROOT / "benches" / "envoy" / "bench.envoy.yaml")
 
     @classmethod
     def tearDownClass(cls):

@@ -12,11 +12,10 @@ import tempfile
 import unittest
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import envoyproc  # noqa: E402
-import mint  # noqa: E402
-from e2e_test import KEYS, EnvoyTestCase, raw_request  # noqa: E402
+from . import envoyproc
+from .envoyproc import EXAMPLES, ROOT
+import mint
+from .e2e_test import KEYS, EnvoyTestCase, raw_request
 
 BYPASS_PATHS = [
     "/public/../admin/users",
@@ -44,7 +43,7 @@ def raw(base, path, headers=()):
 
 def unnormalised_template():
     """local.envoy.yaml without the path and client-address settings."""
-    text = (HERE / "local.envoy.yaml").read_text()
+    text = (EXAMPLES / "local.envoy.yaml").read_text()
     kept = [line for line in text.splitlines() if not line.strip().startswith(NORMALISING)]
     path = Path(tempfile.mkdtemp(prefix="portcullis-sec-")) / "unnormalised.envoy.yaml"
     path.write_text("\n".join(kept) + "\n")

@@ -7,20 +7,17 @@ Envoy with a token minted by PyJWT from the same claims."""
 import json
 import os
 import subprocess
-import sys
 import unittest
 from pathlib import Path
 
 import yaml
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-import envoyproc  # noqa: E402
-import mint  # noqa: E402
-import tour  # noqa: E402
-from e2e_test import KEYS, EnvoyTestCase  # noqa: E402
-from security_e2e_test import unnormalised_template  # noqa: E402
+from . import envoyproc
+from .envoyproc import EXAMPLES, ROOT
+import mint
+import tour
+from .e2e_test import KEYS, EnvoyTestCase
+from .security_e2e_test import unnormalised_template
 
 
 def portcullis_cli():

@@ -2,7 +2,6 @@
 endpoint (down at start, 500, garbage, hanging past the timeout)."""
 import copy
 import json
-import sys
 import tempfile
 import time
 import unittest
@@ -10,13 +9,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import envoyproc  # noqa: E402
-from envoyproc import eventually  # noqa: E402
-import mint  # noqa: E402
-import tour  # noqa: E402
-from e2e_test import KEYS, b64  # noqa: E402
+from . import envoyproc
+from .envoyproc import EXAMPLES, ROOT, eventually
+import mint
+import tour
+from .e2e_test import KEYS, b64
 
 
 def remote_config(**remote):
@@ -85,7 +82,7 @@ class RemoteJwksRunning(unittest.TestCase):
         self.start()
         self.assertEqual(self.status(mint.mint(KEYS, {"sub": "alice"})), 200)
         key, jwk = new_rsa_key("rotated-1")
-        old = json.loads((HERE.parent / "policies" / "keys" / "jwks.json").read_text())
+        old = json.loads((ROOT / "policies" / "keys" / "jwks.json").read_text())
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump({"keys": old["keys"] + [jwk]}, f)
         self.upstream.set_jwks_mode(f"rotate:{f.name}")
