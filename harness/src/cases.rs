@@ -354,7 +354,15 @@ impl Runner {
     }
 
     pub fn start_on(&self, host: &Host) -> Result<Vm, String> {
-        let options = VmOptions::new(self.config.to_string().into_bytes());
+        self.start_with(host, &self.config)
+    }
+
+    /// A VM running `config` (a variant of this runner's configuration) with its keys.
+    pub fn start_with(&self, host: &Host, config: &Value) -> Result<Vm, String> {
+        // Named as in the Envoy snippet `portcullis bundle --envoy-snippet` prints.
+        let options = VmOptions::new(config.to_string().into_bytes())
+            .plugin_name("portcullis")
+            .root_id("portcullis");
         Vm::start(host, &self.module, options).map_err(|e| match e {
             VmError::ConfigureFailed { logs } => format!("configure failed: {}", logs.join("; ")),
             other => other.to_string(),
@@ -429,7 +437,17 @@ impl Runner {
 
     /// Runs one case on a fresh proxy. `Ok(failures)`: empty when it passed.
     pub fn run_case(&self, case: &Case) -> Result<(Verdict, Exchange, Vec<String>), String> {
-        let (host, mut vm) = self.start()?;
+        self.run_case_with(case, &self.config)
+    }
+
+    /// Runs one case against `config` instead of the runner's configuration.
+    pub fn run_case_with(
+        &self,
+        case: &Case,
+        config: &Value,
+    ) -> Result<(Verdict, Exchange, Vec<String>), String> {
+        let host = Host::new();
+        let mut vm = self.start_with(&host, config)?;
         if let Some(t) = case.time {
             host.set_unix_seconds(t);
         }

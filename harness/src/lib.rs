@@ -1,9 +1,8 @@
 //! # portcullis-harness
 //!
-//! A faithful proxy-wasm (ABI 0.2.1) host on wasmtime, for testing proxy-wasm plugins the way
-//! Envoy runs them: one [`Host`] is one proxy (shared data, shared queues, metrics, a virtual
-//! clock, captured logs, scripted upstreams); each [`Vm`] is one worker thread's instance of the
-//! plugin. See `docs/harness.md`.
+//! Portcullis's tooling on the generic proxy-wasm host [`proxy_wasm_host`] (re-exported here):
+//! policy test cases through the real `.wasm` ([`cases`]), configuration bundling and test
+//! tokens (from `portcullis-tools`), and the `portcullis` CLI. See `docs/harness.md`.
 //!
 //! ```no_run
 //! use portcullis_harness::{Host, HttpReply, HttpRequest, Vm, VmOptions, WasmModule};
@@ -15,20 +14,16 @@
 //! assert_eq!(ex.status, 403);
 //! ```
 
-pub mod abi;
 pub mod cases;
-pub mod foreign;
-mod forward;
-mod host;
-mod types;
-mod vm;
+pub mod coverage;
 
 pub use portcullis_tools::{bundle, locate, token};
 
-pub use abi::{Action, Headers, LogLevel, MetricKind};
-pub use host::{engine, ForeignFunction, Host, WasmModule};
-pub use types::{
-    Exchange, GrpcReply, GrpcRequest, HttpCallRequest, HttpReply, HttpRequest, LocalResponse,
-    LogEntry, Metric, TlsInfo, UpstreamResponse,
+// The generic proxy-wasm host (crate `proxy-wasm-host`), re-exported so Portcullis's tests and
+// tools name one crate.
+pub use proxy_wasm_host::{abi, engine, foreign, report, suite};
+pub use proxy_wasm_host::{
+    Action, Exchange, ForeignFunction, GrpcReply, GrpcRequest, Headers, Host, HttpCallRequest,
+    HttpReply, HttpRequest, LocalResponse, LogEntry, LogLevel, Metric, MetricKind, StreamState,
+    TlsInfo, TrapInfo, UpstreamResponse, Vm, VmError, VmOptions, WasmModule,
 };
-pub use vm::{StreamState, TrapInfo, Vm, VmError, VmOptions};

@@ -4,6 +4,9 @@
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use portcullis_harness::bundle;
 use portcullis_harness::cases::{self, Case, RequestSpec, Runner, TokenSpec, Verdict};
+use portcullis_harness::coverage;
+use portcullis_harness::report::{self, CaseResult};
+use portcullis_harness::suite;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -36,6 +39,15 @@ fn request_arg(help: &'static str) -> Arg {
         .help(help)
 }
 
+fn format_arg() -> Arg {
+    Arg::new("format")
+        .long("format")
+        .value_name("FORMAT")
+        .value_parser(["text", "json", "junit"])
+        .default_value("text")
+        .help("text (like cargo test), json, or junit (XML for CI systems)")
+}
+
 fn cli() -> Command {
     Command::new("portcullis")
         .about(
@@ -56,14 +68,54 @@ fn cli() -> Command {
                         .help("test files or directories"),
                 )
                 .arg(wasm_arg())
+                .arg(format_arg())
                 .arg(
-                    Arg::new("format")
-                        .long("format")
-                        .value_name("FORMAT")
-                        .value_parser(["text", "json"])
-                        .default_value("text")
-                        .help("text (like cargo test) or json"),
+                    Arg::new("coverage")
+                        .long("coverage")
+                        .action(ArgAction::SetTrue)
+                        .help(
+                            "after the results, report the policy rules (and their `when` \
+                             guards) that decided no case",
+                        ),
+                )
+                .arg(
+                    Arg::new("min-coverage")
+                        .long("min-coverage")
+                        .value_name("PCT")
+                        .value_parser(clap::value_parser!(f64))
+                        .help(
+                            "fail (exit 1) when fewer than PCT percent of the rules decided a \
+                             case (implies --coverage)",
+                        ),
                 ),
+        )
+        .subcommand(
+            Command::new("run")
+                .about(
+                    "Run suites for any proxy-wasm filter: a .wasm, its configuration, \
+                     requests, scripted or forwarded upstreams and callouts, expectations",
+                )
+                .long_about(
+                    "Run SUITE.yaml files for any proxy-wasm filter (not only Portcullis): \
+                     the .wasm, its plugin configuration (any bytes), clusters answering HTTP \
+                     and gRPC callouts (scripted, or forwarded to real servers), requests, and \
+                     expected status, headers, body, upstream request, log lines and metrics, \
+                     on a virtual clock. Each case runs on a fresh proxy. See docs/harness.md.",
+                )
+                .arg(
+                    Arg::new("suites")
+                        .value_name("SUITE.yaml")
+                        .required(true)
+                        .num_args(1..)
+                        .help("suite files"),
+                )
+                .arg(
+                    Arg::new("wasm")
+                        .long("wasm")
+                        .value_name("FILE")
+                        .help("the plugin (overrides the suites' `wasm`)"),
+                )
+                .arg(format_arg()),
         )
         .subcommand(
             Command::new("eval")
@@ -135,6 +187,7 @@ fn main() -> ExitCode {
     let result = match matches.subcommand() {
         Some(("bundle", m)) => cmd_bundle(m),
         Some(("test", m)) => cmd_test(m),
+        Some(("run", m)) => cmd_run(m),
         Some(("eval", m)) => cmd_eval(m),
         Some(("replay", m)) => cmd_replay(m),
         Some(("bench", m)) => cmd_bench(m),
@@ -171,7 +224,10 @@ fn cmd_bundle(m: &ArgMatches) -> Result<bool, String> {
 /// The tally of a `portcullis test` run, printed like `cargo test`.
 #[derive(Default)]
 struct Report {
+    /// json or junit: nothing is printed until the end.
+    quiet: bool,
     json: bool,
+    cases: Vec<CaseResult>,
     passed: usize,
     failed: usize,
     failures: Vec<(String, Vec<String>)>,
@@ -189,9 +245,14 @@ impl Report {
     ) {
         let ok = lines.is_empty();
         let name = format!("{file}::{}", case.unwrap_or("(load)"));
-        if !self.json {
+        if !self.quiet {
             println!("test {name} ... {}", if ok { "ok" } else { "FAILED" });
         }
+        self.cases.push(if ok {
+            CaseResult::passed(file, case.unwrap_or("(load)"), 0.0)
+        } else {
+            CaseResult::failed(file, case.unwrap_or("(load)"), lines.clone(), 0.0)
+        });
         self.results.push(json!({
             "file": file, "case": case, "ok": ok, "failures": lines, "verdict": verdict,
         }));
@@ -217,13 +278,18 @@ fn cmd_test(m: &ArgMatches) -> Result<bool, String> {
         // Zero tests passing is not a pass: a mistyped directory would look green.
         return Err("no *.test.yaml files found".into());
     }
+    let format = arg(m, "format").unwrap_or("text");
     let mut report = Report {
-        json: arg(m, "format") == Some("json"),
+        quiet: format != "text",
+        json: format == "json",
         ..Report::default()
     };
-    if !report.json {
+    if !report.quiet {
         println!();
     }
+    let min_coverage = m.get_one::<f64>("min-coverage").copied();
+    let coverage_wanted = m.get_flag("coverage") || min_coverage.is_some();
+    let mut coverage = coverage::Coverage::default();
     for file in &files {
         let display = file.display().to_string();
         let outcome = cases::plan_test_file(file).and_then(|plan| {
@@ -231,9 +297,9 @@ fn cmd_test(m: &ArgMatches) -> Result<bool, String> {
             let config = base.join(&plan.config);
             let keys = plan.signing_keys.as_ref().map(|k| base.join(k));
             let runner = Runner::new(&config, keys.as_deref(), &wasm)?;
-            Ok((plan, runner))
+            Ok((plan, runner, config))
         });
-        let (plan, runner) = match outcome {
+        let (plan, runner, config) = match outcome {
             Ok(x) => x,
             Err(e) => {
                 report.add(&display, None, vec![e], None);
@@ -248,12 +314,30 @@ fn cmd_test(m: &ArgMatches) -> Result<bool, String> {
                 },
                 Err(e) => (vec![e.clone()], None),
             };
+            coverage.record(&config, &runner.config, verdict.as_ref());
             report.add(&display, Some(&planned.name), lines, verdict);
         }
+        if coverage_wanted {
+            let cases: Vec<&Case> = plan
+                .cases
+                .iter()
+                .filter_map(|p| p.case.as_ref().ok())
+                .collect();
+            coverage.probe_guards(&config, &runner, &cases);
+        }
     }
-    if report.json {
-        let out =
+    let coverage_ok = min_coverage.is_none_or(|min| coverage.percent() >= min);
+    if format == "junit" {
+        print!("{}", report::junit("portcullis test", &report.cases));
+        if coverage_wanted {
+            eprint!("{}", coverage.text());
+        }
+    } else if report.json {
+        let mut out =
             json!({"results": report.results, "passed": report.passed, "failed": report.failed});
+        if coverage_wanted {
+            out["coverage"] = coverage.json();
+        }
         println!(
             "{}",
             serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
@@ -269,9 +353,39 @@ fn cmd_test(m: &ArgMatches) -> Result<bool, String> {
                 println!();
             }
         }
+        if coverage_wanted {
+            print!("\n{}", coverage.text());
+        }
         println!("\n{} passed, {} failed", report.passed, report.failed);
     }
-    Ok(report.failed == 0)
+    if let Some(min) = min_coverage {
+        if !coverage_ok {
+            eprintln!(
+                "coverage {:.1}% is below --min-coverage {min}%",
+                coverage.percent()
+            );
+        }
+    }
+    Ok(report.failed == 0 && coverage_ok)
+}
+
+fn cmd_run(m: &ArgMatches) -> Result<bool, String> {
+    let wasm = arg(m, "wasm").map(PathBuf::from);
+    let format = arg(m, "format").unwrap_or("text");
+    let mut results = Vec::new();
+    for path in m.get_many::<String>("suites").into_iter().flatten() {
+        let loaded = suite::load(Path::new(path), wasm.as_deref())?;
+        results.extend(suite::run(&loaded));
+    }
+    match format {
+        "json" => println!(
+            "{}",
+            serde_json::to_string_pretty(&report::json(&results)).map_err(|e| e.to_string())?
+        ),
+        "junit" => print!("{}", report::junit("portcullis run", &results)),
+        _ => print!("{}", report::text(&results)),
+    }
+    Ok(results.iter().all(|r| r.passed))
 }
 
 /// A request line: a case-like object (`request`, `token`, `time`) or a bare request with an

@@ -15,6 +15,10 @@ use portcullis_harness::{
 use std::time::Duration;
 
 fn vm(host: &Host, config: &str) -> Vm {
+    // These tests read the filter's debug lines; Envoy's default level is info.
+    host.set_log_level(portcullis_harness::LogLevel::Trace);
+    // The filter's gRPC cluster, as Envoy's configuration would declare it.
+    host.add_cluster("grpc-cluster");
     Vm::start(host, &common::callout(), VmOptions::new(config)).unwrap()
 }
 
@@ -94,7 +98,11 @@ fn http_callout_times_out_like_envoy() {
     let mut vm = vm(&host, "");
     let t0 = host.now();
     let ex = vm.request(&HttpRequest::get("/callout-fast")).unwrap();
-    assert_eq!(ex.status, 504);
+    // Envoy delivers a timeout as a response: 504, text/plain, "upstream request timeout"
+    // (the filter relays a non-200 answer as 403 with its status and body).
+    assert_eq!(ex.status, 403);
+    assert_eq!(ex.response_header("x-callout-status"), Some("504"));
+    assert_eq!(ex.response_body, b"upstream request timeout");
     assert_eq!(
         host.now().duration_since(t0).unwrap(),
         Duration::from_millis(100)
@@ -105,7 +113,20 @@ fn http_callout_times_out_like_envoy() {
         HttpReply::ok("late").after(Duration::from_secs(5))
     });
     let ex = vm.request(&HttpRequest::get("/callout-fast")).unwrap();
+    assert_eq!(ex.response_header("x-callout-status"), Some("504"));
+
+    // An upstream that cannot be reached: Envoy's 503 with its connect-failure text.
+    host.on_http_call("auth", |_| HttpReply::Fail);
+    let ex = vm.request(&HttpRequest::get("/callout-fast")).unwrap();
+    assert_eq!(ex.response_header("x-callout-status"), Some("503"));
+    assert!(String::from_utf8_lossy(&ex.response_body)
+        .starts_with("upstream connect error or disconnect/reset before headers"));
+
+    // A reset after the request started: Envoy's onFailure, 0 headers and no body.
+    host.on_http_call("auth", |_| HttpReply::Reset);
+    let ex = vm.request(&HttpRequest::get("/callout-fast")).unwrap();
     assert_eq!(ex.status, 504);
+    assert_eq!(ex.response_body, b"callout timed out");
 }
 
 #[test]
@@ -160,9 +181,25 @@ fn grpc_call_answered_and_failed() {
     assert_eq!(ex.response_header("x-grpc-status"), Some("7"));
     assert_eq!(ex.response_body, b"denied");
 
+    // A call that times out closes with UNAVAILABLE in Envoy (its HTTP stream's 504).
     host.on_grpc("*", |_| GrpcReply::Never);
     let ex = vm.request(&HttpRequest::get("/grpc")).unwrap();
-    assert_eq!(ex.response_header("x-grpc-status"), Some("4"));
+    assert_eq!(ex.response_header("x-grpc-status"), Some("14"));
+}
+
+#[test]
+fn grpc_call_to_unknown_cluster_is_parse_failure() {
+    let host = Host::new();
+    host.on_grpc("*", |_| GrpcReply::ok("never asked"));
+    // No `add_cluster("grpc-cluster")`: Envoy knows no such cluster.
+    let mut vm = Vm::start(&host, &common::callout(), VmOptions::new("")).unwrap();
+    let ex = vm.request(&HttpRequest::get("/grpc")).unwrap();
+    assert!(host.grpc_calls().is_empty());
+    assert!(
+        String::from_utf8_lossy(&ex.response_body).contains("ParseFailure"),
+        "{:?}",
+        String::from_utf8_lossy(&ex.response_body)
+    );
 }
 
 #[test]

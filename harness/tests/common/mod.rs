@@ -93,3 +93,7 @@ pub fn portcullis_cli() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portcullis")))
 }
+
+pub fn probe() -> WasmModule {
+    wasm("portcullis-test-probe")
+}

@@ -12,7 +12,7 @@ use wasmtime::{Engine, Module};
 /// Messages sent on one gRPC stream, and whether the plugin ended its side.
 type GrpcSent = (Vec<Vec<u8>>, bool);
 type HttpResponder = Arc<dyn Fn(&HttpCallRequest) -> HttpReply + Send + Sync>;
-type GrpcResponder = Arc<dyn Fn(&GrpcRequest) -> GrpcReply + Send + Sync>;
+pub(crate) type GrpcResponder = Arc<dyn Fn(&GrpcRequest) -> GrpcReply + Send + Sync>;
 /// A foreign function: arguments → result bytes, or a proxy-wasm status code.
 pub type ForeignFunction = Arc<dyn Fn(&[u8]) -> Result<Vec<u8>, i32> + Send + Sync>;
 
@@ -36,8 +36,11 @@ pub(crate) struct Shared {
 #[derive(Default)]
 pub(crate) struct Responders {
     pub(crate) http: Vec<(String, HttpResponder)>,
-    pub(crate) grpc: Vec<(String, GrpcResponder)>,
+    /// (cluster or `None` for any, `service/method` or `*`, responder).
+    pub(crate) grpc: Vec<(Option<String>, String, GrpcResponder)>,
     pub(crate) foreign: HashMap<String, ForeignFunction>,
+    /// Clusters declared with [`Host::add_cluster`] (besides those named by HTTP responders).
+    pub(crate) clusters: Vec<String>,
 }
 
 pub(crate) struct Queue {
@@ -110,7 +113,8 @@ impl Host {
                     queues: Vec::new(),
                     queue_ready: Vec::new(),
                     logs: Vec::new(),
-                    log_level: LogLevel::Trace,
+                    // Envoy's default (`--log-level info`): `proxy_get_log_level` answers 2.
+                    log_level: LogLevel::Info,
                     next_vm: 0,
                     http_calls: Vec::new(),
                     grpc_calls: Vec::new(),
@@ -261,7 +265,23 @@ impl Host {
             .http
             .insert(0, (upstream.to_owned(), Arc::new(f)));
     }
-    /// Answers gRPC calls and streams to `service/method` (`"*"` = any).
+    /// Declares a cluster, as Envoy's configuration would: gRPC calls name a cluster, and
+    /// one Envoy does not know fails with ParseFailure (4) before any responder is asked.
+    /// Clusters named by [`Host::on_http_call`] are declared too; a `"*"` HTTP responder
+    /// declares every cluster.
+    pub fn add_cluster(&self, name: &str) {
+        let mut r = lock(&self.shared.responders);
+        if !r.clusters.iter().any(|c| c == name) {
+            r.clusters.push(name.to_owned());
+        }
+    }
+    pub(crate) fn has_cluster(&self, name: &str) -> bool {
+        let r = lock(&self.shared.responders);
+        r.clusters.iter().any(|c| c == name || c == "*")
+            || r.http.iter().any(|(u, _)| u == name || u == "*")
+    }
+    /// Answers gRPC calls and streams to `service/method` (`"*"` = any) on any declared
+    /// cluster (see [`Host::add_cluster`]).
     pub fn on_grpc(
         &self,
         service_method: &str,
@@ -269,7 +289,25 @@ impl Host {
     ) {
         lock(&self.shared.responders)
             .grpc
-            .insert(0, (service_method.to_owned(), Arc::new(f)));
+            .insert(0, (None, service_method.to_owned(), Arc::new(f)));
+    }
+    /// Answers gRPC calls and streams to `service/method` (`"*"` = any) on `cluster` only,
+    /// and declares the cluster.
+    pub fn on_grpc_in(
+        &self,
+        cluster: &str,
+        service_method: &str,
+        f: impl Fn(&GrpcRequest) -> GrpcReply + Send + Sync + 'static,
+    ) {
+        self.add_cluster(cluster);
+        lock(&self.shared.responders).grpc.insert(
+            0,
+            (
+                Some(cluster.to_owned()),
+                service_method.to_owned(),
+                Arc::new(f),
+            ),
+        );
     }
     /// Registers a foreign function besides the built-in `verify_signature`.
     pub fn register_foreign_function(
@@ -304,12 +342,18 @@ impl Host {
             .find(|(u, _)| u == upstream || u == "*")
             .map(|(_, f)| f.clone())
     }
-    pub(crate) fn grpc_responder(&self, service_method: &str) -> Option<GrpcResponder> {
+    pub(crate) fn grpc_responder(
+        &self,
+        cluster: &str,
+        service_method: &str,
+    ) -> Option<GrpcResponder> {
         lock(&self.shared.responders)
             .grpc
             .iter()
-            .find(|(u, _)| u == service_method || u == "*")
-            .map(|(_, f)| f.clone())
+            .find(|(c, m, _)| {
+                c.as_deref().is_none_or(|c| c == cluster) && (m == service_method || m == "*")
+            })
+            .map(|(_, _, f)| f.clone())
     }
     pub(crate) fn foreign(&self, name: &str) -> Option<ForeignFunction> {
         lock(&self.shared.responders).foreign.get(name).cloned()
@@ -464,6 +508,16 @@ impl WasmModule {
 
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
+    }
+
+    /// The proxy-wasm ABI the module declares with its `proxy_abi_version_*` export
+    /// (e.g. `0_2_1`), if any.
+    pub fn abi_version(&self) -> Option<String> {
+        self.module.exports().find_map(|e| {
+            e.name()
+                .strip_prefix("proxy_abi_version_")
+                .map(str::to_owned)
+        })
     }
 
     /// Imports the module needs that the harness does not provide (`module::name`).

@@ -10,6 +10,7 @@ pub mod status {
     pub const INVALID_MEMORY_ACCESS: i32 = 6;
     pub const EMPTY: i32 = 7;
     pub const CAS_MISMATCH: i32 = 8;
+    pub const BROKEN_CONNECTION: i32 = 11;
     pub const INTERNAL_FAILURE: i32 = 10;
     pub const UNIMPLEMENTED: i32 = 12;
 }
@@ -101,6 +102,11 @@ pub mod map_type {
     pub const GRPC_RECEIVE_TRAILING_METADATA: i32 = 5;
     pub const HTTP_CALL_RESPONSE_HEADERS: i32 = 6;
     pub const HTTP_CALL_RESPONSE_TRAILERS: i32 = 7;
+
+    /// A map type of ABI 0.2.1 (others are BadArgument).
+    pub fn is_known(map: i32) -> bool {
+        (HTTP_REQUEST_HEADERS..=HTTP_CALL_RESPONSE_TRAILERS).contains(&map)
+    }
 }
 
 pub mod buffer_type {

@@ -4,7 +4,7 @@ use crate::abi::{buffer_type, map_type, status, Action, Headers, LogLevel, Metri
 use crate::host::{self, lock, Host, Queue, Shared, WasmModule};
 use crate::types::{
     Exchange, GrpcReply, GrpcRequest, HttpCallRequest, HttpReply, HttpRequest, LocalResponse,
-    LogEntry,
+    LogEntry, CONNECT_FAILURE_BODY, TIMEOUT_BODY,
 };
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -25,7 +25,7 @@ pub struct VmOptions {
     pub vm_id: String,
     /// The plugin's `root_id`.
     pub root_id: String,
-    /// The plugin's `name`.
+    /// The plugin's `name` (Envoy's default: empty).
     pub plugin_name: String,
     /// `vm_config.configuration` (handed to `proxy_on_vm_start`).
     pub vm_configuration: Vec<u8>,
@@ -41,7 +41,6 @@ impl VmOptions {
     /// Options with this plugin configuration and defaults for the rest.
     pub fn new(plugin_configuration: impl Into<Vec<u8>>) -> VmOptions {
         VmOptions {
-            plugin_name: "portcullis".into(),
             plugin_configuration: plugin_configuration.into(),
             ..VmOptions::default()
         }
@@ -54,6 +53,44 @@ impl VmOptions {
         self.vm_configuration = c.into();
         self
     }
+    pub fn plugin_name(mut self, name: &str) -> VmOptions {
+        self.plugin_name = name.to_owned();
+        self
+    }
+    pub fn root_id(mut self, root_id: &str) -> VmOptions {
+        self.root_id = root_id.to_owned();
+        self
+    }
+}
+
+/// Which part of a stream the host is in; Envoy's rules for header maps, bodies and
+/// properties follow from it (see [`Live`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Before or during the request callbacks.
+    #[default]
+    Request,
+    /// During the response callbacks (the upstream's response or a local reply).
+    Response,
+    /// `proxy_on_log`: Envoy's access-log phase (maps read-only).
+    Log,
+    /// After `proxy_on_log`: `proxy_on_done`/`proxy_on_delete`.
+    Done,
+}
+
+/// Which of a stream's maps and buffers the plugin may touch now. Envoy holds a pointer to
+/// each only while its callback runs, or while the plugin keeps that part paused; at other
+/// times the host functions answer BadArgument (a map) or find no buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Live {
+    pub request_headers: bool,
+    pub request_body: bool,
+    pub request_trailers: bool,
+    pub response_headers: bool,
+    pub response_body: bool,
+    pub response_trailers: bool,
+    /// The current (or last) callback was given end_of_stream.
+    pub end_of_stream: bool,
 }
 
 /// Why loading, starting or calling into a VM failed.
@@ -142,6 +179,126 @@ pub struct StreamState {
     pub response_resumed: bool,
     /// `close_stream` was called.
     pub closed: bool,
+    pub phase: Phase,
+    pub live: Live,
+    /// A `send_local_response` was asked for (Envoy keeps the first one).
+    pub local_reply_pending: bool,
+    /// Virtual time (ns) at which the stream completed (`request.duration`: Envoy knows it
+    /// from the access-log phase on).
+    pub request_complete_ns: Option<u64>,
+    /// Virtual time (ns) the stream started.
+    pub start_ns: u64,
+    /// Request body bytes received from the client so far.
+    pub request_bytes: u64,
+    /// Response body bytes sent to the client so far.
+    pub response_bytes: u64,
+    /// `response.code_details` once known (`via_upstream`, the local reply's details).
+    pub response_code_details: Option<String>,
+    /// The upstream (`ip:port`) once the request was sent there.
+    pub upstream_address: Option<String>,
+    /// The request is gRPC (`content-type: application/grpc...`): local replies become
+    /// trailers-only gRPC responses.
+    pub grpc: bool,
+    /// The plugin's last request body callback paused: Envoy buffers what follows.
+    pub request_buffering: bool,
+    pub response_buffering: bool,
+    /// The request body as the upstream received it (what the plugin let through).
+    pub upstream_request_body: Vec<u8>,
+    /// The response body as the client received it.
+    pub client_response_body: Vec<u8>,
+    /// A local reply as the client received it (headers incl. `:status`, body).
+    pub client_response: Option<(Headers, Vec<u8>)>,
+}
+
+impl StreamState {
+    /// The request body the plugin holds goes to the upstream.
+    fn pass_request_body(&mut self) {
+        if self.live.request_body || self.request_buffering {
+            self.upstream_request_body.append(&mut self.request_body);
+        }
+        self.live.request_body = false;
+        self.request_buffering = false;
+    }
+    /// The response body the plugin holds goes to the client.
+    fn pass_response_body(&mut self) {
+        if self.live.response_body || self.response_buffering {
+            let n = self.response_body.len() as u64;
+            self.response_bytes += n;
+            self.client_response_body.append(&mut self.response_body);
+        }
+        self.live.response_body = false;
+        self.response_buffering = false;
+    }
+}
+
+/// The largest body chunk the host hands a plugin at once. Envoy's chunks follow the
+/// socket reads; 16 KiB is a typical read.
+pub const BODY_CHUNK: usize = 16 * 1024;
+
+/// The response Envoy makes of a local reply (`Utility::sendLocalReply`): `:status`, the
+/// plugin's headers, and for a body `content-length` and `content-type: text/plain` (unless
+/// the plugin set one). For a gRPC request: a trailers-only response (`:status` 200,
+/// `content-type: application/grpc`, `grpc-status` — the plugin's, or mapped from the HTTP
+/// status — and the body as `grpc-message`), no body.
+fn local_reply(l: &LocalResponse, grpc: bool) -> (Headers, Vec<u8>) {
+    if grpc {
+        let code = if (0..=16).contains(&l.grpc_status) {
+            l.grpc_status as u32
+        } else {
+            http_to_grpc_status(l.status)
+        };
+        let mut h: Headers = vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "application/grpc".into()),
+            ("grpc-status".into(), code.to_string()),
+        ];
+        if !l.body.is_empty() {
+            h.push((
+                "grpc-message".into(),
+                String::from_utf8_lossy(&l.body).into_owned(),
+            ));
+        }
+        h.extend(l.headers.iter().cloned());
+        return (h, Vec::new());
+    }
+    let mut h: Headers = vec![(":status".into(), l.status.to_string())];
+    h.extend(l.headers.iter().cloned());
+    if !l.body.is_empty() {
+        h.retain(|(k, _)| k != "content-length");
+        h.push(("content-length".into(), l.body.len().to_string()));
+        if crate::types::find_header(&h, "content-type").is_none() {
+            h.push(("content-type".into(), "text/plain".into()));
+        }
+    }
+    (h, l.body.clone())
+}
+
+/// Envoy's HTTP → gRPC status mapping (`Grpc::Utility::httpToGrpcStatus`).
+pub fn http_to_grpc_status(http: u32) -> u32 {
+    match http {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502 | 503 | 504 => 14,
+        _ => 2,
+    }
+}
+
+/// The request as Envoy's connection manager hands it to the filter chain: it adds
+/// `x-forwarded-proto` (the scheme) and `x-request-id` (a UUID; here derived from `seed`, so
+/// runs repeat) when the client did not send them.
+fn with_envoy_request_headers(req: &HttpRequest, seed: u32) -> HttpRequest {
+    let mut req = req.clone();
+    if req.header_value("x-forwarded-proto").is_none() {
+        let scheme = req.header_value(":scheme").unwrap_or("http").to_owned();
+        req.headers.push(("x-forwarded-proto".into(), scheme));
+    }
+    if req.header_value("x-request-id").is_none() {
+        let id = format!("00000000-0000-4000-8000-{:012x}", u64::from(seed));
+        req.headers.push(("x-request-id".into(), id));
+    }
+    req
 }
 
 #[derive(Debug)]
@@ -229,54 +386,118 @@ impl VmState {
         self.host.state().now_ns
     }
 
-    fn map_mut(&mut self, map: i32) -> Option<&mut Headers> {
+    /// The header map `map` to read (`write` false) or change, under Envoy's rules: a
+    /// stream's map only while Envoy holds it (its callback, or while the plugin keeps that
+    /// part paused; read-only in `proxy_on_log`), else BadArgument (NotFound when reading in
+    /// the log phase). Trailers can be added by the last body callback, as Envoy allows.
+    fn map_access(&mut self, map: i32, write: bool) -> Result<&mut Headers, i32> {
         match map {
             map_type::HTTP_REQUEST_HEADERS
             | map_type::HTTP_REQUEST_TRAILERS
             | map_type::HTTP_RESPONSE_HEADERS
             | map_type::HTTP_RESPONSE_TRAILERS => {
-                let s = self.streams.get_mut(&self.current_ctx)?;
-                Some(match map {
+                let s = self
+                    .streams
+                    .get_mut(&self.current_ctx)
+                    .ok_or(status::BAD_ARGUMENT)?;
+                let log = s.phase == Phase::Log;
+                let read_in_log = log && !write;
+                let live = s.live;
+                let adds_trailers = |body: bool| write && !log && body && live.end_of_stream;
+                let available = match map {
+                    map_type::HTTP_REQUEST_HEADERS => live.request_headers || read_in_log,
+                    map_type::HTTP_REQUEST_TRAILERS => {
+                        live.request_trailers || adds_trailers(live.request_body)
+                    }
+                    map_type::HTTP_RESPONSE_HEADERS => live.response_headers || read_in_log,
+                    _ => live.response_trailers || read_in_log || adds_trailers(live.response_body),
+                };
+                if !available {
+                    return Err(if read_in_log {
+                        status::NOT_FOUND
+                    } else {
+                        status::BAD_ARGUMENT
+                    });
+                }
+                Ok(match map {
                     map_type::HTTP_REQUEST_HEADERS => &mut s.request_headers,
-                    map_type::HTTP_REQUEST_TRAILERS => &mut s.request_trailers,
+                    map_type::HTTP_REQUEST_TRAILERS => {
+                        s.live.request_trailers = true;
+                        &mut s.request_trailers
+                    }
                     map_type::HTTP_RESPONSE_HEADERS => &mut s.response_headers,
-                    _ => &mut s.response_trailers,
+                    _ => {
+                        if !log {
+                            s.live.response_trailers = true;
+                        }
+                        &mut s.response_trailers
+                    }
                 })
             }
             map_type::GRPC_RECEIVE_INITIAL_METADATA | map_type::GRPC_RECEIVE_TRAILING_METADATA => {
-                Some(&mut self.callback.grpc_metadata)
+                Ok(&mut self.callback.grpc_metadata)
             }
-            map_type::HTTP_CALL_RESPONSE_HEADERS => Some(&mut self.callback.http_headers),
-            map_type::HTTP_CALL_RESPONSE_TRAILERS => Some(&mut self.callback.http_trailers),
-            _ => None,
+            map_type::HTTP_CALL_RESPONSE_HEADERS => Ok(&mut self.callback.http_headers),
+            map_type::HTTP_CALL_RESPONSE_TRAILERS => Ok(&mut self.callback.http_trailers),
+            _ => Err(status::BAD_ARGUMENT),
         }
     }
 
-    fn buffer_mut(&mut self, buffer: i32) -> Option<&mut Vec<u8>> {
+    /// A buffer to read. A stream's body is empty unless Envoy holds it (its callback, or
+    /// while the plugin buffers it).
+    fn buffer(&self, buffer: i32) -> Option<&[u8]> {
+        let stream = || self.streams.get(&self.current_ctx);
         match buffer {
-            buffer_type::HTTP_REQUEST_BODY => self
-                .streams
-                .get_mut(&self.current_ctx)
-                .map(|s| &mut s.request_body),
-            buffer_type::HTTP_RESPONSE_BODY => self
-                .streams
-                .get_mut(&self.current_ctx)
-                .map(|s| &mut s.response_body),
-            buffer_type::HTTP_CALL_RESPONSE_BODY => Some(&mut self.callback.http_body),
-            buffer_type::GRPC_RECEIVE_BUFFER => Some(&mut self.callback.grpc_message),
-            buffer_type::VM_CONFIGURATION => Some(&mut self.vm_config),
-            buffer_type::PLUGIN_CONFIGURATION => Some(&mut self.plugin_config),
+            buffer_type::HTTP_REQUEST_BODY => {
+                let s = stream()?;
+                Some(if s.live.request_body {
+                    &s.request_body
+                } else {
+                    &[]
+                })
+            }
+            buffer_type::HTTP_RESPONSE_BODY => {
+                let s = stream()?;
+                Some(if s.live.response_body {
+                    &s.response_body
+                } else {
+                    &[]
+                })
+            }
+            buffer_type::HTTP_CALL_RESPONSE_BODY => Some(&self.callback.http_body),
+            buffer_type::GRPC_RECEIVE_BUFFER => Some(&self.callback.grpc_message),
+            buffer_type::VM_CONFIGURATION => Some(&self.vm_config),
+            buffer_type::PLUGIN_CONFIGURATION => Some(&self.plugin_config),
             _ => None,
         }
     }
 
-    fn property(&self, path: &str) -> Option<Vec<u8>> {
+    /// A buffer to change: only a stream's body while Envoy holds it.
+    fn buffer_mut(&mut self, buffer: i32) -> Result<&mut Vec<u8>, i32> {
+        let s = self
+            .streams
+            .get_mut(&self.current_ctx)
+            .ok_or(status::BAD_ARGUMENT)?;
+        match buffer {
+            buffer_type::HTTP_REQUEST_BODY if s.live.request_body => Ok(&mut s.request_body),
+            buffer_type::HTTP_RESPONSE_BODY if s.live.response_body => Ok(&mut s.response_body),
+            _ => Err(status::BAD_ARGUMENT),
+        }
+    }
+
+    fn property(&self, path: &str) -> Result<Vec<u8>, i32> {
         if let Some(s) = self.streams.get(&self.current_ctx) {
             if let Some(v) = s.properties.get(path) {
-                return Some(v.clone());
+                return Ok(v.clone());
+            }
+            if let Some(v) = crate::properties::stream_property(s, path) {
+                return v;
             }
         }
-        self.vm_properties.get(path).cloned()
+        self.vm_properties
+            .get(path)
+            .cloned()
+            .ok_or(status::NOT_FOUND)
     }
 
     fn drain_stdio(&mut self) {
@@ -706,43 +927,23 @@ impl Vm {
         let data = self.store.data_mut();
         let ctx = data.next_ctx;
         data.next_ctx += 1;
+        let grpc = crate::types::find_header(&req.headers, "content-type")
+            .is_some_and(|v| v.starts_with("application/grpc"));
         let mut st = StreamState {
             id: ctx,
             request_headers: req.headers.clone(),
-            // The request's own properties + the 9 derived below, without rehashing.
-            properties: HashMap::with_capacity(req.properties.len() + 9),
+            properties: HashMap::with_capacity(req.properties.len() + 1),
+            start_ns: now,
+            grpc,
             ..StreamState::default()
         };
         for (k, v) in &req.properties {
             st.properties.insert(k.clone(), v.clone());
         }
-        // Properties derived from the headers, as Envoy computes them.
-        let h = |n: &str| crate::types::find_header(&req.headers, n).map(str::to_owned);
-        let path = h(":path").unwrap_or_default();
-        let derived = [
-            ("request.path", Some(path.clone())),
-            (
-                "request.url_path",
-                Some(path.split('?').next().unwrap_or("").to_owned()),
-            ),
-            ("request.host", h(":authority")),
-            ("request.scheme", h(":scheme")),
-            ("request.method", h(":method")),
-            ("request.id", h("x-request-id")),
-            ("request.referer", h("referer")),
-            ("request.useragent", h("user-agent")),
-        ];
-        for (k, v) in derived {
-            if let Some(v) = v {
-                if !st.properties.contains_key(k) {
-                    st.properties.insert(k.to_owned(), v.into_bytes());
-                }
-            }
-        }
-        if !st.properties.contains_key("request.time") {
-            st.properties
-                .insert("request.time".into(), (now as i64).to_le_bytes().to_vec());
-        }
+        // One downstream connection per request here; Envoy numbers connections.
+        st.properties
+            .entry("connection.id".to_owned())
+            .or_insert_with(|| u64::from(ctx).to_le_bytes().to_vec());
         data.streams.insert(ctx, st);
         self.call(
             "proxy_on_context_create",
@@ -765,40 +966,118 @@ impl Vm {
             .ok_or(VmError::NoStream(ctx))
     }
 
-    /// `proxy_on_request_headers`.
+    /// `proxy_on_request_headers`. The request headers stay available to the plugin until
+    /// it continues (as in Envoy).
     pub fn send_request_headers(
         &mut self,
         ctx: u32,
         end_of_stream: bool,
     ) -> Result<Action, VmError> {
-        let n = self.stream_mut(ctx)?.request_headers.len() as i32;
-        self.stream_callback(
+        let st = self.stream_mut(ctx)?;
+        st.live.request_headers = true;
+        st.live.end_of_stream = end_of_stream;
+        let n = st.request_headers.len() as i32;
+        let action = self.stream_callback(
             "proxy_on_request_headers",
             ctx,
             &[ctx as i32, n, i32::from(end_of_stream)],
-        )
+        )?;
+        if action == Action::Continue {
+            if let Ok(st) = self.stream_mut(ctx) {
+                st.live.request_headers = false;
+            }
+        }
+        Ok(action)
     }
 
-    /// Calls a stream callback that answers an `Action`, then lets the host settle.
+    /// Calls a stream callback that answers an `Action`, then, like Envoy after the VM call:
+    /// sends a local reply the plugin asked for (through its own response callbacks), and
+    /// delivers whatever became due.
     fn stream_callback(&mut self, name: &str, ctx: u32, args: &[i32]) -> Result<Action, VmError> {
         let r = self.call(name, ctx, args)?;
+        self.send_pending_local_reply(ctx)?;
         self.after_callback()?;
         Ok(Action::from_i32(r.unwrap_or(0)))
     }
 
-    /// `proxy_on_request_body` with the whole body as one chunk.
+    /// Envoy's `sendLocalReply` for a reply the plugin asked for: before the response has
+    /// started, the reply runs through the filter's response callbacks (`:status`, the
+    /// plugin's headers, `content-length` and `content-type: text/plain` for a body; for a
+    /// gRPC request a trailers-only response with `grpc-status`/`grpc-message`); once the
+    /// upstream's response has started, it goes straight to the client.
+    fn send_pending_local_reply(&mut self, ctx: u32) -> Result<(), VmError> {
+        let Some(st) = self.store.data_mut().streams.get_mut(&ctx) else {
+            return Ok(());
+        };
+        if !st.local_reply_pending {
+            return Ok(());
+        }
+        st.local_reply_pending = false;
+        let Some(local) = st.local_response.clone() else {
+            return Ok(());
+        };
+        let (headers, body) = local_reply(&local, st.grpc);
+        st.response_code_details = Some(if local.details.is_empty() {
+            "via_local_reply".to_owned()
+        } else {
+            local.details.clone()
+        });
+        if st.phase != Phase::Request {
+            st.client_response = Some((headers, body));
+            return Ok(());
+        }
+        st.phase = Phase::Response;
+        st.response_headers = headers;
+        st.live.response_headers = true;
+        st.live.end_of_stream = body.is_empty();
+        let n = st.response_headers.len() as i32;
+        let eos = i32::from(body.is_empty());
+        self.call("proxy_on_response_headers", ctx, &[ctx as i32, n, eos])?;
+        let st = self.stream_mut(ctx)?;
+        st.live.response_headers = false;
+        if !body.is_empty() {
+            st.response_body = body;
+            st.live.response_body = true;
+            st.live.end_of_stream = true;
+            let n = st.response_body.len() as i32;
+            self.call("proxy_on_response_body", ctx, &[ctx as i32, n, 1])?;
+            let st = self.stream_mut(ctx)?;
+            st.live.response_body = false;
+        }
+        let st = self.stream_mut(ctx)?;
+        st.client_response = Some((st.response_headers.clone(), st.response_body.clone()));
+        Ok(())
+    }
+
+    /// `proxy_on_request_body` with one chunk of the body. While the plugin buffers (its
+    /// previous body callback paused), the chunk is added to what it holds and it is handed
+    /// the whole buffer, as Envoy does; what it lets through is what the upstream receives.
     pub fn send_request_body(
         &mut self,
         ctx: u32,
-        body: &[u8],
+        chunk: &[u8],
         end_of_stream: bool,
     ) -> Result<Action, VmError> {
-        self.stream_mut(ctx)?.request_body = body.to_vec();
-        self.stream_callback(
+        let st = self.stream_mut(ctx)?;
+        if !st.request_buffering {
+            st.request_body.clear();
+        }
+        st.request_body.extend_from_slice(chunk);
+        st.request_bytes += chunk.len() as u64;
+        st.live.request_body = true;
+        st.live.end_of_stream = end_of_stream;
+        let n = st.request_body.len() as i32;
+        let action = self.stream_callback(
             "proxy_on_request_body",
             ctx,
-            &[ctx as i32, body.len() as i32, i32::from(end_of_stream)],
-        )
+            &[ctx as i32, n, i32::from(end_of_stream)],
+        )?;
+        let st = self.stream_mut(ctx)?;
+        st.request_buffering = action == Action::Pause;
+        if action == Action::Continue {
+            st.pass_request_body();
+        }
+        Ok(action)
     }
 
     /// `proxy_on_request_trailers`.
@@ -807,15 +1086,23 @@ impl Vm {
         ctx: u32,
         trailers: &Headers,
     ) -> Result<Action, VmError> {
-        self.stream_mut(ctx)?.request_trailers = trailers.clone();
-        self.stream_callback(
+        let st = self.stream_mut(ctx)?;
+        st.request_trailers = trailers.clone();
+        st.live.request_trailers = true;
+        let action = self.stream_callback(
             "proxy_on_request_trailers",
             ctx,
             &[ctx as i32, trailers.len() as i32],
-        )
+        )?;
+        if action == Action::Continue {
+            if let Ok(st) = self.stream_mut(ctx) {
+                st.live.request_trailers = false;
+            }
+        }
+        Ok(action)
     }
 
-    /// `proxy_on_response_headers` (`:status` is added first).
+    /// `proxy_on_response_headers` (`:status` is added first). The response phase starts.
     pub fn send_response_headers(
         &mut self,
         ctx: u32,
@@ -826,27 +1113,50 @@ impl Vm {
         let mut all = vec![(":status".to_owned(), status_code.to_string())];
         all.extend(headers.iter().cloned());
         let n = all.len() as i32;
-        self.stream_mut(ctx)?.response_headers = all;
-        self.stream_callback(
+        let st = self.stream_mut(ctx)?;
+        st.phase = Phase::Response;
+        st.response_headers = all;
+        st.live.response_headers = true;
+        st.live.end_of_stream = end_of_stream;
+        let action = self.stream_callback(
             "proxy_on_response_headers",
             ctx,
             &[ctx as i32, n, i32::from(end_of_stream)],
-        )
+        )?;
+        if action == Action::Continue {
+            if let Ok(st) = self.stream_mut(ctx) {
+                st.live.response_headers = false;
+            }
+        }
+        Ok(action)
     }
 
-    /// `proxy_on_response_body` with the whole body as one chunk.
+    /// `proxy_on_response_body` with one chunk (buffered like the request body).
     pub fn send_response_body(
         &mut self,
         ctx: u32,
-        body: &[u8],
+        chunk: &[u8],
         end_of_stream: bool,
     ) -> Result<Action, VmError> {
-        self.stream_mut(ctx)?.response_body = body.to_vec();
-        self.stream_callback(
+        let st = self.stream_mut(ctx)?;
+        if !st.response_buffering {
+            st.response_body.clear();
+        }
+        st.response_body.extend_from_slice(chunk);
+        st.live.response_body = true;
+        st.live.end_of_stream = end_of_stream;
+        let n = st.response_body.len() as i32;
+        let action = self.stream_callback(
             "proxy_on_response_body",
             ctx,
-            &[ctx as i32, body.len() as i32, i32::from(end_of_stream)],
-        )
+            &[ctx as i32, n, i32::from(end_of_stream)],
+        )?;
+        let st = self.stream_mut(ctx)?;
+        st.response_buffering = action == Action::Pause;
+        if action == Action::Continue {
+            st.pass_response_body();
+        }
+        Ok(action)
     }
 
     /// `proxy_on_response_trailers`.
@@ -855,18 +1165,35 @@ impl Vm {
         ctx: u32,
         trailers: &Headers,
     ) -> Result<Action, VmError> {
-        self.stream_mut(ctx)?.response_trailers = trailers.clone();
-        self.stream_callback(
+        let st = self.stream_mut(ctx)?;
+        st.response_trailers = trailers.clone();
+        st.live.response_trailers = true;
+        let action = self.stream_callback(
             "proxy_on_response_trailers",
             ctx,
             &[ctx as i32, trailers.len() as i32],
-        )
+        )?;
+        if action == Action::Continue {
+            if let Ok(st) = self.stream_mut(ctx) {
+                st.live.response_trailers = false;
+            }
+        }
+        Ok(action)
     }
 
-    /// Ends a stream: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`. Returns its final state.
+    /// Ends a stream: `proxy_on_log` (Envoy's access-log phase: maps read-only),
+    /// `proxy_on_done`, `proxy_on_delete`. Returns its final state.
     pub fn finish_stream(&mut self, ctx: u32) -> Result<StreamState, VmError> {
-        self.stream_mut(ctx)?;
+        let now = self.store.data().now_ns();
+        let st = self.stream_mut(ctx)?;
+        st.live = Live::default();
+        st.phase = Phase::Log;
+        st.request_complete_ns = Some(now);
+        if let Some((headers, _)) = st.client_response.clone() {
+            st.response_headers = headers;
+        }
         self.call("proxy_on_log", ctx, &[ctx as i32])?;
+        self.stream_mut(ctx)?.phase = Phase::Done;
         self.call("proxy_on_done", ctx, &[ctx as i32])?;
         self.call("proxy_on_delete", ctx, &[ctx as i32])?;
         let data = self.store.data_mut();
@@ -917,78 +1244,148 @@ impl Vm {
         Ok(true)
     }
 
-    /// Sends one request through the filter the way Envoy would: headers, body, trailers;
-    /// if paused, pending callouts are answered (advancing the virtual clock) until the filter
-    /// resumes or answers; then the upstream's response; then log/done/delete.
+    /// Whether the stream goes on (no local reply, not closed).
+    fn goes_on(&self, ctx: u32) -> bool {
+        self.stream(ctx)
+            .map(|s| s.local_response.is_none() && !s.closed)
+            .unwrap_or(false)
+    }
+
+    /// Sends a callback's worth of data and, if the plugin paused where it must be resumed
+    /// (headers, trailers, the last body chunk), drives the stream. `Ok(true)`: stuck.
+    fn send_and_drive(
+        &mut self,
+        ctx: u32,
+        response: bool,
+        send: impl FnOnce(&mut Vm) -> Result<(Action, bool), VmError>,
+    ) -> Result<bool, VmError> {
+        if response {
+            self.stream_mut(ctx)?.response_resumed = false;
+        } else {
+            self.stream_mut(ctx)?.request_resumed = false;
+        }
+        let (action, must_resume) = send(self)?;
+        if action == Action::Pause && must_resume {
+            let stuck = self.drive(ctx, response)?;
+            if !stuck {
+                // Resumed: what the plugin held goes on.
+                let st = self.stream_mut(ctx)?;
+                if response {
+                    st.response_buffering = false;
+                    st.pass_response_body();
+                } else {
+                    st.request_buffering = false;
+                    st.pass_request_body();
+                }
+            }
+            return Ok(stuck);
+        }
+        Ok(false)
+    }
+
+    /// Sends one request through the filter the way Envoy would: Envoy's request headers
+    /// added (`x-forwarded-proto`, `x-request-id`); headers; the body in chunks of at most
+    /// [`BODY_CHUNK`] bytes with end_of_stream false and then an empty end-of-stream chunk (or,
+    /// if the filter held the headers, the whole body at once); trailers. A pause is driven by
+    /// firing pending callouts (advancing the virtual clock) until the filter resumes or
+    /// answers. Then the upstream's response the same way, then log/done/delete.
     pub fn request(&mut self, req: &HttpRequest) -> Result<Exchange, VmError> {
         let log_before = self.host.state().logs.len();
         let calls_before = self.host.state().http_calls.len();
-        let ctx = self.open_stream(req)?;
-        let has_body = req.body.is_some();
+        let req = with_envoy_request_headers(req, self.store.data().next_ctx);
+        let ctx = self.open_stream(&req)?;
+        let body = req.body.clone().unwrap_or_default();
+        let has_body = !body.is_empty();
         let has_trailers = !req.trailers.is_empty();
-        let mut stuck = false;
-        let mut action = self.send_request_headers(ctx, !has_body && !has_trailers)?;
-        if action == Action::Pause {
-            stuck = self.drive(ctx, false)?;
+        let headers_eos = !has_body && !has_trailers;
+        let mut headers_held = false;
+        let mut stuck = self.send_and_drive(ctx, false, |vm| {
+            let a = vm.send_request_headers(ctx, headers_eos)?;
+            headers_held = a == Action::Pause;
+            Ok((a, true))
+        })?;
+        if !stuck && self.goes_on(ctx) && has_body {
+            stuck = self.send_body(ctx, false, &body, headers_held, has_trailers)?;
         }
-        let go_on = |vm: &Vm| {
-            vm.stream(ctx)
-                .map(|s| s.local_response.is_none() && !s.closed)
-                .unwrap_or(false)
-        };
-        if !stuck && go_on(self) {
-            if let Some(body) = &req.body {
-                self.stream_mut(ctx)?.request_resumed = false;
-                action = self.send_request_body(ctx, body, !has_trailers)?;
-                if action == Action::Pause {
-                    stuck = self.drive(ctx, false)?;
-                }
-            }
+        if !stuck && self.goes_on(ctx) && has_trailers {
+            let trailers = req.trailers.clone();
+            stuck = self.send_and_drive(ctx, false, |vm| {
+                Ok((vm.send_request_trailers(ctx, &trailers)?, true))
+            })?;
         }
-        if !stuck && go_on(self) && has_trailers {
-            self.stream_mut(ctx)?.request_resumed = false;
-            action = self.send_request_trailers(ctx, &req.trailers)?;
-            if action == Action::Pause {
-                stuck = self.drive(ctx, false)?;
-            }
-        }
-        let mut upstream_request_headers = None;
-        let mut upstream_request_body = None;
-        if !stuck && go_on(self) {
+        let mut upstream = None;
+        if !stuck && self.goes_on(ctx) {
+            let up = req.upstream.clone();
             let st = self.stream_mut(ctx)?;
-            upstream_request_headers = Some(st.request_headers.clone());
-            upstream_request_body = req.body.as_ref().map(|_| st.request_body.clone());
-            let up = &req.upstream;
-            let a = self.send_response_headers(ctx, up.status, &up.headers, up.body.is_empty())?;
-            if a == Action::Pause {
-                stuck = self.drive(ctx, true)?;
-            }
-            if !stuck && go_on(self) && !up.body.is_empty() {
-                self.stream_mut(ctx)?.response_resumed = false;
-                let a = self.send_response_body(ctx, &up.body, true)?;
-                if a == Action::Pause {
-                    stuck = self.drive(ctx, true)?;
+            st.pass_request_body();
+            let mut seen = st.request_headers.clone();
+            // The router's own header, which the upstream sees.
+            seen.push(("x-envoy-expected-rq-timeout-ms".into(), "15000".into()));
+            upstream = Some((
+                seen,
+                std::mem::take(&mut st.upstream_request_body),
+                st.request_trailers.clone(),
+            ));
+            let up = match (up.forward, &upstream) {
+                (Some(addr), Some((headers, body, trailers))) => {
+                    self.forward_upstream(addr, headers, body, trailers)
                 }
+                _ => up,
+            };
+            let st = self.stream_mut(ctx)?;
+            st.upstream_address = Some(up.address.clone());
+            st.response_code_details = Some("via_upstream".into());
+            let mut headers = up.headers.clone();
+            if !up.body.is_empty()
+                && crate::types::find_header(&headers, "content-length").is_none()
+            {
+                headers.push(("content-length".into(), up.body.len().to_string()));
+            }
+            // Added by Envoy's router to the upstream's response.
+            headers.push(("x-envoy-upstream-service-time".into(), "0".into()));
+            let status = up.status;
+            let up_body = up.body.clone();
+            let up_trailers = up.trailers.clone();
+            let eos = up_body.is_empty() && up_trailers.is_empty();
+            let mut held = false;
+            stuck = self.send_and_drive(ctx, true, |vm| {
+                let a = vm.send_response_headers(ctx, status, &headers, eos)?;
+                held = a == Action::Pause;
+                Ok((a, true))
+            })?;
+            if !stuck && self.goes_on(ctx) && !up_body.is_empty() {
+                stuck = self.send_body(ctx, true, &up_body, held, !up_trailers.is_empty())?;
+            }
+            if !stuck && self.goes_on(ctx) && !up_trailers.is_empty() {
+                stuck = self.send_and_drive(ctx, true, |vm| {
+                    Ok((vm.send_response_trailers(ctx, &up_trailers)?, true))
+                })?;
+            }
+            if !stuck {
+                self.stream_mut(ctx)?.pass_response_body();
             }
         }
         let st = self.finish_stream(ctx)?;
-        let (status, response_headers, response_body) = match &st.local_response {
-            Some(l) => (l.status as u16, l.headers.clone(), l.body.clone()),
-            None => {
-                let status = crate::types::find_header(&st.response_headers, ":status")
+        let (status, response_headers, response_body) = match &st.client_response {
+            Some((headers, body)) => (
+                crate::types::find_header(headers, ":status")
                     .and_then(|s| s.parse().ok())
-                    .unwrap_or(req.upstream.status);
-                (
-                    status,
-                    st.response_headers
-                        .iter()
-                        .filter(|(k, _)| k != ":status")
-                        .cloned()
-                        .collect(),
-                    st.response_body.clone(),
-                )
-            }
+                    .unwrap_or(0),
+                headers.clone(),
+                body.clone(),
+            ),
+            None => (
+                crate::types::find_header(&st.response_headers, ":status")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(req.upstream.status),
+                st.response_headers.clone(),
+                st.client_response_body.clone(),
+            ),
         };
+        let response_headers = response_headers
+            .into_iter()
+            .filter(|(k, _)| k != ":status")
+            .collect();
         let logs = {
             let s = self.host.state();
             s.logs
@@ -1009,26 +1406,105 @@ impl Vm {
                 .cloned()
                 .collect()
         };
+        let answered = st.local_response.is_some();
+        let (upstream_request_headers, upstream_request_body, upstream_request_trailers) =
+            match upstream {
+                Some((h, b, t)) if !stuck || answered => (Some(h), has_body.then_some(b), t),
+                _ => (None, None, Vec::new()),
+            };
         Ok(Exchange {
             context_id: ctx,
-            status: if stuck && st.local_response.is_none() {
-                0
-            } else {
-                status
-            },
+            status: if stuck && !answered { 0 } else { status },
             local_response: st.local_response.clone(),
-            upstream_request_headers: if stuck {
-                None
-            } else {
-                upstream_request_headers
-            },
+            upstream_request_headers,
             upstream_request_body,
+            upstream_request_trailers,
             response_headers,
             response_body,
             stuck,
             logs,
             http_calls,
         })
+    }
+
+    /// The answer of a real upstream to the request as the filter let it through; one that
+    /// cannot be reached is Envoy's 503 (its router's local reply).
+    fn forward_upstream(
+        &self,
+        addr: std::net::SocketAddr,
+        headers: &Headers,
+        body: &[u8],
+        trailers: &Headers,
+    ) -> crate::types::UpstreamResponse {
+        let call = HttpCallRequest {
+            vm: self.index,
+            context_id: 0,
+            token: 0,
+            upstream: addr.to_string(),
+            headers: headers.clone(),
+            body: body.to_vec(),
+            trailers: trailers.clone(),
+            timeout: Duration::from_secs(15),
+        };
+        let (status, headers, body, trailers) = match crate::forward::forward(addr, &call) {
+            Ok(r) => r,
+            Err(err) => {
+                self.store.data().log(
+                    LogLevel::Warn,
+                    "host",
+                    format!("forward to upstream {addr} failed: {err}"),
+                );
+                envoy_reply(503, CONNECT_FAILURE_BODY)
+            }
+        };
+        crate::types::UpstreamResponse {
+            status,
+            headers,
+            body,
+            trailers,
+            address: addr.to_string(),
+            forward: None,
+        }
+    }
+
+    /// Delivers a body as Envoy's codec does: chunks with end_of_stream false, then an empty
+    /// end-of-stream chunk (unless trailers follow); all at once if the plugin held the
+    /// headers (the body arrived meanwhile and Envoy buffered it). `Ok(true)`: stuck.
+    fn send_body(
+        &mut self,
+        ctx: u32,
+        response: bool,
+        body: &[u8],
+        headers_held: bool,
+        trailers_follow: bool,
+    ) -> Result<bool, VmError> {
+        let mut chunks: Vec<(&[u8], bool)> = Vec::new();
+        if headers_held {
+            chunks.push((body, !trailers_follow));
+        } else {
+            chunks.extend(body.chunks(BODY_CHUNK).map(|c| (c, false)));
+            if !trailers_follow {
+                chunks.push((&[], true));
+            }
+        }
+        for (chunk, eos) in chunks {
+            if !self.goes_on(ctx) {
+                break;
+            }
+            let stuck = self.send_and_drive(ctx, response, |vm| {
+                let a = if response {
+                    vm.send_response_body(ctx, chunk, eos)?
+                } else {
+                    vm.send_request_body(ctx, chunk, eos)?
+                };
+                // A pause before the end buffers; Envoy keeps delivering data.
+                Ok((a, eos))
+            })?;
+            if stuck {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     // ---- time, ticks, callouts, queues ----
@@ -1063,7 +1539,25 @@ impl Vm {
     /// Calls `proxy_on_tick` now, whatever the period.
     pub fn tick(&mut self) -> Result<(), VmError> {
         self.call("proxy_on_tick", ROOT_CONTEXT_ID, &[ROOT_CONTEXT_ID as i32])?;
+        self.flush_local_replies()?;
         self.deliver_queue_ready()
+    }
+
+    /// Sends the local replies plugins asked for outside a stream callback (from a callout's
+    /// answer, a tick, or a root context acting on a stream).
+    fn flush_local_replies(&mut self) -> Result<(), VmError> {
+        let pending: Vec<u32> = self
+            .store
+            .data()
+            .streams
+            .values()
+            .filter(|s| s.local_reply_pending)
+            .map(|s| s.id)
+            .collect();
+        for ctx in pending {
+            self.send_pending_local_reply(ctx)?;
+        }
+        Ok(())
     }
 
     fn run_until(&mut self, target: u64) -> Result<(), VmError> {
@@ -1125,6 +1619,8 @@ impl Vm {
                         data.callback.http_headers.clear();
                         data.callback.http_body.clear();
                         data.callback.http_trailers.clear();
+                        // Envoy's `onHttpCallFailure`: status BrokenConnection, "reset".
+                        data.callback.status = (status::BROKEN_CONNECTION as u32, "reset".into());
                         (0, 0, 0)
                     }
                 };
@@ -1149,8 +1645,9 @@ impl Vm {
                     self.call("proxy_on_grpc_close", ctx, &[c, t, code as i32])?;
                 }
                 None => {
-                    data.callback.status = (4, "deadline exceeded".into());
-                    self.call("proxy_on_grpc_close", ctx, &[c, t, 4])?;
+                    // Envoy's gRPC client sees its HTTP stream's 504 and maps it: UNAVAILABLE.
+                    data.callback.status = (14, String::new());
+                    self.call("proxy_on_grpc_close", ctx, &[c, t, 14])?;
                 }
             },
             PendingKind::GrpcStream { events } => {
@@ -1187,6 +1684,7 @@ impl Vm {
                 }
             }
         }
+        self.flush_local_replies()?;
         self.deliver_queue_ready()
     }
 
@@ -1240,6 +1738,30 @@ fn instantiate(
             "the module imports functions this host does not provide: {}",
             unknown.join(", ")
         )));
+    }
+    // Envoy refuses a module that does not say which ABI it speaks.
+    match module.abi_version().as_deref() {
+        Some("0_2_0" | "0_2_1") => {}
+        Some("0_1_0") => {
+            return Err(VmError::Load(
+                "the module speaks proxy-wasm ABI 0.1.0, which this host does not implement \
+                 (Envoy still loads it)"
+                    .into(),
+            ))
+        }
+        Some(other) => {
+            return Err(VmError::Load(format!(
+                "the module exports proxy_abi_version_{other}, an ABI version Envoy does not \
+                 know; Envoy refuses it"
+            )))
+        }
+        None => {
+            return Err(VmError::Load(
+                "the module exports no proxy_abi_version_* function; Envoy refuses it \
+                 (\"Wasm missing ABI version\")"
+                    .into(),
+            ))
+        }
     }
     let stdout = MemoryOutputPipe::new(STDIO_CAPACITY);
     let stderr = MemoryOutputPipe::new(STDIO_CAPACITY);
@@ -1356,6 +1878,14 @@ fn write_u32(c: &mut C<'_>, ptr: i32, v: u32) -> bool {
 /// Copies `bytes` into guest memory allocated with `proxy_on_memory_allocate` (or `malloc`),
 /// and stores the pointer and size at `ptr_ptr` / `size_ptr`.
 fn give(c: &mut C<'_>, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> R {
+    // Like Envoy (`copyToPointerSize`): nothing to copy is a null pointer and size 0, which
+    // the SDKs read as `None`.
+    if bytes.is_empty() {
+        if !write_u32(c, ptr_ptr, 0) || !write_u32(c, size_ptr, 0) {
+            return Ok(status::INVALID_MEMORY_ACCESS);
+        }
+        return Ok(status::OK);
+    }
     let alloc = match c.data().allocator.clone() {
         Some(f) => f,
         None => {
@@ -1434,12 +1964,16 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
         e,
         "proxy_get_buffer_bytes",
         |mut c: C<'_>, buffer: i32, start: i32, max: i32, ret_ptr: i32, ret_size: i32| -> R {
-            let bytes = match c.data_mut().buffer_mut(buffer) {
-                Some(b) => {
-                    let start = (start as u32 as usize).min(b.len());
-                    let end = start.saturating_add(max as u32 as usize).min(b.len());
-                    b.get(start..end).unwrap_or_default().to_vec()
-                }
+            let (start, max) = (start as u32 as usize, max as u32 as usize);
+            if start.checked_add(max).is_none() {
+                return Ok(status::BAD_ARGUMENT);
+            }
+            let bytes = match c.data().buffer(buffer) {
+                // Past the end is nothing (a null pointer: `None`), as in Envoy.
+                Some(b) => b
+                    .get(start.min(b.len())..start.saturating_add(max).min(b.len()))
+                    .unwrap_or_default()
+                    .to_vec(),
                 None => return Ok(status::NOT_FOUND),
             };
             give(&mut c, &bytes, ret_ptr, ret_size)
@@ -1451,13 +1985,20 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
         |mut c: C<'_>, buffer: i32, start: i32, size: i32, ptr: i32, len: i32| -> R {
             let data = get!(read(&mut c, ptr, len));
             match c.data_mut().buffer_mut(buffer) {
-                Some(b) => {
-                    let start = (start as u32 as usize).min(b.len());
-                    let end = start.saturating_add(size as u32 as usize).min(b.len());
-                    b.splice(start..end, data);
+                Ok(b) => {
+                    let (start, size) = (start as u32 as usize, size as u32 as usize);
+                    // Envoy's rules: a write at 0 replaces the first `size` bytes, one at or
+                    // past the end appends, and one inside the body is refused.
+                    if start == 0 {
+                        b.splice(..size.min(b.len()), data);
+                    } else if start >= b.len() {
+                        b.extend_from_slice(&data);
+                    } else {
+                        return Ok(status::BAD_ARGUMENT);
+                    }
                     Ok(status::OK)
                 }
-                None => Ok(status::NOT_FOUND),
+                Err(code) => Ok(code),
             }
         },
     )?;
@@ -1465,7 +2006,7 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
         e,
         "proxy_get_buffer_status",
         |mut c: C<'_>, buffer: i32, len_ptr: i32, flags_ptr: i32| -> R {
-            let len = match c.data_mut().buffer_mut(buffer) {
+            let len = match c.data().buffer(buffer) {
                 Some(b) => b.len() as u32,
                 None => return Ok(status::NOT_FOUND),
             };
@@ -1479,9 +2020,14 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
         e,
         "proxy_get_header_map_pairs",
         |mut c: C<'_>, map: i32, ret_ptr: i32, ret_size: i32| -> R {
-            let bytes = match c.data_mut().map_mut(map) {
-                Some(m) => crate::abi::serialize_map(m),
-                None => return Ok(status::NOT_FOUND),
+            // A map Envoy does not hold reads as empty (Envoy answers Ok with no pairs).
+            let bytes = match c.data_mut().map_access(map, false) {
+                Ok(m) if !m.is_empty() => crate::abi::serialize_map(m),
+                Ok(_) => Vec::new(),
+                Err(status::BAD_ARGUMENT | status::NOT_FOUND) if map_type::is_known(map) => {
+                    Vec::new()
+                }
+                Err(code) => return Ok(code),
             };
             give(&mut c, &bytes, ret_ptr, ret_size)
         },
@@ -1495,15 +2041,15 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
                 Some(p) => p,
                 None => return Ok(status::SERIALIZATION_FAILURE),
             };
-            match c.data_mut().map_mut(map) {
-                Some(m) => {
+            match c.data_mut().map_access(map, true) {
+                Ok(m) => {
                     *m = pairs
                         .into_iter()
                         .map(|(k, v)| (k.to_ascii_lowercase(), v))
                         .collect();
                     Ok(status::OK)
                 }
-                None => Ok(status::NOT_FOUND),
+                Err(code) => Ok(code),
             }
         },
     )?;
@@ -1511,9 +2057,10 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
         e,
         "proxy_get_header_map_size",
         |mut c: C<'_>, map: i32, ret: i32| -> R {
-            let size = match c.data_mut().map_mut(map) {
-                Some(m) => crate::abi::serialize_map(m).len() as u32,
-                None => return Ok(status::NOT_FOUND),
+            // Envoy answers the map's byte size (names + values), from the map it may change.
+            let size = match c.data_mut().map_access(map, true) {
+                Ok(m) => m.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() as u32,
+                Err(code) => return Ok(code),
             };
             get!(write_u32(&mut c, ret, size).then_some(()));
             Ok(status::OK)
@@ -1524,9 +2071,9 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
         "proxy_get_header_map_value",
         |mut c: C<'_>, map: i32, kp: i32, kl: i32, ret_ptr: i32, ret_size: i32| -> R {
             let key = get!(read_string(&mut c, kp, kl)).to_ascii_lowercase();
-            let value = match c.data_mut().map_mut(map) {
-                Some(m) => m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()),
-                None => return Ok(status::NOT_FOUND),
+            let value = match c.data_mut().map_access(map, false) {
+                Ok(m) => m.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()),
+                Err(code) => return Ok(code),
             };
             match value {
                 Some(v) => give(&mut c, v.as_bytes(), ret_ptr, ret_size),
@@ -1539,12 +2086,12 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
         "proxy_remove_header_map_value",
         |mut c: C<'_>, map: i32, kp: i32, kl: i32| -> R {
             let key = get!(read_string(&mut c, kp, kl)).to_ascii_lowercase();
-            match c.data_mut().map_mut(map) {
-                Some(m) => {
+            match c.data_mut().map_access(map, true) {
+                Ok(m) => {
                     m.retain(|(k, _)| *k != key);
                     Ok(status::OK)
                 }
-                None => Ok(status::NOT_FOUND),
+                Err(code) => Ok(code),
             }
         },
     )?;
@@ -1554,8 +2101,8 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
         |mut c: C<'_>, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> R {
             let key = get!(read_string(&mut c, kp, kl)).to_ascii_lowercase();
             let value = get!(read_string(&mut c, vp, vl));
-            match c.data_mut().map_mut(map) {
-                Some(m) => {
+            match c.data_mut().map_access(map, true) {
+                Ok(m) => {
                     match m.iter().position(|(k, _)| *k == key) {
                         Some(i) => {
                             if let Some(slot) = m.get_mut(i) {
@@ -1575,7 +2122,7 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
                     }
                     Ok(status::OK)
                 }
-                None => Ok(status::NOT_FOUND),
+                Err(code) => Ok(code),
             }
         },
     )?;
@@ -1585,12 +2132,12 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
         |mut c: C<'_>, map: i32, kp: i32, kl: i32, vp: i32, vl: i32| -> R {
             let key = get!(read_string(&mut c, kp, kl)).to_ascii_lowercase();
             let value = get!(read_string(&mut c, vp, vl));
-            match c.data_mut().map_mut(map) {
-                Some(m) => {
+            match c.data_mut().map_access(map, true) {
+                Ok(m) => {
                     m.push((key, value));
                     Ok(status::OK)
                 }
-                None => Ok(status::NOT_FOUND),
+                Err(code) => Ok(code),
             }
         },
     )?;
@@ -1601,8 +2148,8 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
             let raw = get!(read(&mut c, pp, pl));
             let path = property_path(&raw);
             match c.data().property(&path) {
-                Some(v) => give(&mut c, &v, ret_ptr, ret_size),
-                None => Ok(status::NOT_FOUND),
+                Ok(v) => give(&mut c, &v, ret_ptr, ret_size),
+                Err(code) => Ok(code),
             }
         },
     )?;
@@ -1766,6 +2313,11 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
                     1 => s.response_resumed = true,
                     _ => return status::BAD_ARGUMENT,
                 }
+                // Envoy lets go of the request's maps and body on a continue of either
+                // direction (`Context::continueStream`).
+                s.live.request_headers = false;
+                s.live.request_body = false;
+                s.live.request_trailers = false;
                 status::OK
             }
             None => status::NOT_FOUND,
@@ -1823,16 +2375,22 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
             let ctx = d.current_ctx;
             match d.streams.get_mut(&ctx) {
                 Some(s) => {
-                    s.local_response = Some(LocalResponse {
-                        status: code as u32,
-                        details,
-                        headers,
-                        body,
-                        grpc_status: grpc,
-                    });
+                    // Envoy sends the reply after the callback returns; a second one in the
+                    // meantime finds the response already started and is dropped.
+                    if s.local_response.is_none() {
+                        s.local_response = Some(LocalResponse {
+                            status: code as u32,
+                            details,
+                            headers,
+                            body,
+                            grpc_status: grpc,
+                        });
+                        s.local_reply_pending = true;
+                    }
                     Ok(status::OK)
                 }
-                None => Ok(status::NOT_FOUND),
+                // Envoy accepts it and nothing happens (no stream to answer).
+                None => Ok(status::OK),
             }
         },
     )?;
@@ -1880,6 +2438,16 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
                     return Ok(status::BAD_ARGUMENT);
                 }
             };
+            if timeout < 0 {
+                return Ok(status::BAD_ARGUMENT);
+            }
+            // What Envoy's async client adds to the request the upstream sees.
+            let mut headers = headers;
+            if !body.is_empty() {
+                headers.retain(|(k, _)| k != "content-length");
+                headers.push(("content-length".into(), body.len().to_string()));
+            }
+            headers.push(("x-envoy-internal".into(), "true".into()));
             let d = c.data_mut();
             let token = d.next_token;
             d.next_token += 1;
@@ -1908,20 +2476,21 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
                 } => {
                     let delay = delay.as_nanos() as u64;
                     if timeout_ns > 0 && delay >= timeout_ns {
-                        (None, timeout_ns)
+                        (Some(envoy_reply(504, TIMEOUT_BODY)), timeout_ns)
                     } else {
                         (Some((status, headers, body, trailers)), delay)
                     }
                 }
                 HttpReply::Never => (
-                    None,
+                    Some(envoy_reply(504, TIMEOUT_BODY)),
                     if timeout_ns > 0 {
                         timeout_ns
                     } else {
                         u64::MAX / 4
                     },
                 ),
-                HttpReply::Fail => (None, 0),
+                HttpReply::Fail => (Some(envoy_reply(503, CONNECT_FAILURE_BODY)), 0),
+                HttpReply::Reset => (None, 0),
                 HttpReply::Forward(addr) => match crate::forward::forward(addr, &req) {
                     Ok(r) => (Some(r), 0),
                     Err(err) => {
@@ -1930,7 +2499,7 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
                             "host",
                             format!("forward to {addr} failed: {err}"),
                         );
-                        (None, 0)
+                        (Some(envoy_reply(503, CONNECT_FAILURE_BODY)), 0)
                     }
                 },
             };
@@ -2180,6 +2749,15 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
     Ok(l)
 }
 
+/// A response Envoy makes itself for a callout (timeout, connection failure).
+fn envoy_reply(status: u16, body: &str) -> (u16, Headers, Vec<u8>, Headers) {
+    let headers = vec![
+        ("content-length".to_owned(), body.len().to_string()),
+        ("content-type".to_owned(), "text/plain".to_owned()),
+    ];
+    (status, headers, body.as_bytes().to_vec(), Vec::new())
+}
+
 /// The path's NUL-separated segments joined by `.` (NUL is ASCII, so mapping it in place is
 /// the same as splitting, decoding each segment and joining).
 fn property_path(raw: &[u8]) -> String {
@@ -2199,10 +2777,21 @@ fn start_grpc(
     streaming: bool,
 ) -> wasmtime::Result<Result<u32, i32>> {
     let host = c.data().host.clone();
-    let responder = match host.grpc_responder(&format!("{service}/{method}")) {
-        Some(r) => r,
-        None => return Ok(Err(status::BAD_ARGUMENT)),
-    };
+    // Envoy resolves the cluster first: an unknown one is ParseFailure.
+    if !host.has_cluster(&upstream) {
+        c.data().log(
+            LogLevel::Warn,
+            "host",
+            format!("grpc call to unknown cluster `{upstream}`"),
+        );
+        return Ok(Err(status::PARSE_FAILURE));
+    }
+    // A cluster with nothing serving the method answers like a gRPC server: UNIMPLEMENTED.
+    let responder: crate::host::GrpcResponder =
+        match host.grpc_responder(&upstream, &format!("{service}/{method}")) {
+            Some(r) => r,
+            None => Arc::new(|_: &GrpcRequest| GrpcReply::error(12, "")),
+        };
     let d = c.data_mut();
     let token = d.next_token;
     d.next_token += 1;
@@ -2231,6 +2820,24 @@ fn start_grpc(
                 PendingKind::GrpcCall { reply: None },
                 timeout_ns.unwrap_or(u64::MAX / 4),
             )
+        }
+        GrpcReply::Forward(addr) => {
+            let reply = if streaming {
+                Some((14, "streams cannot be forwarded".to_owned(), Vec::new()))
+            } else {
+                match crate::grpc_forward::call(addr, &req) {
+                    Ok(r) => Some(r),
+                    Err(err) => {
+                        c.data().log(
+                            LogLevel::Warn,
+                            "host",
+                            format!("gRPC forward to {addr} failed: {err}"),
+                        );
+                        Some((14, String::new(), Vec::new()))
+                    }
+                }
+            };
+            (PendingKind::GrpcCall { reply }, 0)
         }
         GrpcReply::Respond {
             status: code,

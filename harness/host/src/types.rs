@@ -42,7 +42,7 @@ impl LocalResponse {
     }
 }
 
-pub(crate) fn find_header<'a>(headers: &'a Headers, name: &str) -> Option<&'a str> {
+pub(crate) fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -65,10 +65,11 @@ pub struct HttpRequest {
 impl HttpRequest {
     pub fn new(method: &str, path: &str) -> HttpRequest {
         let mut r = HttpRequest {
+            // Envoy's order of the pseudo-headers in the map a filter reads.
             headers: vec![
-                (":method".into(), method.to_owned()),
-                (":path".into(), path.to_owned()),
                 (":authority".into(), "localhost".into()),
+                (":path".into(), path.to_owned()),
+                (":method".into(), method.to_owned()),
                 (":scheme".into(), "http".into()),
             ],
             ..HttpRequest::default()
@@ -76,7 +77,13 @@ impl HttpRequest {
         r = r
             .source("127.0.0.1:50000")
             .destination("127.0.0.1:10000")
-            .property_str("request.protocol", "HTTP/1.1");
+            .property_str("request.protocol", "HTTP/1.1")
+            // A plaintext connection, as Envoy reports it.
+            .property_bool("connection.mtls", false)
+            .property_str("connection.requested_server_name", "")
+            // The names in envoy-examples' configurations; a suite can set its own.
+            .property_str("xds.cluster_name", "upstream")
+            .property_str("xds.route_name", "");
         r
     }
     pub fn get(path: &str) -> HttpRequest {
@@ -89,7 +96,10 @@ impl HttpRequest {
     pub fn header(mut self, name: &str, value: &str) -> HttpRequest {
         let name = name.to_ascii_lowercase();
         if name.starts_with(':') {
-            self.headers.retain(|(k, _)| *k != name);
+            if let Some(slot) = self.headers.iter_mut().find(|(k, _)| *k == name) {
+                slot.1 = value.to_owned();
+                return self;
+            }
         }
         self.headers.push((name, value.to_owned()));
         self
@@ -205,6 +215,12 @@ pub struct UpstreamResponse {
     pub status: u16,
     pub headers: Headers,
     pub body: Vec<u8>,
+    pub trailers: Headers,
+    /// The upstream host (`ip:port`): the `upstream.address`/`upstream.port` properties.
+    pub address: String,
+    /// Send the request (as the filter let it through) to this real HTTP/1.1 server on
+    /// loopback and use its answer instead of the fields above.
+    pub forward: Option<SocketAddr>,
 }
 
 impl Default for UpstreamResponse {
@@ -213,6 +229,9 @@ impl Default for UpstreamResponse {
             status: 200,
             headers: vec![("content-type".into(), "text/plain".into())],
             body: b"upstream".to_vec(),
+            trailers: Vec::new(),
+            address: "127.0.0.1:8080".into(),
+            forward: None,
         }
     }
 }
@@ -229,6 +248,9 @@ pub struct Exchange {
     pub upstream_request_headers: Option<Headers>,
     /// The request body as the upstream saw it.
     pub upstream_request_body: Option<Vec<u8>>,
+    /// The request trailers as the upstream saw them (a filter may add them at the end of
+    /// the body).
+    pub upstream_request_trailers: Headers,
     /// Response headers the client saw (after the filter's edits).
     pub response_headers: Headers,
     pub response_body: Vec<u8>,
@@ -293,16 +315,26 @@ pub enum HttpReply {
         trailers: Headers,
         delay: Duration,
     },
-    /// Never answer: the call times out after its timeout, and the filter gets
-    /// `on_http_call_response` with 0 headers, 0 body bytes, 0 trailers, like Envoy.
+    /// Never answer: at the call's timeout the filter gets what Envoy's async client
+    /// delivers then, a response `504` with `content-type: text/plain` and the body
+    /// `upstream request timeout` ([`TIMEOUT_BODY`]).
     Never,
-    /// Fail at once (connection refused, reset): `on_http_call_response` with 0 headers,
-    /// 0 body bytes, 0 trailers, like Envoy's `onFailure`.
+    /// The upstream cannot be reached (connection refused): at once, Envoy's `503` with the
+    /// body [`CONNECT_FAILURE_BODY`].
     Fail,
+    /// The stream is reset after it started: Envoy's `onFailure`, delivered as 0 headers,
+    /// 0 body bytes, 0 trailers.
+    Reset,
     /// Forward to a real HTTP/1.1 server on loopback and relay its answer (a connection
     /// failure becomes [`HttpReply::Fail`]).
     Forward(SocketAddr),
 }
+
+/// The body of the response Envoy delivers for a callout that timed out (status 504).
+pub const TIMEOUT_BODY: &str = "upstream request timeout";
+/// The body of the response Envoy delivers for a callout whose upstream cannot be reached
+/// (status 503).
+pub const CONNECT_FAILURE_BODY: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote connection failure, transport failure reason: delayed connect error: Connection refused";
 
 impl HttpReply {
     pub fn ok(body: impl Into<Vec<u8>>) -> HttpReply {
@@ -350,7 +382,12 @@ pub enum GrpcReply {
         close: bool,
         delay: Duration,
     },
+    /// Never answer: a call closes at its timeout with UNAVAILABLE (14), as Envoy's gRPC
+    /// client maps the 504 its HTTP stream gets; a stream stays open.
     Never,
+    /// Forward a unary call to a real gRPC server (HTTP/2 cleartext) on loopback and relay
+    /// its answer; one that cannot be reached closes with UNAVAILABLE (14).
+    Forward(SocketAddr),
 }
 
 impl GrpcReply {
@@ -364,6 +401,13 @@ impl GrpcReply {
             close: true,
             delay: Duration::ZERO,
         }
+    }
+    /// Answer after `d` of virtual time (a call whose timeout is shorter closes with 14).
+    pub fn after(mut self, d: Duration) -> GrpcReply {
+        if let GrpcReply::Respond { delay, .. } = &mut self {
+            *delay = d;
+        }
+        self
     }
     pub fn error(status: u32, message: &str) -> GrpcReply {
         GrpcReply::Respond {
