@@ -475,3 +475,80 @@ fn bench_runs() {
     assert!(o.status.success(), "{t}");
     assert!(t.contains("requests/s"), "{t}");
 }
+
+/// `portcullis run` on the probe's example suite, in each output format.
+#[test]
+fn run_executes_a_generic_suite_in_text_json_and_junit() {
+    let wasm = common::probe_path();
+    let suite = common::workspace_root().join("harness/test-filters/probe/probe.suite.yaml");
+    let run = |format: &str| {
+        Command::new(common::portcullis_cli())
+            .args([
+                "run",
+                suite.to_str().unwrap(),
+                "--wasm",
+                wasm.to_str().unwrap(),
+            ])
+            .args(["--format", format])
+            .output()
+            .unwrap()
+    };
+    let text = run("text");
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    assert!(
+        stdout.trim_end().ends_with("8 passed, 0 failed"),
+        "{stdout}"
+    );
+    let json: Value = serde_json::from_slice(&run("json").stdout).unwrap();
+    assert_eq!(json["passed"], 8);
+    let junit = String::from_utf8_lossy(&run("junit").stdout).into_owned();
+    assert!(junit.contains("tests=\"8\" failures=\"0\""), "{junit}");
+}
+
+/// A failing expectation fails the run (exit 1) and says what differed.
+#[test]
+fn run_reports_a_mismatch() {
+    let dir = std::env::temp_dir().join(format!("portcullis-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let suite = dir.join("bad.suite.yaml");
+    std::fs::write(
+        &suite,
+        "configuration: x\ncases:\n  - name: wrong status\n    request: {headers: {x-probe: local}}\n    expect: {status: 200}\n  - name: asserts nothing\n    expect: {}\n",
+    )
+    .unwrap();
+    let out = Command::new(common::portcullis_cli())
+        .args(["run", suite.to_str().unwrap(), "--wasm"])
+        .arg(common::probe_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("status: expected 200, got 403"), "{stdout}");
+    assert!(stdout.contains("expects nothing"), "{stdout}");
+    assert!(
+        stdout.trim_end().ends_with("0 passed, 2 failed"),
+        "{stdout}"
+    );
+}
+
+/// `portcullis test --format junit` and `--min-coverage`.
+#[test]
+fn test_junit_and_min_coverage() {
+    let dir = scratch("junit");
+    let out = run(&["test", "ok.test.yaml", "--format", "junit"], &dir);
+    let xml = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{xml}");
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    assert!(xml.contains("<testcase classname="), "{xml}");
+    // Two rules, one of them guarded: 100% needs the guard seen true and false.
+    let out = run(&["test", "ok.test.yaml", "--min-coverage", "100"], &dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("coverage: "), "{stdout}");
+    let complete = stdout.contains("(100.0%)");
+    assert_eq!(out.status.success(), complete, "{stdout}");
+}

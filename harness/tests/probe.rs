@@ -262,3 +262,81 @@ fn a_module_without_an_abi_version_is_refused() {
         other => panic!("expected a load error, got {other:?}"),
     }
 }
+
+/// A gRPC server on loopback (HTTP/2, one unary method): answers `<path> got <message>`.
+fn grpc_server() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let (socket, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut connection = h2::server::handshake(socket).await.unwrap();
+                    while let Some(Ok((request, mut respond))) = connection.accept().await {
+                        let path = request.uri().path().to_owned();
+                        let mut body = request.into_body();
+                        let mut data = Vec::new();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                            data.extend_from_slice(&chunk);
+                        }
+                        let reply = format!(
+                            "{path} got {}",
+                            String::from_utf8_lossy(data.get(5..).unwrap_or_default())
+                        );
+                        let head = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .unwrap();
+                        let mut send = respond.send_response(head, false).unwrap();
+                        let mut framed = vec![0];
+                        framed.extend_from_slice(&(reply.len() as u32).to_be_bytes());
+                        framed.extend_from_slice(reply.as_bytes());
+                        send.send_data(framed.into(), false).unwrap();
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        send.send_trailers(trailers).unwrap();
+                    }
+                });
+            }
+        });
+    });
+    addr
+}
+
+#[test]
+fn grpc_calls_are_forwarded_to_a_real_server() {
+    let addr = grpc_server();
+    let host = Host::new();
+    host.on_grpc_in("grpc", "probe.Probe/Echo", move |_| {
+        GrpcReply::Forward(addr)
+    });
+    let mut vm = start(&host);
+    let ex = vm
+        .request(&HttpRequest::get("/").header("x-probe", "grpc=grpc"))
+        .unwrap();
+    has(
+        &ex,
+        "grpc closed: status 0, message \"\", response \"/probe.Probe/Echo got ping\"",
+    );
+    // Nobody listening: UNAVAILABLE, as Envoy reports a connection failure.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    host.on_grpc_in("grpc", "probe.Probe/Echo", move |_| {
+        GrpcReply::Forward(closed)
+    });
+    let ex = vm
+        .request(&HttpRequest::get("/").header("x-probe", "grpc=grpc"))
+        .unwrap();
+    has(&ex, "grpc closed: status 14, message \"\", response none");
+}

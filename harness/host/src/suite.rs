@@ -243,8 +243,8 @@ pub struct Expectation {
     /// What the upstream received: `reached` (whether the request got there), `headers`
     /// (a value or `null` for absent), `body`.
     pub upstream: Option<UpstreamExpectation>,
-    /// Substrings that must appear, in this order, in the plugin's log lines (this VM,
-    /// during the case).
+    /// Substrings that must appear, in this order, in the plugin's log lines (from the VM's
+    /// start-up to the end of the case).
     #[serde(default)]
     pub logs: Vec<String>,
     /// Substrings no log line may contain.
@@ -515,7 +515,6 @@ fn run_case(
     let mut vm = Vm::start(&host, module, options).map_err(|e| e.to_string())?;
     let upstream = case.upstream.as_ref().or(suite.upstream.as_ref());
     let request = build_request(&case.request, upstream)?;
-    let logs_before = host.logs().len();
     let grpc_before = host.grpc_calls().len();
     let http_before = host.http_calls().len();
     let mut exchange = None;
@@ -527,12 +526,7 @@ fn run_case(
             .map_err(|e| e.to_string())?;
     }
     let ex = exchange.ok_or("no request was sent")?;
-    let logs: Vec<String> = host
-        .logs()
-        .into_iter()
-        .skip(logs_before)
-        .map(|l| l.message)
-        .collect();
+    let logs: Vec<String> = host.logs().into_iter().map(|l| l.message).collect();
     let mut failures = Vec::new();
     let e = &case.expect;
     if let Some(s) = e.status {

@@ -97,3 +97,12 @@ pub fn portcullis_cli() -> PathBuf {
 pub fn probe() -> WasmModule {
     wasm("portcullis-test-probe")
 }
+
+/// The probe's `.wasm` path (built once, like [`wasm`]).
+pub fn probe_path() -> PathBuf {
+    let _ = probe();
+    match std::env::var_os("PORTCULLIS_TEST_FILTERS_DIR") {
+        Some(dir) => PathBuf::from(dir).join("portcullis_test_probe.wasm"),
+        None => workspace_root().join("target/wasm32-wasip1/release/portcullis_test_probe.wasm"),
+    }
+}
