@@ -72,7 +72,7 @@ fn bodies_come_in_chunks_then_an_empty_end_of_stream() {
 
 #[test]
 fn a_buffering_filter_gets_the_whole_body_at_the_end() {
-    let (_, ex) = probe(HttpRequest::post("/", "hello"), "buffer,body");
+    let (_, ex) = probe(HttpRequest::post("/", "hello"), "buffer,body,append");
     has(&ex, "request body size 5 eos false");
     has(&ex, "request body size 5 eos true");
     has(&ex, "request body read: status 0 \"hello\"");

@@ -53,12 +53,12 @@ pub(crate) fn stream_property(s: &StreamState, path: &str) -> Option<Result<Vec<
         "request.referer" => request_header("referer"),
         "request.useragent" => request_header("user-agent"),
         "request.id" => request_header("x-request-id"),
-        "request.headers" => {
-            if !request_headers {
-                return not_found;
-            }
-            Some(Ok(serialize_map(&joined(&s.request_headers))))
-        }
+        // A map Envoy no longer holds reads as an empty map (not NotFound).
+        "request.headers" => Some(Ok(serialize_map(&if request_headers {
+            joined(&s.request_headers)
+        } else {
+            Vec::new()
+        }))),
         "request.time" => int(s.start_ns as i64),
         "request.duration" => match s.request_complete_ns {
             Some(done) => int(done.saturating_sub(s.start_ns) as i64),
@@ -90,12 +90,11 @@ pub(crate) fn stream_property(s: &StreamState, path: &str) -> Option<Result<Vec<
             Some(d) => string(d),
             None => not_found,
         },
-        "response.headers" => {
-            if !response_headers {
-                return not_found;
-            }
-            Some(Ok(serialize_map(&joined(&s.response_headers))))
-        }
+        "response.headers" => Some(Ok(serialize_map(&if response_headers {
+            joined(&s.response_headers)
+        } else {
+            Vec::new()
+        }))),
         "response.trailers" => Some(Ok(serialize_map(&joined(&s.response_trailers)))),
         "response.size" => int(s.response_bytes as i64),
         "response.total_size" => int((s.response_bytes

@@ -1186,7 +1186,7 @@ impl Vm {
     pub fn finish_stream(&mut self, ctx: u32) -> Result<StreamState, VmError> {
         let now = self.store.data().now_ns();
         let st = self.stream_mut(ctx)?;
-        st.live = Live::default();
+        // What Envoy still holds (a part the plugin never continued) stays writable.
         st.phase = Phase::Log;
         st.request_complete_ns = Some(now);
         if let Some((headers, _)) = st.client_response.clone() {
@@ -1382,10 +1382,18 @@ impl Vm {
                 st.client_response_body.clone(),
             ),
         };
-        let response_headers = response_headers
+        let mut response_headers: Headers = response_headers
             .into_iter()
             .filter(|(k, _)| k != ":status")
             .collect();
+        // Envoy's HTTP/1.1 codec frames a response without a body: `content-length: 0`.
+        if response_body.is_empty()
+            && !response_headers
+                .iter()
+                .any(|(k, _)| k == "content-length" || k == "transfer-encoding")
+        {
+            response_headers.push(("content-length".into(), "0".into()));
+        }
         let logs = {
             let s = self.host.state();
             s.logs

@@ -4,7 +4,8 @@
 //! must log the same lines (envoy-examples/tests/host_differential_e2e_test.py).
 //!
 //! Actions: `phase` (touch maps and properties of the other phase), `body` (body
-//! callbacks: sizes, a read past the end, a write inside the body, an append at the end),
+//! callbacks: sizes, a read past the end, a write inside the body), `append` (append to the
+//! body at its end),
 //! `buffer` (buffer the body until its end), `trailers` (add a request trailer at the end of
 //! the body), `local` (a local reply), `local-twice` (two; the first must win),
 //! `callout=CLUSTER` / `callout-timeout=CLUSTER` (an HTTP callout, 1 s / 50 ms timeout),
@@ -283,6 +284,8 @@ impl Probe {
                 let status = raw::set_buffer(buffer, 1, 1, b"X");
                 log(format!("{which} body write inside: status {status}"));
             }
+        }
+        if self.has("append") && eos {
             let status = raw::set_buffer(buffer, size, 0, b" [probe]");
             log(format!("{which} body append: status {status}"));
         }
