@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::decision::{Decision, DenyReason, HeaderEdit, Outcome, Refusal};
 use crate::jwt::remote::{FetchRequest, JwksSync};
 use crate::jwt::{RemoteKeys, TokenCache};
+use crate::metrics;
 use crate::pipeline::{self, Env};
 use crate::ports::{Counters, Log as _};
 use crate::ratelimit::LocalTokens;
@@ -36,6 +37,13 @@ fn log(level: LogLevel, message: &str) {
 
 fn now() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_nanos(abi::now_nanos().unwrap_or(0))
+}
+
+/// Microseconds from `since` to now (0 if the clock went back).
+fn now_elapsed_micros(since: SystemTime) -> u64 {
+    now()
+        .duration_since(since)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// Per-VM state shared by the root context and its HTTP contexts (one thread per VM).
@@ -181,7 +189,7 @@ impl PortcullisRoot {
             for spec in sync.providers() {
                 if let Some(set) = remote_keys.get(&spec.provider) {
                     let fetched = u64::try_from(set.fetched_at).unwrap_or(0);
-                    let gauge = format!("portcullis.jwks.{}.keys_age_s", spec.provider);
+                    let gauge = metrics::JWKS_KEY_AGE.with(&[&spec.provider]);
                     counters.set_gauge(&gauge, now_s.saturating_sub(fetched));
                 }
             }
@@ -286,7 +294,7 @@ impl PortcullisRoot {
                     state.pending.remove(&context_id);
                     state
                         .counters
-                        .increment("portcullis.jwt.pending_timeout", 1);
+                        .increment(metrics::JWT_PENDING_TIMEOUTS.plain(), 1);
                     drop(state);
                     let deny = Decision::Deny(config.authenticator.keys_unavailable().answer());
                     apply(&config, &self.state, context_id, &deny);
@@ -343,9 +351,9 @@ impl HttpContext for PortcullisHttp {
             abi::send_local_response(u32::from(deny.status), &headers, &body);
             return Action::Pause;
         };
-        let view = request_view(&config);
         let now = now();
-        match run_pipeline(&config, &self.state, &view, now) {
+        let view = request_view(&config);
+        let action = match run_pipeline(&config, &self.state, &view, now) {
             Outcome::Decided(decision) => {
                 if apply(&config, &self.state, self.context_id, &decision) {
                     Action::Continue
@@ -365,7 +373,15 @@ impl HttpContext for PortcullisHttp {
                     .insert(self.context_id, (view, deadline));
                 Action::Pause
             }
-        }
+        };
+        // The decision-time histogram: reading the clock again and recording are two host
+        // calls that return nothing to the module (~0.5 µs together, docs/operations.md).
+        let micros = now_elapsed_micros(now);
+        self.state
+            .borrow_mut()
+            .counters
+            .record(metrics::DECISION_DURATION.plain(), micros);
+        action
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -550,6 +566,15 @@ impl Counters for HostCounters {
 
     fn set_gauge(&mut self, name: &str, value: u64) {
         if let Some(id) = self.id(name, MetricType::Gauge) {
+            abi::record_metric(id, value);
+        }
+    }
+}
+
+impl HostCounters {
+    /// One value into a histogram (Envoy keeps the distribution; there is nothing to sum).
+    fn record(&mut self, name: &str, value: u64) {
+        if let Some(id) = self.id(name, MetricType::Histogram) {
             abi::record_metric(id, value);
         }
     }

@@ -68,6 +68,7 @@ pub mod error;
 pub mod expr;
 mod guard_index;
 pub mod jwt;
+pub mod metrics;
 pub mod mode;
 pub mod pipeline;
 pub mod policy;

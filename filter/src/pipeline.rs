@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::decision::{Decision, Deny, DenyReason, HeaderEdit, Outcome, Refusal, Stop};
 use crate::expr::Activation;
 use crate::jwt::{AuthnEnv, AuthnOutcome, RemoteKeys, TokenCache, VerifiedToken};
+use crate::metrics;
 use crate::policy::Verdict;
 use crate::ports::{Counters, HostCrypto, Log, SharedStore};
 use crate::ratelimit::{LocalTokens, RateVerdict};
@@ -56,7 +57,7 @@ fn run(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Result<Deci
     let response_headers =
         rate_limit(config, &activation, env).map_err(|stop| stop.with_subject(subject()))?;
 
-    env.counters.increment("portcullis.allowed", 1);
+    env.counters.increment(metrics::DECISIONS_ALLOW, 1);
     if let Some(header) = &config.responses.decision_header {
         let value = match &rule {
             Some(rule) => format!("allow; rule={rule}"),
@@ -131,7 +132,7 @@ fn authorize(
     match config.policy.evaluate(activation, env.counters, env.log) {
         Verdict::Allow { rule } => Ok(rule),
         Verdict::Deny { rule, reason } => {
-            env.counters.increment("portcullis.denied", 1);
+            env.counters.increment(metrics::DECISIONS_DENY, 1);
             Err(Refusal::new(DenyReason::Forbidden(reason), rule).into())
         }
     }

@@ -192,7 +192,10 @@ fn shadow_policy_logs_and_counts_what_it_would_deny_but_allows() {
         matches!(out, Outcome::Decided(Decision::Allow { .. })),
         "{out:?}"
     );
-    assert_eq!(world.counters.get("portcullis.policy.shadow_denied"), 1);
+    assert_eq!(
+        world.counters.get("portcullis_policy_shadow_denials_total"),
+        1
+    );
     assert!(world
         .log
         .lines
