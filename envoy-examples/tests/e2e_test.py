@@ -106,10 +106,28 @@ class TourTest(EnvoyTestCase):
             return [line for line in self.envoy.log_text().splitlines() if line.startswith("access: ")]
         envoyproc.eventually(lambda: any("access-log-default" in line for line in access_lines()), timeout=15)
         access = access_lines()
-        self.assertIn("access: GET /api/access-log-allowed 200 decision=allow rule=api-reads error=- sub=alice", access)
-        self.assertIn("access: GET /api/access-log-denied 403 decision=deny rule=tenant-isolation error=forbidden sub=alice",
+        # The subject is pseudonymised as the example configures it (decision_log.subject: hmac).
+        key = envoyproc.bundled_config()["decision_log"]["subject_hmac_key"].encode()
+        alice_id, bob_id = (hmac.new(key, sub, hashlib.sha256).hexdigest() for sub in (b"alice", b"bob"))
+        self.assertIn(f"access: GET /api/access-log-allowed 200 decision=allow rule=api-reads error=- sub={alice_id}", access)
+        self.assertIn(f"access: GET /api/access-log-denied 403 decision=deny rule=tenant-isolation error=forbidden sub={alice_id}",
                       access)
-        self.assertIn("access: GET /admin/access-log-default 403 decision=deny rule=default error=forbidden sub=bob", access)
+        self.assertIn(f"access: GET /admin/access-log-default 403 decision=deny rule=default error=forbidden sub={bob_id}", access)
+        # The JSON access log: Envoy's facts under ECS names, the filter's record in `portcullis`.
+        records = [json.loads(line) for line in self.envoy.log_text().splitlines() if line.startswith('{"')]
+        denied = [r for r in records if r["url"]["original"] == "/api/access-log-denied"]
+        self.assertEqual(len(denied), 1, records[-3:])
+        self.assertEqual(denied[0]["http"]["response"]["status_code"], 403)
+        self.assertEqual(denied[0]["labels"]["route"], "catch-all")
+        self.assertEqual(denied[0]["source"]["address"], "127.0.0.1")
+        record = json.loads(denied[0]["portcullis"])
+        # Denied by the policy, so no limit was consulted; of the claims only `tenant` is listed.
+        self.assertEqual(record, {
+            "decision": "deny", "status": 403, "error": "forbidden", "rule": "tenant-isolation",
+            "request_id": denied[0]["http"]["request"]["id"],
+            "authn": {"provider": "local", "result": "ok"},
+            "subject": alice_id, "claims": {"tenant": "acme"},
+        })
 
     def test_upstream_sees_claim_headers_and_not_the_token(self):
         alice = mint.mint(KEYS, mint.SAMPLES["alice (admin, tenant acme)"])

@@ -6,6 +6,7 @@ mod abi;
 use crate::bytes;
 use crate::config::Config;
 use crate::decision::{Decision, DenyReason, HeaderEdit, Outcome, Refusal};
+use crate::decision_log::Recording;
 use crate::jwt::remote::{FetchRequest, JwksSync};
 use crate::jwt::{RemoteKeys, TokenCache};
 use crate::metrics;
@@ -282,9 +283,11 @@ impl PortcullisRoot {
                 self.state.borrow_mut().pending.remove(&context_id);
                 continue;
             }
-            match run_pipeline(&config, &self.state, &view, now) {
+            let (outcome, events) = run_pipeline(&config, &self.state, &view, now);
+            match outcome {
                 Outcome::Decided(decision) => {
                     self.state.borrow_mut().pending.remove(&context_id);
+                    log_decision(&config, &decision, &events, &view);
                     if apply(&config, &self.state, context_id, &decision) {
                         abi::continue_request();
                     }
@@ -297,6 +300,7 @@ impl PortcullisRoot {
                         .increment(metrics::JWT_PENDING_TIMEOUTS.plain(), 1);
                     drop(state);
                     let deny = Decision::Deny(config.authenticator.keys_unavailable().answer());
+                    log_decision(&config, &deny, &events, &view);
                     apply(&config, &self.state, context_id, &deny);
                 }
                 Outcome::KeysPending { .. } => {}
@@ -353,8 +357,10 @@ impl HttpContext for PortcullisHttp {
         };
         let now = now();
         let view = request_view(&config);
-        let action = match run_pipeline(&config, &self.state, &view, now) {
+        let (outcome, events) = run_pipeline(&config, &self.state, &view, now);
+        let action = match outcome {
             Outcome::Decided(decision) => {
+                log_decision(&config, &decision, &events, &view);
                 if apply(&config, &self.state, self.context_id, &decision) {
                     Action::Continue
                 } else {
@@ -418,12 +424,14 @@ fn request_view(config: &Config) -> RequestView {
     }
 }
 
+/// Runs the pipeline; with a decision log configured, also returns the names of the counters
+/// the request incremented (the record is read off them, decision_log.rs).
 fn run_pipeline(
     config: &Config,
     state: &Rc<RefCell<VmState>>,
     view: &RequestView,
     now: SystemTime,
-) -> Outcome {
+) -> (Outcome, Vec<String>) {
     let mut state = state.borrow_mut();
     let VmState {
         token_cache,
@@ -432,6 +440,15 @@ fn run_pipeline(
         counters,
         ..
     } = &mut *state;
+    let mut recording = Recording {
+        inner: counters,
+        events: Vec::new(),
+    };
+    let counters: &mut dyn Counters = if config.decision_log.enabled() {
+        &mut recording
+    } else {
+        recording.inner
+    };
     let mut env = Env {
         now,
         store: &abi::HostStore,
@@ -442,7 +459,26 @@ fn run_pipeline(
         counters,
         log: &mut HostLog,
     };
-    pipeline::decide(config, view, &mut env)
+    let outcome = pipeline::decide(config, view, &mut env);
+    (outcome, recording.events)
+}
+
+/// Writes the decision log record of a decided request, where configured.
+fn log_decision(config: &Config, decision: &Decision, events: &[String], view: &RequestView) {
+    let log = &config.decision_log;
+    if !log.enabled() {
+        return;
+    }
+    let record = log.record(decision, events, view.header("x-request-id"));
+    if log.to_filter_state() {
+        let _ = abi::set_property("portcullis.decision_log", &record);
+    }
+    if log.to_log() {
+        HostLog.log(
+            crate::ports::LogLevel::Info,
+            &format!("portcullis decision {record}"),
+        );
+    }
 }
 
 /// Carries out a decision on the current (effective) HTTP context; `true` if the request
