@@ -226,4 +226,27 @@ mod tests {
         assert_eq!(normalized("  // always\n  true \n"), "true");
         assert_eq!(normalized("a  &&\n b // c"), "a && b");
     }
+
+    proptest::proptest! {
+        /// Any text: no panic, and every reference is the text at its offset.
+        #[test]
+        fn references_point_at_themselves(source in "\\PC{0,80}") {
+            for r in references(&source) {
+                proptest::prop_assert_eq!(source.get(r.offset..r.offset + r.name.len()), Some(r.name.as_str()));
+            }
+            let _ = normalized(&source);
+            let _ = string_literals(&source);
+        }
+
+        /// A name embedded in code is found wherever it stands; inside a string it is not.
+        #[test]
+        fn embedded_names_are_found_outside_strings(prefix in "[ (!]{0,3}", field in "[a-z_]{1,8}") {
+            let name = format!("response.{field}");
+            let code = format!("{prefix}{name} == 1");
+            let found = references(&code);
+            proptest::prop_assert_eq!(found.first().map(|r| r.name.clone()), Some(name.clone()));
+            let quoted = format!("\"{name}\" == x");
+            proptest::prop_assert!(references(&quoted).is_empty());
+        }
+    }
 }
