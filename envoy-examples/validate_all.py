@@ -40,6 +40,22 @@ def insecure_connection_managers(docs):
     return found
 
 
+# The tag-extraction rules that give the filter's metrics their labels (filter/src/metrics.rs).
+STATS_TAGS = [d for d in yaml.safe_load((HERE / "observability" / "stats_tags.yaml").read_text())]
+
+
+def manifest_stats_tags(docs):
+    """The stats_tags a manifest merges into Envoy's bootstrap: an Istio bootstrap-override
+    ConfigMap or an Envoy Gateway EnvoyProxy; None if it carries none."""
+    for d in docs:
+        if d.get("kind") == "ConfigMap" and "custom_bootstrap.json" in d.get("data", {}):
+            return json.loads(d["data"]["custom_bootstrap.json"]).get("stats_config", {}).get("stats_tags")
+        if d.get("kind") == "EnvoyProxy":
+            bootstrap = yaml.safe_load(d.get("spec", {}).get("bootstrap", {}).get("value", "")) or {}
+            return bootstrap.get("stats_config", {}).get("stats_tags")
+    return None
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--envoy", required=True)
@@ -49,7 +65,9 @@ def main():
     a = p.parse_args()
     plugin = json.loads(Path(a.plugin_config).read_text())
     failures, checked = 0, 0
-    for path in sorted([*HERE.rglob("*.yaml"), *(HERE.parent / "benches" / "envoy").glob("*.envoy.yaml")]):
+    # observability/ holds the stats tags, alert rules and dashboard, checked by their own tests.
+    configs = [p for p in HERE.rglob("*.yaml") if "observability" not in p.relative_to(HERE).parts]
+    for path in sorted([*configs, *(HERE.parent / "benches" / "envoy").glob("*.envoy.yaml")]):
         text = path.read_text()
         docs = [d for d in yaml.safe_load_all(text.replace("{{", "__").replace("}}", "__")) if d]
         if any(isinstance(d, dict) and "static_resources" in d for d in docs):
@@ -64,6 +82,9 @@ def main():
                 ok = False
                 print(f"  HttpConnectionManager(s) {insecure} lack the settings docs/security.md requires: "
                       f"{SECURE_HCM}")
+            if "root_id: portcullis" in text and docs[0].get("stats_config", {}).get("stats_tags") != STATS_TAGS:
+                ok = False
+                print("  stats_config.stats_tags differs from envoy-examples/observability/stats_tags.yaml")
             print(f"{'ok  ' if ok else 'FAIL'} envoy --mode validate {path.relative_to(HERE.parent)}")
             if not ok:
                 print(r.stdout[-3000:], r.stderr[-3000:])
@@ -75,6 +96,10 @@ def main():
                 if plugin_kind in kinds and settings_kind not in kinds:
                     ok = False
                     print(f"  {plugin_kind} without the {settings_kind} that docs/security.md requires")
+            if kinds & {"WasmPlugin", "EnvoyExtensionPolicy"} and manifest_stats_tags(docs) != STATS_TAGS:
+                ok = False
+                print("  no bootstrap stats_tags equal to envoy-examples/observability/stats_tags.yaml "
+                      "(Istio: ConfigMap custom_bootstrap.json; Envoy Gateway: EnvoyProxy bootstrap)")
             for d in docs:
                 spec = d.get("spec", {}) if isinstance(d, dict) else {}
                 configs = [spec.get("pluginConfig")] if d.get("kind") == "WasmPlugin" else \

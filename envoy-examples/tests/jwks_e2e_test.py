@@ -64,7 +64,7 @@ class RemoteJwksRunning(unittest.TestCase):
         # Four VMs (main + 2 workers, and the main thread's second configure): one fetch,
         # or two if two VMs raced on the very first lease (documented in docs/jwt.md).
         self.assertIn(self.upstream.jwks_fetches(), (1, 2))
-        age = "wasmcustom.portcullis.jwks.local.keys_age_s"
+        age = "wasmcustom.portcullis_jwks_key_age_seconds.provider.local"
         self.assertTrue(eventually(lambda: age in self.envoy.stats(age), timeout=5), "the key-age gauge is published")
         self.assertLess(self.envoy.stats(age)[age], 60)
 
@@ -75,7 +75,7 @@ class RemoteJwksRunning(unittest.TestCase):
         self.envoy = envoyproc.Envoy(config, self.upstream.port, concurrency=2)
         self.assertEqual(self.status(mint.mint(KEYS, {"sub": "alice"})), 200)
         self.assertGreaterEqual(self.upstream.jwks_fetches(), 1)
-        ok = "wasmcustom.portcullis.jwks.local.discovery_ok"
+        ok = "wasmcustom.portcullis_jwks_fetches_total.provider.local.result.discovery_ok"
         self.assertTrue(eventually(lambda: sum(v or 0 for v in self.envoy.stats(ok).values()) >= 1, timeout=5))
 
     def test_rotated_keys_are_fetched_when_a_token_names_an_unknown_kid(self):
@@ -138,7 +138,7 @@ class RemoteJwksRunning(unittest.TestCase):
         self.assertEqual(self.status(unknown), 401)
         time.sleep(1)
         self.assertEqual(self.status(token), 200)
-        failed = "wasmcustom.portcullis.jwks.local.fetch_failed"
+        failed = "wasmcustom.portcullis_jwks_fetches_total.provider.local.result.failed"
         self.assertTrue(eventually(lambda: sum(v or 0 for v in self.envoy.stats(failed).values()) >= 1, timeout=5),
                         "fetch failures are counted")
 

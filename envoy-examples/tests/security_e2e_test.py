@@ -138,9 +138,9 @@ class FilterAloneTest(Running):
                 self.assertEqual(status, 400, body[:200])
                 self.assertEqual(json.loads(body)["error"], "invalid_request")
                 self.assertEqual(hdrs.get("content-type"), "application/json")
-        rejected = "wasmcustom.portcullis.request.path_rejected"
+        rejected = "wasmcustom.portcullis_requests_rejected_total.reason."
         self.assertTrue(envoyproc.eventually(
-            lambda: (self.envoy.stats(rejected).get(rejected) or 0) >= len(BYPASS_PATHS), timeout=5))
+            lambda: sum(v or 0 for v in self.envoy.stats(rejected).values()) >= len(BYPASS_PATHS), timeout=5))
 
     def test_normal_paths_still_pass(self):
         status, _, body = self.get("/public/index.html")
@@ -226,8 +226,9 @@ class KeyFloodTest(unittest.TestCase):
         rss_after = envoy_rss_kb(self.envoy.proc.pid)
         fresh = [raw(self.envoy.base, "/public/x", [("x-client-id", f"fresh-client-{i}")])[0] for i in range(20)]
         self.assertEqual(fresh, [200] * 20)
-        stats = self.envoy.stats("wasmcustom.portcullis.ratelimit.per-client-public")
-        evicted = stats.get("wasmcustom.portcullis.ratelimit.per-client-public.evicted") or 0
+        events = "wasmcustom.portcullis_ratelimit_bucket_events_total.limit.per-client-public.event."
+        stats = self.envoy.stats(events)
+        evicted = stats.get(events + "evicted") or 0
         self.assertGreater(evicted, 0, f"the table filled up and gave slots up: {stats}")
         growth_mb = (rss_after - rss_before) / 1024
         print(f"\nflood: {total} keys in {run} wrk runs; RSS {rss_before / 1024:.1f} -> {rss_after / 1024:.1f} MB; "

@@ -20,6 +20,7 @@
 
 use crate::decision::{DenyReason, Refusal};
 use crate::expr::{hex_digit, Expr};
+use crate::metrics;
 use crate::ports::Counters;
 use crate::request::RequestView;
 use cel::common::ast::{Expr as Ast, IdedExpr, LiteralValue};
@@ -362,22 +363,18 @@ impl RequestCheck {
     pub fn check(&self, request: &RequestView, counters: &mut dyn Counters) -> Result<(), Refusal> {
         if self.path == PathCheck::Reject {
             if let Err(violation) = check_path(request.path()) {
-                counters.increment("portcullis.request.path_rejected", 1);
-                counters.increment(
-                    &format!("portcullis.request.path_rejected.{}", violation.cause()),
-                    1,
-                );
+                counters.increment(&metrics::REQUESTS_REJECTED.with(&[violation.cause()]), 1);
                 return Err(invalid_request(violation.reason().to_owned()));
             }
         }
         if let Some(name) = self.repeated_header(request) {
-            counters.increment("portcullis.request.repeated_header", 1);
+            counters.increment(metrics::REQUESTS_REJECTED_REPEATED_HEADER, 1);
             return Err(invalid_request(format!(
                 "the header `{name}` is given more than once"
             )));
         }
         if let Some(name) = self.repeated_param(request) {
-            counters.increment("portcullis.request.repeated_query_param", 1);
+            counters.increment(metrics::REQUESTS_REJECTED_REPEATED_QUERY_PARAM, 1);
             return Err(invalid_request(format!(
                 "the query parameter `{name}` is given more than once"
             )));
@@ -646,9 +643,8 @@ mod tests {
         let check = RequestCheck::compile(&RequestConfig::default(), []);
         let deny = check.check(&bad, &mut counters).unwrap_err().answer();
         assert_eq!(deny.status, 400);
-        assert_eq!(counters.get("portcullis.request.path_rejected"), 1);
         assert_eq!(
-            counters.get("portcullis.request.path_rejected.dot_segment"),
+            counters.get("portcullis_requests_rejected_total.reason.dot_segment"),
             1
         );
         let off = RequestConfig {

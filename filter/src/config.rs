@@ -3,6 +3,7 @@
 
 use crate::attributes::Attribute;
 use crate::canonical::{RequestCheck, RequestConfig};
+use crate::decision_log::{DecisionLog, DecisionLogConfig};
 pub use crate::error::ConfigError;
 use crate::jwt::{Authenticator, JwtConfig};
 use crate::policy::{Policy, PolicyConfig};
@@ -24,6 +25,9 @@ pub struct PluginConfig {
     pub responses: ResponseConfig,
     #[serde(default)]
     pub request: RequestConfig,
+    /// One JSON record per request, and what may be logged of a token (decision_log.rs).
+    #[serde(default)]
+    pub decision_log: Option<DecisionLogConfig>,
 }
 
 /// How answers look.
@@ -54,6 +58,7 @@ pub struct Config {
     pub request_check: RequestCheck,
     /// Host attributes some expression reads: the shell fetches exactly these per request.
     pub host_attributes: BTreeSet<Attribute>,
+    pub decision_log: DecisionLog,
 }
 
 impl Config {
@@ -67,6 +72,7 @@ impl Config {
         let authenticator = Authenticator::compile(&plugin.jwt)?;
         let policy = Policy::compile(&plugin.policy)?;
         let rate_limiter = RateLimiter::compile(&plugin.rate_limits)?;
+        let decision_log = DecisionLog::compile(plugin.decision_log.as_ref())?;
         let host_attributes = authenticator
             .host_attributes()
             .into_iter()
@@ -87,6 +93,7 @@ impl Config {
             rate_limiter,
             responses: plugin.responses.clone(),
             host_attributes,
+            decision_log,
         })
     }
 }

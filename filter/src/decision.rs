@@ -6,6 +6,7 @@
 //! status, headers, body fields and access-log facts of every refusal live there and only
 //! there.
 
+use crate::decision_log::TokenFacts;
 use crate::jwt::claims::sanitize;
 use crate::jwt::invalid::Invalid;
 use serde::Serialize;
@@ -22,6 +23,8 @@ pub enum Decision {
         response_headers: Vec<(String, String)>,
         /// Facts for Envoy's access logs (filter state `wasm.<name>`), if configured.
         filter_state: Vec<(&'static str, String)>,
+        /// What the decision log may say about the verified token, if logging is configured.
+        token: Option<TokenFacts>,
     },
     /// Answer locally; the request never reaches the upstream.
     Deny(Deny),
@@ -37,9 +40,10 @@ pub struct Deny {
     /// The rule or limit that decided, if any (may be hidden from the body by configuration).
     pub rule: Option<String>,
     pub headers: Vec<(String, String)>,
-    /// The verified token's `sub`, when a policy or a limit refused an authenticated request:
-    /// for the access log (filter state), never for the body.
-    pub subject: Option<String>,
+    /// What may be logged about the verified token (its subject as configured, listed
+    /// claims), when a policy or a limit refused an authenticated request: for the access log
+    /// and the decision log, never for the body.
+    pub token: Option<TokenFacts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,8 +78,11 @@ impl Deny {
             ("portcullis.rule", self.log_rule().to_owned()),
             ("portcullis.error", self.error.to_owned()),
         ];
-        if let Some(subject) = &self.subject {
-            facts.push(("portcullis.jwt_sub", subject.clone()));
+        if let Some(token) = &self.token {
+            facts.push(("portcullis.jwt_provider", token.provider.clone()));
+            if let Some(subject) = &token.subject {
+                facts.push(("portcullis.jwt_sub", subject.clone()));
+            }
         }
         facts
     }
@@ -119,10 +126,10 @@ pub enum Stop {
 }
 
 impl Stop {
-    /// Attaches the verified token's subject to a refusal, for the access log.
-    pub fn with_subject(self, subject: Option<String>) -> Stop {
+    /// Attaches what may be logged of the verified token to a refusal, for the logs.
+    pub fn with_token(self, token: Option<TokenFacts>) -> Stop {
         match self {
-            Stop::Deny(refusal) => Stop::Deny(Refusal { subject, ..refusal }),
+            Stop::Deny(refusal) => Stop::Deny(Refusal { token, ..refusal }),
             pending => pending,
         }
     }
@@ -149,8 +156,8 @@ pub struct Refusal {
     pub reason: DenyReason,
     /// The rule, requirement rule or limit that decided, if any.
     pub rule: Option<String>,
-    /// The verified token's `sub`, for the access log only.
-    pub subject: Option<String>,
+    /// What may be logged of the verified token, for the logs only.
+    pub token: Option<TokenFacts>,
 }
 
 /// Why a request is refused: one variant per row of the README's outcome table.
@@ -212,7 +219,7 @@ impl Refusal {
         Refusal {
             reason,
             rule,
-            subject: None,
+            token: None,
         }
     }
 
@@ -282,7 +289,7 @@ impl Refusal {
             reason,
             rule: self.rule,
             headers,
-            subject: self.subject,
+            token: self.token,
         }
     }
 }

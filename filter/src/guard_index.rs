@@ -583,7 +583,7 @@ mod consumers {
             let (_, rule) = authenticator.requirement_for(&Activation::new(req), &mut counters);
             (
                 rule.map(str::to_owned),
-                counters.get("portcullis.jwt.requirement_error"),
+                counters.get("portcullis_jwt_requirement_errors_total"),
             )
         };
         let get = |path| request(&[(":method", "GET"), (":path", path), ("x", "z")]);
@@ -639,19 +639,43 @@ mod consumers {
             check(&svc("/other"), &mut counters),
             RateVerdict::Admit { .. }
         ));
-        assert_eq!(counters.get("portcullis.ratelimit.svc-42.admitted"), 1);
-        assert_eq!(counters.get("portcullis.ratelimit.svc-42.limited"), 1);
-        assert_eq!(counters.get("portcullis.ratelimit.svc-43.admitted"), 1);
-        assert_eq!(counters.get("portcullis.ratelimit.svc-44.admitted"), 0);
-        assert_eq!(counters.get("portcullis.ratelimit.all.admitted"), 3);
+        assert_eq!(
+            counters.get("portcullis_ratelimit_total.limit.svc-42.result.admitted"),
+            1
+        );
+        assert_eq!(
+            counters.get("portcullis_ratelimit_total.limit.svc-42.result.limited"),
+            1
+        );
+        assert_eq!(
+            counters.get("portcullis_ratelimit_total.limit.svc-43.result.admitted"),
+            1
+        );
+        assert_eq!(
+            counters.get("portcullis_ratelimit_total.limit.svc-44.result.admitted"),
+            0
+        );
+        assert_eq!(
+            counters.get("portcullis_ratelimit_total.limit.all.result.admitted"),
+            3
+        );
         // No `:path`: every guarded limit applies (fail closed) and counts its error.
         let mut counters = MemoryCounters::default();
         let no_path = request(&[(":method", "GET"), ("k", "b")]);
         let verdict = check(&no_path, &mut counters);
         assert!(matches!(verdict, RateVerdict::Admit { .. }), "{verdict:?}");
-        assert_eq!(counters.get("portcullis.ratelimit.svc-0.errors"), 1);
-        assert_eq!(counters.get("portcullis.ratelimit.svc-99.errors"), 1);
-        assert_eq!(counters.get("portcullis.ratelimit.svc-99.admitted"), 1);
+        assert_eq!(
+            counters.get("portcullis_ratelimit_total.limit.svc-0.result.error"),
+            1
+        );
+        assert_eq!(
+            counters.get("portcullis_ratelimit_total.limit.svc-99.result.error"),
+            1
+        );
+        assert_eq!(
+            counters.get("portcullis_ratelimit_total.limit.svc-99.result.admitted"),
+            1
+        );
     }
 }
 

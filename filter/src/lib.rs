@@ -33,6 +33,7 @@
 //! | --- | --- |
 //! | [`pipeline`] | `decide`: the stages in order |
 //! | [`decision`] | what the core decides: `Decision`, `Outcome`, `Stop`, `DenyReason` |
+//! | [`decision_log`] | one JSON record per request for a SIEM; what may be logged of a token |
 //! | [`request`] | the request view the shell builds |
 //! | [`attributes`] | the attribute table: names, CEL types, sources |
 //! | [`canonical`] | refusals before any policy reads the request |
@@ -42,6 +43,7 @@
 //! | [`ratelimit`] | shared token buckets |
 //! | [`config`], [`error`], [`mode`] | configuration, why it is refused, enforce/shadow |
 //! | [`ports`], [`wire`], [`bytes`] | narrow ports; host wire formats; fast equality |
+//! | [`metrics`] | every metric's name and labels; Envoy's tag-extraction rules |
 //! | `glue` (wasm32 only) | the proxy-wasm shell and its checked ABI layer |
 //!
 //! Non-goals: reading files (the Wasm VM can't; `portcullis bundle` inlines `.cel` files),
@@ -64,10 +66,12 @@ pub mod bytes;
 pub mod canonical;
 pub mod config;
 pub mod decision;
+pub mod decision_log;
 pub mod error;
 pub mod expr;
 mod guard_index;
 pub mod jwt;
+pub mod metrics;
 pub mod mode;
 pub mod pipeline;
 pub mod policy;

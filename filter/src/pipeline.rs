@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::decision::{Decision, Deny, DenyReason, HeaderEdit, Outcome, Refusal, Stop};
 use crate::expr::Activation;
 use crate::jwt::{AuthnEnv, AuthnOutcome, RemoteKeys, TokenCache, VerifiedToken};
+use crate::metrics;
 use crate::policy::Verdict;
 use crate::ports::{Counters, HostCrypto, Log, SharedStore};
 use crate::ratelimit::{LocalTokens, RateVerdict};
@@ -47,16 +48,23 @@ fn run(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Result<Deci
         mut request_headers,
     } = authenticate(config, request, env)?;
     let activation = Activation::new(request).with_jwt(token.as_deref().map(|t| &t.attributes));
-    let subject = || {
-        token
-            .as_deref()
-            .and_then(|t| string_claim(&t.attributes.claims, "sub"))
+    // What the logs may say about the token (subject as configured, listed claims): only
+    // computed when something is logged.
+    let logged = config.responses.filter_state || config.decision_log.enabled();
+    let token_facts = || {
+        token.as_deref().filter(|_| logged).map(|t| {
+            config
+                .decision_log
+                .token_facts(&t.provider, &t.attributes.claims)
+        })
     };
-    let rule = authorize(config, &activation, env).map_err(|stop| stop.with_subject(subject()))?;
+    let rule =
+        authorize(config, &activation, env).map_err(|stop| stop.with_token(token_facts()))?;
     let response_headers =
-        rate_limit(config, &activation, env).map_err(|stop| stop.with_subject(subject()))?;
+        rate_limit(config, &activation, env).map_err(|stop| stop.with_token(token_facts()))?;
+    let token_facts = token_facts();
 
-    env.counters.increment("portcullis.allowed", 1);
+    env.counters.increment(metrics::DECISIONS_ALLOW, 1);
     if let Some(header) = &config.responses.decision_header {
         let value = match &rule {
             Some(rule) => format!("allow; rule={rule}"),
@@ -71,10 +79,10 @@ fn run(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Result<Deci
             "portcullis.rule",
             rule.clone().unwrap_or_else(|| "default".into()),
         ));
-        if let Some(token) = &token {
+        if let Some(token) = &token_facts {
             filter_state.push(("portcullis.jwt_provider", token.provider.clone()));
-            if let Some(sub) = string_claim(&token.attributes.claims, "sub") {
-                filter_state.push(("portcullis.jwt_sub", sub));
+            if let Some(subject) = &token.subject {
+                filter_state.push(("portcullis.jwt_sub", subject.clone()));
             }
         }
     }
@@ -83,6 +91,7 @@ fn run(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Result<Deci
         request_headers,
         response_headers,
         filter_state,
+        token: token_facts,
     })
 }
 
@@ -131,7 +140,7 @@ fn authorize(
     match config.policy.evaluate(activation, env.counters, env.log) {
         Verdict::Allow { rule } => Ok(rule),
         Verdict::Deny { rule, reason } => {
-            env.counters.increment("portcullis.denied", 1);
+            env.counters.increment(metrics::DECISIONS_DENY, 1);
             Err(Refusal::new(DenyReason::Forbidden(reason), rule).into())
         }
     }
@@ -153,19 +162,6 @@ fn rate_limit(
     ) {
         RateVerdict::Admit { response_headers } => Ok(response_headers),
         RateVerdict::Limited(refusal) => Err(refusal.into()),
-    }
-}
-
-fn string_claim(claims: &cel::Value, name: &str) -> Option<String> {
-    let cel::Value::Map(map) = claims else {
-        return None;
-    };
-    match map
-        .map
-        .get(&cel::objects::Key::String(name.to_owned().into()))
-    {
-        Some(cel::Value::String(s)) => Some(s.to_string()),
-        _ => None,
     }
 }
 

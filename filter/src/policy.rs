@@ -26,6 +26,7 @@ use crate::attributes::Attribute;
 use crate::error::{valid_name, ConfigError};
 use crate::expr::{Activation, Expr, ExprSource};
 use crate::guard_index::{Candidates, GuardIndex};
+use crate::metrics;
 pub use crate::mode::Mode;
 use crate::ports::{Counters, Log, LogLevel};
 use serde::Deserialize;
@@ -90,13 +91,13 @@ struct RuleCounters {
 
 impl RuleCounters {
     fn new(name: &str) -> RuleCounters {
-        let c = |what: &str| format!("portcullis.rule.{name}.{what}");
+        let c = |what: &str| metrics::RULE_DECISIONS.with(&[name, what]);
         RuleCounters {
-            allowed: c("allowed"),
-            denied: c("denied"),
-            shadow_allowed: c("shadow_allowed"),
-            shadow_denied: c("shadow_denied"),
-            errors: c("errors"),
+            allowed: c("allow"),
+            denied: c("deny"),
+            shadow_allowed: c("shadow_allow"),
+            shadow_denied: c("shadow_deny"),
+            errors: c("error"),
         }
     }
 }
@@ -312,7 +313,7 @@ impl Policy {
         match (self.mode, verdict) {
             (Mode::Enforce, verdict) => verdict,
             (Mode::Shadow, Verdict::Deny { rule, .. }) => {
-                counters.increment("portcullis.policy.shadow_denied", 1);
+                counters.increment(metrics::POLICY_SHADOW_DENIALS.plain(), 1);
                 log.log(
                     LogLevel::Info,
                     &format!(
@@ -468,8 +469,14 @@ mod tests {
                 rule: Some("admin-pages".into())
             }
         );
-        assert_eq!(c.get("portcullis.rule.admin-pages.allowed"), 1);
-        assert_eq!(c.get("portcullis.rule.readers.allowed"), 0);
+        assert_eq!(
+            c.get("portcullis_rule_decisions_total.rule.admin-pages.decision.allow"),
+            1
+        );
+        assert_eq!(
+            c.get("portcullis_rule_decisions_total.rule.readers.decision.allow"),
+            0
+        );
 
         // The deny rule is listed after the allow rules, but wins.
         let (v, c) = run(
@@ -484,8 +491,14 @@ mod tests {
                 reason: "denied by rule block-delete".into()
             }
         );
-        assert_eq!(c.get("portcullis.rule.block-delete.denied"), 1);
-        assert_eq!(c.get("portcullis.rule.public.allowed"), 0);
+        assert_eq!(
+            c.get("portcullis_rule_decisions_total.rule.block-delete.decision.deny"),
+            1
+        );
+        assert_eq!(
+            c.get("portcullis_rule_decisions_total.rule.public.decision.allow"),
+            0
+        );
 
         // `when` false: the rule doesn't apply; the next allow rule decides.
         let user = token(&["dev"]);
@@ -531,7 +544,10 @@ mod tests {
                 reason: "rule deny-bad: evaluation error".into()
             }
         );
-        assert_eq!(c.get("portcullis.rule.deny-bad.errors"), 1);
+        assert_eq!(
+            c.get("portcullis_rule_decisions_total.rule.deny-bad.decision.error"),
+            1
+        );
 
         // An allow condition that errors does not allow.
         let p = policy(json!({"rules": [
@@ -546,7 +562,10 @@ mod tests {
                 reason: "rule a: evaluation error".into()
             }
         );
-        assert_eq!(c.get("portcullis.rule.a.errors"), 1);
+        assert_eq!(
+            c.get("portcullis_rule_decisions_total.rule.a.decision.error"),
+            1
+        );
 
         // An error in `when` makes the rule apply: a deny rule then denies.
         let p = policy(json!({"rules": [
@@ -559,7 +578,10 @@ mod tests {
             matches!(v, Verdict::Deny { rule: Some(ref r), .. } if r == "w"),
             "{v:?}"
         );
-        assert_eq!(c.get("portcullis.rule.w.errors"), 1);
+        assert_eq!(
+            c.get("portcullis_rule_decisions_total.rule.w.decision.error"),
+            1
+        );
         let (v, _) = run(&p, &RequestView::new("GET", "/", &[("x-env", "dev")]), None);
         assert_eq!(
             v,
@@ -601,9 +623,18 @@ mod tests {
                 rule: Some("allow-get".into())
             }
         );
-        assert_eq!(c.get("portcullis.rule.would-deny.shadow_denied"), 1);
-        assert_eq!(c.get("portcullis.rule.would-allow.shadow_allowed"), 1);
-        assert_eq!(c.get("portcullis.rule.would-deny.denied"), 0);
+        assert_eq!(
+            c.get("portcullis_rule_decisions_total.rule.would-deny.decision.shadow_deny"),
+            1
+        );
+        assert_eq!(
+            c.get("portcullis_rule_decisions_total.rule.would-allow.decision.shadow_allow"),
+            1
+        );
+        assert_eq!(
+            c.get("portcullis_rule_decisions_total.rule.would-deny.decision.deny"),
+            0
+        );
 
         let (v, c) = run(&p, &RequestView::new("POST", "/", &[]), None);
         assert_eq!(
@@ -614,7 +645,10 @@ mod tests {
             },
             "a shadow allow does not allow"
         );
-        assert_eq!(c.get("portcullis.rule.would-allow.shadow_allowed"), 1);
+        assert_eq!(
+            c.get("portcullis_rule_decisions_total.rule.would-allow.decision.shadow_allow"),
+            1
+        );
     }
 
     #[test]
@@ -627,11 +661,14 @@ mod tests {
         .unwrap();
         let (v, c) = run(&p, &RequestView::new("POST", "/", &[]), None);
         assert_eq!(v, Verdict::Allow { rule: None });
-        assert_eq!(c.get("portcullis.policy.shadow_denied"), 1);
-        assert_eq!(c.get("portcullis.rule.no-post.denied"), 1);
+        assert_eq!(c.get("portcullis_policy_shadow_denials_total"), 1);
+        assert_eq!(
+            c.get("portcullis_rule_decisions_total.rule.no-post.decision.deny"),
+            1
+        );
         let (v, c) = run(&p, &RequestView::new("GET", "/", &[]), None);
         assert_eq!(v, Verdict::Allow { rule: None });
-        assert_eq!(c.get("portcullis.policy.shadow_denied"), 0);
+        assert_eq!(c.get("portcullis_policy_shadow_denials_total"), 0);
     }
 
     #[test]

@@ -37,6 +37,7 @@ use crate::decision::{DenyReason, RateLimited, Refusal};
 use crate::error::{valid_name, ConfigError};
 use crate::expr::{Activation, Expr, ExprSource};
 use crate::guard_index::GuardIndex;
+use crate::metrics;
 use crate::mode::Mode;
 use crate::ports::{Counters, SharedStore, StoreError};
 use serde::Deserialize;
@@ -153,16 +154,17 @@ struct LimitCounters {
 
 impl LimitCounters {
     fn new(name: &str) -> LimitCounters {
-        let c = |what: &str| format!("portcullis.ratelimit.{name}.{what}");
+        let c = |what: &str| metrics::RATELIMIT.with(&[name, what]);
+        let event = |what: &str| metrics::RATELIMIT_BUCKET_EVENTS.with(&[name, what]);
         LimitCounters {
             admitted: c("admitted"),
             limited: c("limited"),
             shadow_limited: c("shadow_limited"),
-            errors: c("errors"),
-            key_errors: c("key_errors"),
-            live_buckets: c("live_buckets"),
-            evicted: c("evicted"),
-            table_full: c("table_full"),
+            errors: c("error"),
+            key_errors: c("key_error"),
+            live_buckets: metrics::RATELIMIT_LIVE_BUCKETS.with(&[name]),
+            evicted: event("evicted"),
+            table_full: event("table_full"),
         }
     }
 }
@@ -563,11 +565,11 @@ impl RateLimiter {
         for _ in 0..MAX_CAS_ATTEMPTS {
             match self.attempt(&slots, store, local, now, counters) {
                 Some(verdict) => return verdict,
-                None => counters.increment("portcullis.ratelimit.cas_retry", 1),
+                None => counters.increment(metrics::RATELIMIT_CAS_RETRIES.plain(), 1),
             }
         }
         // Persistent contention or a failing store: refuse rather than admit unmetered.
-        counters.increment("portcullis.ratelimit.contention_exhausted", 1);
+        counters.increment(metrics::RATELIMIT_CONTENTION_EXHAUSTED.plain(), 1);
         let limit = slots.first().map(|s| s.limit.name.clone());
         RateVerdict::Limited(Refusal::new(DenyReason::Busy, limit))
     }
@@ -923,8 +925,14 @@ mod tests {
             .filter(|_| admitted(&run(&limiter, &store, &mut counters, "k", 10.0)))
             .count();
         assert_eq!(later, 5);
-        assert_eq!(counters.get("portcullis.ratelimit.per-key.admitted"), 11);
-        assert_eq!(counters.get("portcullis.ratelimit.per-key.limited"), 22);
+        assert_eq!(
+            counters.get("portcullis_ratelimit_total.limit.per-key.result.admitted"),
+            11
+        );
+        assert_eq!(
+            counters.get("portcullis_ratelimit_total.limit.per-key.result.limited"),
+            22
+        );
     }
 
     #[test]
@@ -1012,7 +1020,10 @@ mod tests {
         for _ in 0..5 {
             assert!(admitted(&run(&limiter, &store, &mut counters, "k", 0.0)));
         }
-        assert_eq!(counters.get("portcullis.ratelimit.s.shadow_limited"), 4);
+        assert_eq!(
+            counters.get("portcullis_ratelimit_total.limit.s.result.shadow_limited"),
+            4
+        );
     }
 
     #[test]
@@ -1031,7 +1042,7 @@ mod tests {
         for _ in 0..3 {
             assert!(admitted(&run(&skip, &store, &mut counters, "a", 0.0)));
         }
-        assert!(counters.get("portcullis.ratelimit.u.key_errors") >= 5);
+        assert!(counters.get("portcullis_ratelimit_total.limit.u.result.key_error") >= 5);
     }
 
     #[test]
@@ -1046,12 +1057,21 @@ mod tests {
         // One slot, `a` being limited: the table is truly full, `b` is not charged to `a`'s
         // bucket; `a` is forgotten (counted).
         assert!(admitted(&run(&limiter, &store, &mut counters, "b", 1.0)));
-        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 1);
+        assert_eq!(
+            counters.get("portcullis_ratelimit_bucket_events_total.limit.c.event.table_full"),
+            1
+        );
         assert!(!admitted(&run(&limiter, &store, &mut counters, "b", 1.5)));
         // Once `b`'s bucket is full again the slot is free: no counter moves.
         assert!(admitted(&run(&limiter, &store, &mut counters, "a", 12.0)));
-        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 1);
-        assert_eq!(counters.get("portcullis.ratelimit.c.evicted"), 0);
+        assert_eq!(
+            counters.get("portcullis_ratelimit_bucket_events_total.limit.c.event.table_full"),
+            1
+        );
+        assert_eq!(
+            counters.get("portcullis_ratelimit_bucket_events_total.limit.c.event.evicted"),
+            0
+        );
     }
 
     #[test]
@@ -1085,7 +1105,10 @@ mod tests {
             })
             .count();
         assert_eq!(fresh, 20);
-        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 0);
+        assert_eq!(
+            counters.get("portcullis_ratelimit_bucket_events_total.limit.c.event.table_full"),
+            0
+        );
         assert!(store.len() <= 4096, "memory stays bounded: {}", store.len());
     }
 
@@ -1108,10 +1131,16 @@ mod tests {
                 "{key}"
             );
         }
-        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 0);
+        assert_eq!(
+            counters.get("portcullis_ratelimit_bucket_events_total.limit.c.event.table_full"),
+            0
+        );
         // A fourth key finds every slot limiting its key: it gets a bucket of its own anyway.
         assert!(admitted(&run(&limiter, &store, &mut counters, "d", 1.0)));
-        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 1);
+        assert_eq!(
+            counters.get("portcullis_ratelimit_bucket_events_total.limit.c.event.table_full"),
+            1
+        );
     }
 
     #[test]
@@ -1127,8 +1156,14 @@ mod tests {
         assert!(admitted(&run(&limiter, &store, &mut counters, "b", 0.0)));
         // `c` takes `a`'s slot (the most tokens: `a` gets back one token at most), not `b`'s.
         assert!(admitted(&run(&limiter, &store, &mut counters, "c", 0.0)));
-        assert_eq!(counters.get("portcullis.ratelimit.c.evicted"), 1);
-        assert_eq!(counters.get("portcullis.ratelimit.c.table_full"), 0);
+        assert_eq!(
+            counters.get("portcullis_ratelimit_bucket_events_total.limit.c.event.evicted"),
+            1
+        );
+        assert_eq!(
+            counters.get("portcullis_ratelimit_bucket_events_total.limit.c.event.table_full"),
+            0
+        );
         assert!(!admitted(&run(&limiter, &store, &mut counters, "b", 0.0)));
     }
 
@@ -1202,7 +1237,7 @@ mod tests {
             at(0.0),
             &mut counters
         )));
-        assert_eq!(counters.get("portcullis.ratelimit.cas_retry"), 3);
+        assert_eq!(counters.get("portcullis_ratelimit_cas_retries_total"), 3);
         let store = Contended {
             inner: MemoryStore::default(),
             failures: std::cell::Cell::new(usize::MAX),
@@ -1214,7 +1249,10 @@ mod tests {
             at(0.0),
             &mut counters
         )));
-        assert_eq!(counters.get("portcullis.ratelimit.contention_exhausted"), 1);
+        assert_eq!(
+            counters.get("portcullis_ratelimit_contention_exhausted_total"),
+            1
+        );
     }
 
     #[test]
@@ -1229,7 +1267,10 @@ mod tests {
         assert!(limiter.sweep_due(&store, at(1.0)));
         assert!(!limiter.sweep_due(&store, at(1.0)));
         assert_eq!(limiter.sweep(&store, at(0.1), &mut counters), vec![3]);
-        assert_eq!(counters.get("portcullis.ratelimit.per-key.live_buckets"), 3);
+        assert_eq!(
+            counters.get("portcullis_ratelimit_live_buckets.limit.per-key"),
+            3
+        );
         // Half a token back per 0.25 s: full again (idle, expired) after 0.5 s.
         assert_eq!(limiter.sweep(&store, at(0.6), &mut counters), vec![0]);
         assert!(!limiter.sweep_due(&store, at(10.9)));
@@ -1292,8 +1333,14 @@ mod tests {
         // + one per refused request.
         assert_eq!(store.gets.get(), 1 + 1_000 + 50);
         assert_eq!(worker.held(), 0);
-        assert_eq!(counters.get("portcullis.ratelimit.big.admitted"), 10_000);
-        assert_eq!(counters.get("portcullis.ratelimit.big.limited"), 50);
+        assert_eq!(
+            counters.get("portcullis_ratelimit_total.limit.big.result.admitted"),
+            10_000
+        );
+        assert_eq!(
+            counters.get("portcullis_ratelimit_total.limit.big.result.limited"),
+            50
+        );
     }
 
     #[test]

@@ -111,7 +111,8 @@ fn a_valid_token_is_allowed_with_claim_headers_and_the_token_stripped() {
     };
     assert_eq!(rule.as_deref(), Some("reads"));
     assert!(filter_state.contains(&("portcullis.rule", "reads".into())));
-    assert!(filter_state.contains(&("portcullis.jwt_sub", "alice".into())));
+    // The subject is personal data: omitted unless `decision_log.subject` says otherwise.
+    assert!(!filter_state.iter().any(|(k, _)| *k == "portcullis.jwt_sub"));
     assert!(filter_state.contains(&("portcullis.jwt_provider", "local".into())));
     assert!(request_headers.contains(&HeaderEdit::Set("x-user".into(), "alice".into())));
     assert!(request_headers.contains(&HeaderEdit::Remove("authorization".into())));
@@ -192,7 +193,10 @@ fn shadow_policy_logs_and_counts_what_it_would_deny_but_allows() {
         matches!(out, Outcome::Decided(Decision::Allow { .. })),
         "{out:?}"
     );
-    assert_eq!(world.counters.get("portcullis.policy.shadow_denied"), 1);
+    assert_eq!(
+        world.counters.get("portcullis_policy_shadow_denials_total"),
+        1
+    );
     assert!(world
         .log
         .lines
@@ -263,4 +267,52 @@ fn tokens_from_query_parameters_and_cookies_are_stripped_too() {
         "cookie".into(),
         "theme=dark; lang=en".into()
     )));
+}
+
+#[test]
+fn the_subject_reaches_the_filter_state_only_as_configured() {
+    let subject_of = |decision_log: serde_json::Value| {
+        let config = config(json!({"decision_log": decision_log}));
+        let mut world = World::new();
+        let mut cache = config.authenticator.new_token_cache();
+        let auth = bearer();
+        let allowed = world.decide(
+            &config,
+            &mut cache,
+            &RequestView::new("GET", "/api/x", &[("authorization", &auth)]),
+        );
+        let denied = world.decide(
+            &config,
+            &mut cache,
+            &RequestView::new("DELETE", "/api/x", &[("authorization", &auth)]),
+        );
+        let Outcome::Decided(Decision::Allow { filter_state, .. }) = allowed else {
+            panic!("{allowed:?}")
+        };
+        let Outcome::Decided(Decision::Deny(deny)) = denied else {
+            panic!("{denied:?}")
+        };
+        let sub = |facts: &[(&str, String)]| {
+            facts
+                .iter()
+                .find(|(k, _)| *k == "portcullis.jwt_sub")
+                .map(|(_, v)| v.clone())
+        };
+        let allowed_sub = sub(&filter_state);
+        assert_eq!(
+            allowed_sub,
+            sub(&deny.filter_state()),
+            "allow and deny agree"
+        );
+        allowed_sub
+    };
+    assert_eq!(subject_of(json!({})), None);
+    assert_eq!(
+        subject_of(json!({"subject": "clear"})),
+        Some("alice".into())
+    );
+    let key = "k".repeat(32);
+    let pseudonym = subject_of(json!({"subject": "hmac", "subject_hmac_key": key})).unwrap();
+    assert_eq!(pseudonym.len(), 64);
+    assert!(!pseudonym.contains("alice"));
 }

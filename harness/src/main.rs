@@ -57,6 +57,7 @@ fn cli() -> Command {
         .subcommand_required(true)
         .arg_required_else_help(true)
         .subcommand(portcullis_tools::cli::bundle_command())
+        .subcommand(portcullis_tools::cli::lint_command())
         .subcommand(
             Command::new("test")
                 .about("Run *.test.yaml decision cases (directories are searched recursively)")
@@ -186,6 +187,7 @@ fn main() -> ExitCode {
     };
     let result = match matches.subcommand() {
         Some(("bundle", m)) => cmd_bundle(m),
+        Some(("lint", m)) => return ExitCode::from(portcullis_tools::cli::run_lint(m)),
         Some(("test", m)) => cmd_test(m),
         Some(("run", m)) => cmd_run(m),
         Some(("eval", m)) => cmd_eval(m),

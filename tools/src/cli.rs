@@ -1,6 +1,7 @@
 //! The `bundle` subcommand, shared by `portcullis` and `portcullis-config`.
 
 use crate::bundle;
+use crate::lint;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use std::path::Path;
 
@@ -69,4 +70,51 @@ pub fn write_output(output: Option<&str>, text: &str) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// `lint PATH... [--format text|json|sarif] [--deny-warnings]`.
+pub fn lint_command() -> Command {
+    Command::new("lint")
+        .about("Review configurations for risky settings (findings PC000…, docs/operations.md)")
+        .arg(
+            Arg::new("paths")
+                .value_name("PATH")
+                .required(true)
+                .num_args(1..)
+                .help(
+                    "configurations, Istio WasmPlugin / Envoy Gateway manifests, Envoy bootstraps",
+                ),
+        )
+        .arg(
+            Arg::new("format")
+                .long("format")
+                .value_name("FORMAT")
+                .value_parser(["text", "json", "sarif"])
+                .default_value("text")
+                .help("text (cargo-style), json, or sarif (code scanning)"),
+        )
+        .arg(
+            Arg::new("deny-warnings")
+                .long("deny-warnings")
+                .action(ArgAction::SetTrue)
+                .help("exit 1 on warnings too, not only on errors"),
+        )
+}
+
+/// Runs `lint` with the matches of [`lint_command`]; the process exit status.
+pub fn run_lint(m: &ArgMatches) -> u8 {
+    let options = lint::Options {
+        paths: m
+            .get_many::<String>("paths")
+            .into_iter()
+            .flatten()
+            .map(std::path::PathBuf::from)
+            .collect(),
+        format: m
+            .get_one::<String>("format")
+            .and_then(|f| f.parse().ok())
+            .unwrap_or_default(),
+        deny_warnings: m.get_flag("deny-warnings"),
+    };
+    lint::run(&options)
 }

@@ -5,9 +5,10 @@
 //! file references into the plugin configuration JSON, validated exactly as the filter's
 //! `on_configure` does; [`token`] signs test JWTs from a private JWKS. The harness
 //! (`portcullis-harness`) re-exports both; the `portcullis-config` binary is their CLI, used
-//! by `scripts/up.sh`.
+//! by `scripts/up.sh`. [`lint`] reviews configurations for risky settings (`portcullis lint`).
 
 pub mod bundle;
 pub mod cli;
+pub mod lint;
 pub mod locate;
 pub mod token;

@@ -14,6 +14,7 @@ fn cli() -> Command {
         .subcommand_required(true)
         .arg_required_else_help(true)
         .subcommand(cli::bundle_command())
+        .subcommand(cli::lint_command())
         .subcommand(
             Command::new("token")
                 .about("Sign a test JWT with a key of a private JWKS")
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
     let result = match matches.subcommand() {
         Some(("bundle", m)) => cli::run_bundle(m),
         Some(("token", m)) => cmd_token(m),
+        Some(("lint", m)) => return ExitCode::from(cli::run_lint(m)),
         _ => Err("unknown command".to_owned()),
     };
     match result {

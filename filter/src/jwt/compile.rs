@@ -5,6 +5,7 @@ use super::*;
 use crate::error::{valid_name, ConfigError};
 use crate::expr::Expr;
 use crate::guard_index::GuardIndex;
+use crate::metrics;
 use claims::{ClaimPath, ClaimRules, SubjectRule};
 use config::{JwksSource, ProviderConfig, RequirementConfig};
 use jws::json_depth_ok;
@@ -401,7 +402,8 @@ fn compile_provider(pc: &ProviderConfig, field: &str) -> Result<Provider, Config
             "give `exact` and/or `prefix`/`prefixes`",
         ));
     }
-    let counter = |suffix: &str| format!("portcullis.jwt.{name}.{suffix}");
+    let counter = |result: &str| metrics::JWT.with(&[&name, result]);
+    let cache = |result: &str| metrics::JWT_CACHE.with(&[&name, result]);
     Ok(Provider {
         rules: ClaimRules {
             issuer: pc.issuer.clone(),
@@ -423,9 +425,9 @@ fn compile_provider(pc: &ProviderConfig, field: &str) -> Result<Provider, Config
         c_ok: counter("ok"),
         c_missing: counter("missing"),
         c_multiple_tokens: counter("multiple_tokens"),
-        c_invalid: counter("invalid"),
-        c_cache_hit: counter("cache_hit"),
-        c_cache_miss: counter("cache_miss"),
+        c_invalid: format!("{}.reason.", counter("invalid")),
+        c_cache_hit: cache("hit"),
+        c_cache_miss: cache("miss"),
         c_keys_pending: counter("keys_pending"),
         c_keys_unavailable: counter("keys_unavailable"),
         name,

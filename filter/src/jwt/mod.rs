@@ -40,6 +40,7 @@ use crate::attributes::Attribute;
 use crate::decision::{DenyReason, HeaderEdit, Refusal};
 use crate::expr::{Activation, Expr, JwtAttributes};
 use crate::guard_index::GuardIndex;
+use crate::metrics;
 use crate::ports::{Counters, HostCrypto};
 use crate::request::RequestView;
 use claims::{check_claim_types, check_claims, header_value, unix_seconds, ClaimPath, ClaimRules};
@@ -236,7 +237,7 @@ impl Authenticator {
             match rule.when.eval_bool(activation) {
                 Ok(true) => return (&rule.require, Some(&rule.name)),
                 Ok(false) => {}
-                Err(_) => counters.increment("portcullis.jwt.requirement_error", 1),
+                Err(_) => counters.increment(metrics::JWT_REQUIREMENT_ERRORS.plain(), 1),
             }
         }
         (&self.default, None)
@@ -476,7 +477,7 @@ impl Authenticator {
                     env.remote_keys.request_refetch(&p.name);
                 }
                 env.counters
-                    .increment(&format!("{}.{}", p.c_invalid, invalid.code), 1);
+                    .increment(&format!("{}{}", p.c_invalid, invalid.code), 1);
                 ProviderResult::Invalid(invalid)
             }
         }

@@ -19,6 +19,7 @@
 
 use super::config::FetchTiming;
 use super::keys::{KeyPolicy, KeySet};
+use crate::metrics;
 use crate::ports::{Counters, LogLevel, SharedStore};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -381,7 +382,6 @@ impl JwksSync {
         let Some(in_flight) = p.in_flight.take() else {
             return Vec::new();
         };
-        let prefix = format!("portcullis.jwks.{provider}");
         let body = body.filter(|b| b.len() <= MAX_REMOTE_BYTES);
         let result = match (status, body) {
             (Some(200), Some(body)) => match in_flight.stage {
@@ -395,7 +395,7 @@ impl JwksSync {
         };
         match result {
             Ok(Step::Discovered((authority, path))) => {
-                counters.increment(&format!("{prefix}.discovery_ok"), 1);
+                counters.increment(&metrics::JWKS_FETCHES.with(&[provider, "discovery_ok"]), 1);
                 p.jwks_target = Some((authority.clone(), path.clone()));
                 let hold_ms = p
                     .spec
@@ -416,7 +416,7 @@ impl JwksSync {
                 }]
             }
             Ok(Step::Keys(set, body)) => {
-                counters.increment(&format!("{prefix}.fetch_ok"), 1);
+                counters.increment(&metrics::JWKS_FETCHES.with(&[provider, "ok"]), 1);
                 let failed_before = store
                     .get(&p.lease_key)
                     .and_then(|(v, _)| Lease::parse(&v))
@@ -428,7 +428,10 @@ impl JwksSync {
                     ));
                 }
                 if !set.skipped.is_empty() {
-                    counters.increment(&format!("{prefix}.keys_skipped"), set.skipped.len() as i64);
+                    counters.increment(
+                        &metrics::JWKS_KEYS_SKIPPED.with(&[provider]),
+                        set.skipped.len() as i64,
+                    );
                 }
                 let mut envelope = format!("{now_s} {}\n", p.source_tag).into_bytes();
                 envelope.extend_from_slice(body);
@@ -437,7 +440,7 @@ impl JwksSync {
                 }
                 keys.install(provider, set, now_s);
                 counters.set_gauge(
-                    &format!("{prefix}.keys"),
+                    &metrics::JWKS_KEYS.with(&[provider]),
                     keys.get(provider).map_or(0, |s| s.keys.keys.len() as u64),
                 );
                 release_lease(
@@ -453,7 +456,7 @@ impl JwksSync {
                 Vec::new()
             }
             Err(reason) => {
-                counters.increment(&format!("{prefix}.fetch_failed"), 1);
+                counters.increment(&metrics::JWKS_FETCHES.with(&[provider, "failed"]), 1);
                 // An OIDC provider may have moved its jwks_uri: rediscover next time.
                 if in_flight.stage == Stage::Jwks {
                     p.jwks_target = None;
@@ -682,7 +685,10 @@ mod tests {
                 &mut counters
             )
             .is_empty());
-        assert_eq!(counters.get("portcullis.jwks.p.fetch_ok"), 1);
+        assert_eq!(
+            counters.get("portcullis_jwks_fetches_total.provider.p.result.ok"),
+            1
+        );
         assert!(ka.get("p").is_some());
         // The other VM picks the set up from shared data, without fetching.
         assert!(b.poll(at(2), &store, &mut kb).is_empty());
@@ -734,7 +740,10 @@ mod tests {
             &mut ka,
             &mut counters,
         );
-        assert_eq!(counters.get("portcullis.jwks.p.fetch_failed"), 1);
+        assert_eq!(
+            counters.get("portcullis_jwks_fetches_total.provider.p.result.failed"),
+            1
+        );
         // Backoff is proxy-wide: neither VM retries immediately.
         assert!(a.poll(at(0), &store, &mut ka).is_empty());
         assert!(b.poll(at(0), &store, &mut kb).is_empty());
@@ -760,7 +769,7 @@ mod tests {
             &mut counters,
         );
         assert_eq!(
-            counters.get("portcullis.jwks.p.fetch_failed"),
+            counters.get("portcullis_jwks_fetches_total.provider.p.result.failed"),
             2,
             "unsolicited responses ignored"
         );
@@ -895,7 +904,10 @@ mod tests {
                 &mut counters
             )
             .is_empty());
-        assert_eq!(counters.get("portcullis.jwks.p.fetch_failed"), 1);
+        assert_eq!(
+            counters.get("portcullis_jwks_fetches_total.provider.p.result.failed"),
+            1
+        );
     }
 
     #[test]

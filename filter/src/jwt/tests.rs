@@ -184,11 +184,23 @@ fn valid_token_passes_with_header_edits_and_is_cached() {
         .iter()
         .position(|e| matches!(e, HeaderEdit::Set(h, _) if h == "x-jwt-sub"));
     assert!(remove < set);
-    assert_eq!(w.counters.get("portcullis.jwt.local.ok"), 1);
-    assert_eq!(w.counters.get("portcullis.jwt.local.cache_miss"), 1);
+    assert_eq!(
+        w.counters
+            .get("portcullis_jwt_total.provider.local.result.ok"),
+        1
+    );
+    assert_eq!(
+        w.counters
+            .get("portcullis_jwt_cache_total.provider.local.result.miss"),
+        1
+    );
     let (again, _) = pass(w.run(&a, &bearer(&t)));
     assert!(again.is_some());
-    assert_eq!(w.counters.get("portcullis.jwt.local.cache_hit"), 1);
+    assert_eq!(
+        w.counters
+            .get("portcullis_jwt_cache_total.provider.local.result.hit"),
+        1
+    );
     assert_eq!(w.cache.len(), 1);
     // Cached entries die with the token.
     w.now = UNIX_EPOCH + Duration::from_secs(NOW + 600 + 61);
@@ -218,7 +230,11 @@ fn missing_and_invalid_answers() {
             "Bearer realm=\"portcullis\"".to_owned()
         )]
     );
-    assert_eq!(w.counters.get("portcullis.jwt.local.missing"), 1);
+    assert_eq!(
+        w.counters
+            .get("portcullis_jwt_total.provider.local.result.missing"),
+        1
+    );
 
     let cases: Vec<(Value, &str)> = vec![
         (json!({"exp": NOW - 100}), "expired"),
@@ -249,8 +265,9 @@ fn missing_and_invalid_answers() {
         );
         assert!(!www.contains(&t) && !d.reason.contains(&t));
         assert_eq!(
-            w.counters
-                .get(&format!("portcullis.jwt.local.invalid.{code}")),
+            w.counters.get(&format!(
+                "portcullis_jwt_total.provider.local.result.invalid.reason.{code}"
+            )),
             1,
             "{code}"
         );
@@ -260,7 +277,8 @@ fn missing_and_invalid_answers() {
     let d = deny(w.run(&a, &bearer(&token(&no_sub))));
     assert_eq!(d.reason, "missing claim sub");
     assert_eq!(
-        w.counters.get("portcullis.jwt.local.invalid.missing_claim"),
+        w.counters
+            .get("portcullis_jwt_total.provider.local.result.invalid.reason.missing_claim"),
         1
     );
     assert_eq!(w.cache.len(), 0, "failures are never cached");
@@ -287,14 +305,26 @@ fn missing_and_invalid_answers() {
         b64url_encode(claims().to_string().as_bytes())
     );
     deny(w.run(&a, &bearer(&none)));
-    assert_eq!(w.counters.get("portcullis.jwt.local.invalid.alg_none"), 1);
+    assert_eq!(
+        w.counters
+            .get("portcullis_jwt_total.provider.local.result.invalid.reason.alg_none"),
+        1
+    );
     deny(w.run(&a, &bearer("garbage")));
     // The second: `sub: null` above.
-    assert_eq!(w.counters.get("portcullis.jwt.local.invalid.malformed"), 2);
+    assert_eq!(
+        w.counters
+            .get("portcullis_jwt_total.provider.local.result.invalid.reason.malformed"),
+        2
+    );
     // Too large.
     let big = "a".repeat(9000);
     deny(w.run(&a, &bearer(&big)));
-    assert_eq!(w.counters.get("portcullis.jwt.local.invalid.too_large"), 1);
+    assert_eq!(
+        w.counters
+            .get("portcullis_jwt_total.provider.local.result.invalid.reason.too_large"),
+        1
+    );
 }
 
 #[test]
@@ -358,9 +388,21 @@ fn a_disabled_cache_verifies_every_time_and_counts_no_cache_traffic() {
     pass(w.run_with(&a, &bearer(&t), &host));
     assert_eq!(host.calls.borrow().len(), 2, "verified twice");
     assert_eq!(w.cache.len(), 0);
-    assert_eq!(w.counters.get("portcullis.jwt.local.ok"), 2);
-    assert_eq!(w.counters.get("portcullis.jwt.local.cache_hit"), 0);
-    assert_eq!(w.counters.get("portcullis.jwt.local.cache_miss"), 0);
+    assert_eq!(
+        w.counters
+            .get("portcullis_jwt_total.provider.local.result.ok"),
+        2
+    );
+    assert_eq!(
+        w.counters
+            .get("portcullis_jwt_cache_total.provider.local.result.hit"),
+        0
+    );
+    assert_eq!(
+        w.counters
+            .get("portcullis_jwt_cache_total.provider.local.result.miss"),
+        0
+    );
 }
 
 #[test]
@@ -506,7 +548,8 @@ fn default_requirement_is_any_of_all_providers() {
     assert_eq!(tok.map(|t| t.provider.clone()).as_deref(), Some("other"));
     // The cheap issuer filter means no signature check for the non-matching provider.
     assert_eq!(
-        w.counters.get("portcullis.jwt.local.invalid.wrong_issuer"),
+        w.counters
+            .get("portcullis_jwt_total.provider.local.result.invalid.reason.wrong_issuer"),
         1
     );
     // No providers: nothing is required.
@@ -815,10 +858,14 @@ fn signed_tokens_repeating_a_member_are_refused_with_their_own_reason() {
     }
     assert_eq!(
         w.counters
-            .get("portcullis.jwt.local.invalid.duplicate_member"),
+            .get("portcullis_jwt_total.provider.local.result.invalid.reason.duplicate_member"),
         cases.len() as i64
     );
-    assert_eq!(w.counters.get("portcullis.jwt.local.ok"), 1);
+    assert_eq!(
+        w.counters
+            .get("portcullis_jwt_total.provider.local.result.ok"),
+        1
+    );
 }
 
 #[test]
@@ -848,12 +895,14 @@ fn signed_tokens_with_a_registered_claim_of_a_wrong_type_are_malformed() {
             assert!(d.reason.starts_with(name), "{name}: {}", d.reason);
         }
         assert_eq!(
-            w.counters.get("portcullis.jwt.local.invalid.malformed"),
+            w.counters
+                .get("portcullis_jwt_total.provider.local.result.invalid.reason.malformed"),
             cases.len() as i64
         );
         // Refused before the issuer filter, the signature and every other check.
         assert_eq!(
-            w.counters.get("portcullis.jwt.local.invalid.wrong_issuer"),
+            w.counters
+                .get("portcullis_jwt_total.provider.local.result.invalid.reason.wrong_issuer"),
             0
         );
         let mut good = claims();
@@ -1006,11 +1055,13 @@ fn more_than_one_token_is_an_invalid_request() {
         );
     }
     assert_eq!(
-        w.counters.get("portcullis.jwt.local.multiple_tokens"),
+        w.counters
+            .get("portcullis_jwt_total.provider.local.result.multiple_tokens"),
         several.len() as i64
     );
     assert_eq!(
-        w.counters.get("portcullis.jwt.local.ok"),
+        w.counters
+            .get("portcullis_jwt_total.provider.local.result.ok"),
         0,
         "no token was verified"
     );
@@ -1223,7 +1274,7 @@ mod jose_props {
             let mut w = World::new();
             let d = deny(w.run(&a, &RequestView::new("GET", &path, &pairs)));
             prop_assert_eq!(d.error, "invalid_request");
-            prop_assert_eq!(w.counters.get("portcullis.jwt.local.multiple_tokens"), 1);
+            prop_assert_eq!(w.counters.get("portcullis_jwt_total.provider.local.result.multiple_tokens"), 1);
         }
     }
 }
