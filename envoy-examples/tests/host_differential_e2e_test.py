@@ -89,6 +89,7 @@ REQUESTS = [
     ("unknown callout cluster", "GET", "/", {"x-probe": "callout=nowhere"}, None),
     ("gRPC to an unknown cluster", "GET", "/", {"x-probe": "grpc=nowhere"}, None),
     ("metrics and log level", "GET", "/", {"x-probe": "metrics,level"}, None),
+    ("shared data and CAS", "GET", "/", {"x-probe": "shared"}, None),
     ("gRPC local reply", "POST", "/probe.Probe/Echo", {"x-probe": "local", "content-type": "application/grpc"}, "x"),
     ("large body", "POST", "/upload", {"x-probe": "buffer"}, "a" * 40000),
 ]

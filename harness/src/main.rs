@@ -85,8 +85,8 @@ fn cli() -> Command {
                         .value_name("PCT")
                         .value_parser(clap::value_parser!(f64))
                         .help(
-                            "fail (exit 1) when fewer than PCT percent of the rules decided a \
-                             case (implies --coverage)",
+                            "fail (exit 1) when less than PCT percent of the rules and `when` \
+                             guards are covered (implies --coverage)",
                         ),
                 ),
         )

@@ -340,3 +340,13 @@ fn grpc_calls_are_forwarded_to_a_real_server() {
         .unwrap();
     has(&ex, "grpc closed: status 14, message \"\", response none");
 }
+
+#[test]
+fn shared_data_cas_as_envoy() {
+    let (_, ex) = probe(HttpRequest::get("/"), "shared");
+    has(&ex, "shared get: none cas false");
+    has(&ex, "shared set: Ok(())");
+    has(&ex, "shared get: \"one\" cas true");
+    has(&ex, "shared set with a stale cas: Err(CasMismatch)");
+    has(&ex, "shared set with the current cas: Ok(())");
+}

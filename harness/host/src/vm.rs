@@ -285,20 +285,21 @@ pub fn http_to_grpc_status(http: u32) -> u32 {
     }
 }
 
-/// The request as Envoy's connection manager hands it to the filter chain: it adds
+/// Envoy's connection manager adds to the request before the filter chain
 /// `x-forwarded-proto` (the scheme) and `x-request-id` (a UUID; here derived from `seed`, so
 /// runs repeat) when the client did not send them.
-fn with_envoy_request_headers(req: &HttpRequest, seed: u32) -> HttpRequest {
-    let mut req = req.clone();
-    if req.header_value("x-forwarded-proto").is_none() {
-        let scheme = req.header_value(":scheme").unwrap_or("http").to_owned();
-        req.headers.push(("x-forwarded-proto".into(), scheme));
+fn add_envoy_request_headers(headers: &mut Headers, seed: u32) {
+    let has = |h: &Headers, n: &str| h.iter().any(|(k, _)| k == n);
+    if !has(headers, "x-forwarded-proto") {
+        let scheme = crate::types::find_header(headers, ":scheme")
+            .unwrap_or("http")
+            .to_owned();
+        headers.push(("x-forwarded-proto".into(), scheme));
     }
-    if req.header_value("x-request-id").is_none() {
+    if !has(headers, "x-request-id") {
         let id = format!("00000000-0000-4000-8000-{:012x}", u64::from(seed));
-        req.headers.push(("x-request-id".into(), id));
+        headers.push(("x-request-id".into(), id));
     }
-    req
 }
 
 #[derive(Debug)]
@@ -1292,8 +1293,8 @@ impl Vm {
     pub fn request(&mut self, req: &HttpRequest) -> Result<Exchange, VmError> {
         let log_before = self.host.state().logs.len();
         let calls_before = self.host.state().http_calls.len();
-        let req = with_envoy_request_headers(req, self.store.data().next_ctx);
-        let ctx = self.open_stream(&req)?;
+        let ctx = self.open_stream(req)?;
+        add_envoy_request_headers(&mut self.stream_mut(ctx)?.request_headers, ctx);
         let body = req.body.clone().unwrap_or_default();
         let has_body = !body.is_empty();
         let has_trailers = !req.trailers.is_empty();

@@ -11,8 +11,8 @@
 //! `callout=CLUSTER` / `callout-timeout=CLUSTER` (an HTTP callout, 1 s / 50 ms timeout),
 //! `grpc=CLUSTER` / `grpc-timeout=CLUSTER` (a gRPC call to `probe.Probe/Echo`, 1 s / 50 ms
 //! timeout), `props`
-//! (stream properties), `metrics` (a counter, a gauge and a histogram), `level` (the log
-//! level).
+//! (stream properties), `metrics` (a counter, a gauge and a histogram), `shared` (shared data
+//! and its CAS), `level` (the log level).
 //!
 //! Host calls whose status the probe reports go through the raw ABI: the SDK panics on
 //! statuses it does not expect (BadArgument among them), which is part of what is probed.
@@ -362,6 +362,30 @@ impl HttpContext for Probe {
             proxy_wasm::hostcalls::record_metric(self.histogram, 42).ok();
             let value = proxy_wasm::hostcalls::get_metric(self.gauge).unwrap_or(0);
             log(format!("gauge reads {value}"));
+        }
+        if self.has("shared") {
+            let (value, cas) =
+                proxy_wasm::hostcalls::get_shared_data("probe-key").unwrap_or((None, None));
+            log(format!(
+                "shared get: {} cas {}",
+                show(&value),
+                cas.is_some()
+            ));
+            let first = proxy_wasm::hostcalls::set_shared_data("probe-key", Some(b"one"), None);
+            log(format!("shared set: {first:?}"));
+            let (value, cas) =
+                proxy_wasm::hostcalls::get_shared_data("probe-key").unwrap_or((None, None));
+            log(format!(
+                "shared get: {} cas {}",
+                show(&value),
+                cas.is_some()
+            ));
+            let stale = cas.map(|c| c.wrapping_add(1)).unwrap_or(1);
+            let conflict =
+                proxy_wasm::hostcalls::set_shared_data("probe-key", Some(b"two"), Some(stale));
+            log(format!("shared set with a stale cas: {conflict:?}"));
+            let current = proxy_wasm::hostcalls::set_shared_data("probe-key", Some(b"three"), cas);
+            log(format!("shared set with the current cas: {current:?}"));
         }
         if self.has("level") {
             let (status, level) = raw::log_level();
