@@ -42,8 +42,8 @@ pub struct Deny {
     pub headers: Vec<(String, String)>,
     /// What may be logged about the verified token (its subject as configured, listed
     /// claims), when a policy or a limit refused an authenticated request: for the access log
-    /// and the decision log, never for the body.
-    pub token: Option<TokenFacts>,
+    /// and the decision log, never for the body. Boxed: refusals travel in `Err`.
+    pub token: Option<Box<TokenFacts>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +127,7 @@ pub enum Stop {
 
 impl Stop {
     /// Attaches what may be logged of the verified token to a refusal, for the logs.
-    pub fn with_token(self, token: Option<TokenFacts>) -> Stop {
+    pub fn with_token(self, token: Option<Box<TokenFacts>>) -> Stop {
         match self {
             Stop::Deny(refusal) => Stop::Deny(Refusal { token, ..refusal }),
             pending => pending,
@@ -157,7 +157,7 @@ pub struct Refusal {
     /// The rule, requirement rule or limit that decided, if any.
     pub rule: Option<String>,
     /// What may be logged of the verified token, for the logs only.
-    pub token: Option<TokenFacts>,
+    pub token: Option<Box<TokenFacts>>,
 }
 
 /// Why a request is refused: one variant per row of the README's outcome table.

@@ -225,7 +225,7 @@ impl DecisionLog {
                 out.raw("status", &deny.status.to_string());
                 out.string("error", deny.error);
                 out.string("rule", deny.log_rule());
-                deny.token.as_ref()
+                deny.token.as_deref()
             }
         };
         if let Some(id) = request_id {
@@ -463,7 +463,7 @@ mod tests {
             DenyReason::Forbidden("denied by rule r".into()),
             Some("r".into()),
         );
-        refusal.token = Some(token);
+        refusal.token = Some(Box::new(token));
         let decision = Decision::Deny(refusal.answer());
         let events = vec![
             metrics::JWT.with(&["local", "ok"]),

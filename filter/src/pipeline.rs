@@ -58,10 +58,10 @@ fn run(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Result<Deci
                 .token_facts(&t.provider, &t.attributes.claims)
         })
     };
-    let rule =
-        authorize(config, &activation, env).map_err(|stop| stop.with_token(token_facts()))?;
-    let response_headers =
-        rate_limit(config, &activation, env).map_err(|stop| stop.with_token(token_facts()))?;
+    let rule = authorize(config, &activation, env)
+        .map_err(|stop| stop.with_token(token_facts().map(Box::new)))?;
+    let response_headers = rate_limit(config, &activation, env)
+        .map_err(|stop| stop.with_token(token_facts().map(Box::new)))?;
     let token_facts = token_facts();
 
     env.counters.increment(metrics::DECISIONS_ALLOW, 1);
