@@ -6,6 +6,7 @@
 //! status, headers, body fields and access-log facts of every refusal live there and only
 //! there.
 
+use crate::global::GlobalCall;
 use crate::jwt::claims::sanitize;
 use crate::jwt::invalid::Invalid;
 use serde::Serialize;
@@ -104,6 +105,18 @@ pub enum Outcome {
     KeysPending {
         providers: Vec<String>,
     },
+    /// Ask the rate-limit service ([`GlobalPending::call`]), then [`crate::pipeline::resume`].
+    GlobalPending(Box<GlobalPending>),
+}
+
+/// A request that passed every local stage and waits for the rate-limit service's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalPending {
+    pub call: GlobalCall,
+    /// The decision if the service admits (the global stage adds its headers).
+    pub allow: Decision,
+    /// The verified token's `sub`, for the access log of a refusal.
+    pub subject: Option<String>,
 }
 
 /// Why a stage ended the request before it was allowed. A stage that must wait for something
@@ -116,6 +129,8 @@ pub enum Stop {
     Deny(Refusal),
     /// Signing keys of these providers are not available yet: pause the request, fetch, retry.
     KeysPending(Vec<String>),
+    /// Ask the rate-limit service, then resume.
+    GlobalPending(Box<GlobalPending>),
 }
 
 impl Stop {
@@ -139,6 +154,7 @@ impl From<Stop> for Outcome {
         match stop {
             Stop::Deny(refusal) => Outcome::Decided(Decision::Deny(refusal.answer())),
             Stop::KeysPending(providers) => Outcome::KeysPending { providers },
+            Stop::GlobalPending(pending) => Outcome::GlobalPending(pending),
         }
     }
 }
@@ -172,6 +188,9 @@ pub enum DenyReason {
     RateLimited(RateLimited),
     /// The shared rate-limit state stayed contended; refuse rather than admit unmetered.
     Busy,
+    /// The rate-limit service of a global limit did not answer and its `failure_mode` is
+    /// `deny` (fail closed).
+    RateLimitServiceUnavailable,
     /// The filter has no valid configuration.
     NotConfigured,
 }
@@ -267,6 +286,12 @@ impl Refusal {
                 429,
                 "rate_limited",
                 "rate limit state is busy; retry".to_owned(),
+                vec![("retry-after".to_owned(), "1".to_owned())],
+            ),
+            DenyReason::RateLimitServiceUnavailable => (
+                503,
+                "ratelimit_unavailable",
+                "the rate-limit service is unavailable".to_owned(),
                 vec![("retry-after".to_owned(), "1".to_owned())],
             ),
             DenyReason::NotConfigured => (

@@ -5,7 +5,8 @@ mod abi;
 
 use crate::bytes;
 use crate::config::Config;
-use crate::decision::{Decision, DenyReason, HeaderEdit, Outcome, Refusal};
+use crate::decision::{Decision, DenyReason, GlobalPending, HeaderEdit, Outcome, Refusal};
+use crate::global::{GlobalState, Reply};
 use crate::jwt::remote::{FetchRequest, JwksSync};
 use crate::jwt::{RemoteKeys, TokenCache};
 use crate::pipeline::{self, Env};
@@ -54,6 +55,11 @@ struct VmState {
     jwks_sync: Option<JwksSync>,
     /// Outstanding JWKS callouts: token → provider.
     callouts: HashMap<u32, String>,
+    /// The global limits' breaker and fallback tokens.
+    global: GlobalState,
+    /// Requests waiting for the rate-limit service: callout token → (context id, request,
+    /// when the call was dispatched).
+    global_calls: HashMap<u32, (u32, GlobalPending, SystemTime)>,
 }
 
 impl VmState {
@@ -87,6 +93,7 @@ impl RootContext for PortcullisRoot {
                     state.token_cache = config.authenticator.new_token_cache();
                     // Batches are per limit position: a new configuration starts without any.
                     state.local_tokens = LocalTokens::default();
+                    state.global = GlobalState::default();
                     let sync = config
                         .authenticator
                         .jwks_sync(&vm_owner_id(), random_seed());
@@ -143,6 +150,13 @@ impl RootContext for PortcullisRoot {
 }
 
 impl Context for PortcullisRoot {
+    /// The answer to a rate-limit call dispatched while retrying a request that waited for keys.
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        if let Some(config) = self.config.clone() {
+            finish_global(&config, &self.state, token, status_code, response_size);
+        }
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -281,6 +295,13 @@ impl PortcullisRoot {
                         abi::continue_request();
                     }
                 }
+                Outcome::GlobalPending(global) => {
+                    self.state.borrow_mut().pending.remove(&context_id);
+                    // Dispatched from the root: the answer comes to the root's callback.
+                    if dispatch_global(&*self, &config, &self.state, context_id, *global) {
+                        abi::continue_request();
+                    }
+                }
                 Outcome::KeysPending { .. } if now >= deadline => {
                     let mut state = self.state.borrow_mut();
                     state.pending.remove(&context_id);
@@ -326,11 +347,20 @@ impl Drop for PortcullisHttp {
         if let Ok(mut state) = self.state.try_borrow_mut() {
             state.pending.remove(&self.context_id);
             state.response_headers.remove(&self.context_id);
+            // A late answer finds nothing to resume.
+            let context_id = self.context_id;
+            state.global_calls.retain(|_, (id, _, _)| *id != context_id);
         }
     }
 }
 
-impl Context for PortcullisHttp {}
+impl Context for PortcullisHttp {
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        if let Some(config) = self.config.clone() {
+            finish_global(&config, &self.state, token, status_code, response_size);
+        }
+    }
+}
 
 impl HttpContext for PortcullisHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -348,6 +378,14 @@ impl HttpContext for PortcullisHttp {
         match run_pipeline(&config, &self.state, &view, now) {
             Outcome::Decided(decision) => {
                 if apply(&config, &self.state, self.context_id, &decision) {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                }
+            }
+            Outcome::GlobalPending(global) => {
+                let config = Rc::clone(&config);
+                if dispatch_global(&*self, &config, &self.state, self.context_id, *global) {
                     Action::Continue
                 } else {
                     Action::Pause
@@ -402,6 +440,103 @@ fn request_view(config: &Config) -> RequestView {
     }
 }
 
+/// Asks the rate-limit service for a request (on the current context). `true` if the request
+/// was decided at once and may proceed (the dispatch failed and the failure mode admits).
+fn dispatch_global(
+    context: &dyn Context,
+    config: &Config,
+    state: &Rc<RefCell<VmState>>,
+    context_id: u32,
+    pending: GlobalPending,
+) -> bool {
+    let call = &pending.call;
+    let timeout = Duration::from_millis(call.timeout_ms);
+    // Through the SDK, which registers the token so the answer is routed back to this context.
+    match context.dispatch_grpc_call(
+        &call.upstream,
+        crate::rls::SERVICE,
+        crate::rls::METHOD,
+        Vec::new(),
+        Some(&call.message),
+        timeout,
+    ) {
+        Ok(token) => {
+            state
+                .borrow_mut()
+                .global_calls
+                .insert(token, (context_id, pending, now()));
+            false
+        }
+        Err(_) => {
+            let decision = resume_global(config, state, pending, Reply::Failed { timeout: false });
+            apply(config, state, context_id, &decision)
+        }
+    }
+}
+
+/// The rate-limit service answered (or failed): decide and carry it out.
+fn finish_global(
+    config: &Config,
+    state: &Rc<RefCell<VmState>>,
+    token: u32,
+    status_code: u32,
+    response_size: usize,
+) {
+    let Some((context_id, pending, dispatched)) = state.borrow_mut().global_calls.remove(&token)
+    else {
+        return;
+    };
+    let body = (status_code == 0)
+        .then(|| abi::grpc_call_response_body(response_size))
+        .flatten()
+        .unwrap_or_default();
+    // Envoy reports its own timeout of a call as UNAVAILABLE (the 504 of its HTTP client),
+    // like a refused connection: a failure that took the whole timeout is the timeout.
+    let waited = now().duration_since(dispatched).unwrap_or_default();
+    let reply = match status_code {
+        0 => Reply::Message(&body),
+        _ => Reply::Failed {
+            timeout: waited >= Duration::from_millis(pending.call.timeout_ms),
+        },
+    };
+    let decision = resume_global(config, state, pending, reply);
+    if !abi::set_effective_context(context_id) {
+        return;
+    }
+    if apply(config, state, context_id, &decision) {
+        abi::continue_request();
+    }
+}
+
+fn resume_global(
+    config: &Config,
+    state: &Rc<RefCell<VmState>>,
+    pending: GlobalPending,
+    reply: Reply<'_>,
+) -> Decision {
+    let mut state = state.borrow_mut();
+    let VmState {
+        token_cache,
+        local_tokens,
+        remote_keys,
+        counters,
+        global,
+        ..
+    } = &mut *state;
+    let mut env = Env {
+        now: now(),
+        store: &abi::HostStore,
+        crypto: &abi::HostVerifier,
+        remote_keys,
+        token_cache,
+        local_tokens,
+        counters,
+        log: &mut HostLog,
+        global,
+    };
+    pipeline::resume(config, pending, reply, &mut env)
+}
+
 fn run_pipeline(
     config: &Config,
     state: &Rc<RefCell<VmState>>,
@@ -414,6 +549,7 @@ fn run_pipeline(
         local_tokens,
         remote_keys,
         counters,
+        global,
         ..
     } = &mut *state;
     let mut env = Env {
@@ -425,6 +561,7 @@ fn run_pipeline(
         local_tokens,
         counters,
         log: &mut HostLog,
+        global,
     };
     pipeline::decide(config, view, &mut env)
 }
