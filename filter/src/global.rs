@@ -265,13 +265,9 @@ impl GlobalLimiter {
                     "a global limit needs `rate_limits.service`",
                 ))
             }
-            (Some(_), None) => {
-                return Err(ConfigError::new(
-                    "rate_limits.service",
-                    "no limit has `scope: global`",
-                ))
-            }
-            (Some(service), Some(_)) => compile_service(service)?,
+            // A service no limit asks yet is checked, and unused (a configuration whose
+            // global limits were removed keeps working).
+            (Some(service), _) => compile_service(service)?,
         };
         let mut limits = Vec::with_capacity(globals.len());
         let mut fallback_limits = Vec::new();

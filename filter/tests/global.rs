@@ -509,3 +509,19 @@ fn bad_configuration_names_the_field() {
             .contains("rate_limits.limits[0].key")
     );
 }
+
+#[test]
+fn a_service_without_global_limits_is_checked_and_unused() {
+    let json = json!({"policy": {"default_action": "allow"},
+                      "rate_limits": {"service": service(json!({})), "limits": [
+        {"name": "l", "key": "'k'", "requests": 1, "period_s": 1}]}});
+    let config = Config::from_json(json.to_string().as_bytes()).unwrap();
+    let mut worker = Worker::new(&config);
+    assert!(matches!(
+        worker.decide(&config, "acme"),
+        Outcome::Decided(Decision::Allow { .. })
+    ));
+    let json = json!({"rate_limits": {"service": service(json!({"domain": ""})), "limits": []}});
+    let error = Config::from_json(json.to_string().as_bytes()).unwrap_err();
+    assert!(error.to_string().contains("rate_limits.service.domain"));
+}
