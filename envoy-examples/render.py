@@ -6,7 +6,7 @@ import json
 import sys
 
 
-def render(template, wasm, plugin_config, port, upstream_port, admin_port, jwks="inline"):
+def render(template, wasm, plugin_config, port, upstream_port, admin_port, jwks="inline", ratelimit_port=8081):
     config = json.loads(json.dumps(plugin_config))
     if jwks == "remote":
         for provider in config.get("jwt", {}).get("providers", []):
@@ -19,7 +19,7 @@ def render(template, wasm, plugin_config, port, upstream_port, admin_port, jwks=
     out = template
     for name, value in {
         "{{PORT}}": str(port), "{{UPSTREAM_PORT}}": str(upstream_port), "{{ADMIN_PORT}}": str(admin_port),
-        "{{WASM}}": wasm, "{{PLUGIN_CONFIG}}": quoted,
+        "{{WASM}}": wasm, "{{PLUGIN_CONFIG}}": quoted, "{{RATELIMIT_PORT}}": str(ratelimit_port),
     }.items():
         out = out.replace(name, value)
     return out
@@ -34,6 +34,7 @@ def main():
     p.add_argument("--upstream-port", type=int, default=10001)
     p.add_argument("--admin-port", type=int, default=9901)
     p.add_argument("--jwks", choices=["inline", "remote"], default="inline")
+    p.add_argument("--ratelimit-port", type=int, default=8081, help="the rate-limit service (gRPC)")
     p.add_argument("-o", "--output", required=True)
     a = p.parse_args()
     with open(a.template) as f:
@@ -41,7 +42,8 @@ def main():
     with open(a.plugin_config) as f:
         plugin = json.load(f)
     with open(a.output, "w") as f:
-        f.write(render(template, a.wasm, plugin, a.port, a.upstream_port, a.admin_port, a.jwks))
+        f.write(render(template, a.wasm, plugin, a.port, a.upstream_port, a.admin_port, a.jwks,
+                       a.ratelimit_port))
 
 
 if __name__ == "__main__":

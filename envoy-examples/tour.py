@@ -27,6 +27,7 @@ def cases(keys):
         ("admin page as alice (admin)", "GET", "/admin/users", {}, alice, 200),
         ("admin page as bob (not admin)", "GET", "/admin/users", {}, bob, 403),
         ("POST as bob (no rule allows writes)", "POST", "/api/orders", {}, bob, 403),
+        ("reports: a global limit, counted by the rate-limit service", "GET", "/api/reports", {}, alice, 200),
     ]
 
 

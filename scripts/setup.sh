@@ -18,6 +18,8 @@ fi
 missing=()
 command -v wasm-opt >/dev/null || missing+=(binaryen)
 command -v wrk >/dev/null || missing+=(wrk)
+# The counters of global rate limits (ratelimit-service/ on Limitador): demo and tests.
+command -v redis-server >/dev/null || missing+=(redis-server)
 if ((${#missing[@]})); then
   say "installing ${missing[*]} from Debian"
   sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
@@ -27,6 +29,7 @@ if ((${#missing[@]})); then
 fi
 command -v wasm-opt >/dev/null || die "wasm-opt missing after install"
 command -v wrk >/dev/null || die "wrk missing after install"
+command -v redis-server >/dev/null || die "redis-server missing after install"
 
 # Prometheus (and promtool) for the metrics end-to-end test: it scrapes a real Envoy and runs
 # every dashboard query and alert rule (envoy-examples/tests/metrics_e2e_test.py).

@@ -51,6 +51,9 @@ target/debug/portcullis lint --deny-warnings policies/portcullis.yaml \
 step "envoy --mode validate every Envoy config under envoy-examples/"
 "$root/.venv/bin/python" envoy-examples/validate_all.py --envoy "$envoy" --wasm "$PORTCULLIS_WASM" --plugin-config out/plugin.json --portcullis target/debug/portcullis
 
+step "build the rate-limit service (global limits: envoy-examples/tests/global_ratelimit_e2e_test.py)"
+cargo build -p portcullis-ratelimit-service --bin portcullis-ratelimit
+
 step "end-to-end tests against a real Envoy"
 "$root/.venv/bin/python" -m unittest discover -s envoy-examples/tests -t envoy-examples -p '*_test.py' -v
 

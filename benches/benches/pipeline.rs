@@ -10,6 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis_benches::{compile, full_config, ten_rules, ten_rules_without_jwt};
 use portcullis_filter::decision::Outcome;
 use portcullis_filter::expr::Activation;
+use portcullis_filter::global::GlobalState;
 use portcullis_filter::jwt::cache::CacheConfig;
 use portcullis_filter::jwt::jws::{parse_compact, verify_signature};
 use portcullis_filter::jwt::keys::{parse_jwk, Jwk};
@@ -68,6 +69,7 @@ fn bench(c: &mut Criterion) {
             local_tokens: &mut LocalTokens::default(),
             counters: &mut counters,
             log: &mut NoLog,
+            global: &mut GlobalState::default(),
         };
         decide(config, req, &mut env)
     };

@@ -146,10 +146,10 @@ class Envoy:
     """A real Envoy running the filter. `plugin_config` is the bundled JSON (a dict)."""
 
     def __init__(self, plugin_config, upstream_port, concurrency=2, jwks="inline",
-                 template=EXAMPLES / "local.envoy.yaml", wait_ready=True):
+                 template=EXAMPLES / "local.envoy.yaml", wait_ready=True, ratelimit_port=8081):
         self.port, self.admin_port = free_port(), free_port()
         text = render.render(Path(template).read_text(), wasm_path(), plugin_config,
-                             self.port, upstream_port, self.admin_port, jwks)
+                             self.port, upstream_port, self.admin_port, jwks, ratelimit_port)
         self.dir = tempfile.mkdtemp(prefix="portcullis-e2e-")
         self.config_path = Path(self.dir) / "envoy.yaml"
         self.config_path.write_text(text)

@@ -189,6 +189,14 @@ def shared_data() -> None:
     write("shared_data", "nothing-shared", b"#=##=##=#" + b"#=#".join(parts[3:]))
 
 
+
+def rls_reply() -> None:
+    # RateLimitResponse: OVER_LIMIT with one status (limit 10/min "tenant", 0 remaining, reset in
+    # 1 s) and a response header to add; and a plain OK.
+    write("rls_reply", "over_limit", b"\x08\x02\x12\x16\x08\x02\x12\x0c\x08\x0a\x10\x01\x1a\x06tenant"
+          b"\x18\x00\x22\x02\x08\x01\x1a\x08\x0a\x01x\x12\x03yes")
+    write("rls_reply", "ok", b"\x08\x01\x12\x02\x08\x01")
+
 if __name__ == "__main__":
     shutil.rmtree(OUT, ignore_errors=True)
     tokens()
@@ -196,5 +204,6 @@ if __name__ == "__main__":
     configs_and_cel()
     wire()
     shared_data()
+    rls_reply()
     for d in sorted(OUT.iterdir()):
         print(f"{d.name}: {len(list(d.iterdir()))} seeds, {sum(f.stat().st_size for f in d.iterdir())} bytes")

@@ -5,6 +5,7 @@ use crate::attributes::Attribute;
 use crate::canonical::{RequestCheck, RequestConfig};
 use crate::decision_log::{DecisionLog, DecisionLogConfig};
 pub use crate::error::ConfigError;
+use crate::global::GlobalLimiter;
 use crate::jwt::{Authenticator, JwtConfig};
 use crate::policy::{Policy, PolicyConfig};
 use crate::ratelimit::{RateLimitConfig, RateLimiter};
@@ -53,6 +54,8 @@ pub struct Config {
     pub authenticator: Authenticator,
     pub policy: Policy,
     pub rate_limiter: RateLimiter,
+    /// `scope: global` limits: asked of the rate-limit service after the local ones pass.
+    pub global: GlobalLimiter,
     pub responses: ResponseConfig,
     /// What is refused before any policy reads the request (paths, repeated headers).
     pub request_check: RequestCheck,
@@ -73,24 +76,28 @@ impl Config {
         let policy = Policy::compile(&plugin.policy)?;
         let rate_limiter = RateLimiter::compile(&plugin.rate_limits)?;
         let decision_log = DecisionLog::compile(plugin.decision_log.as_ref())?;
+        let global = GlobalLimiter::compile(&plugin.rate_limits)?;
         let host_attributes = authenticator
             .host_attributes()
             .into_iter()
             .chain(policy.host_attributes())
             .chain(rate_limiter.host_attributes())
+            .chain(global.exprs().flat_map(crate::expr::Expr::host_attributes))
             .collect();
         let request_check = RequestCheck::compile(
             &plugin.request,
             authenticator
                 .exprs()
                 .chain(policy.exprs())
-                .chain(rate_limiter.exprs()),
+                .chain(rate_limiter.exprs())
+                .chain(global.exprs()),
         );
         Ok(Config {
             request_check,
             authenticator,
             policy,
             rate_limiter,
+            global,
             responses: plugin.responses.clone(),
             host_attributes,
             decision_log,

@@ -7,6 +7,7 @@
 //! there.
 
 use crate::decision_log::TokenFacts;
+use crate::global::GlobalCall;
 use crate::jwt::claims::sanitize;
 use crate::jwt::invalid::Invalid;
 use serde::Serialize;
@@ -111,6 +112,18 @@ pub enum Outcome {
     KeysPending {
         providers: Vec<String>,
     },
+    /// Ask the rate-limit service ([`GlobalPending::call`]), then [`crate::pipeline::resume`].
+    GlobalPending(Box<GlobalPending>),
+}
+
+/// A request that passed every local stage and waits for the rate-limit service's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalPending {
+    pub call: GlobalCall,
+    /// The decision if the service admits (the global stage adds its headers).
+    pub allow: Decision,
+    /// What may be logged of the verified token, for the logs of a refusal.
+    pub token: Option<Box<TokenFacts>>,
 }
 
 /// Why a stage ended the request before it was allowed. A stage that must wait for something
@@ -123,6 +136,8 @@ pub enum Stop {
     Deny(Refusal),
     /// Signing keys of these providers are not available yet: pause the request, fetch, retry.
     KeysPending(Vec<String>),
+    /// Ask the rate-limit service, then resume.
+    GlobalPending(Box<GlobalPending>),
 }
 
 impl Stop {
@@ -146,6 +161,7 @@ impl From<Stop> for Outcome {
         match stop {
             Stop::Deny(refusal) => Outcome::Decided(Decision::Deny(refusal.answer())),
             Stop::KeysPending(providers) => Outcome::KeysPending { providers },
+            Stop::GlobalPending(pending) => Outcome::GlobalPending(pending),
         }
     }
 }
@@ -179,6 +195,9 @@ pub enum DenyReason {
     RateLimited(RateLimited),
     /// The shared rate-limit state stayed contended; refuse rather than admit unmetered.
     Busy,
+    /// The rate-limit service of a global limit did not answer and its `failure_mode` is
+    /// `deny` (fail closed).
+    RateLimitServiceUnavailable,
     /// The filter has no valid configuration.
     NotConfigured,
 }
@@ -274,6 +293,12 @@ impl Refusal {
                 429,
                 "rate_limited",
                 "rate limit state is busy; retry".to_owned(),
+                vec![("retry-after".to_owned(), "1".to_owned())],
+            ),
+            DenyReason::RateLimitServiceUnavailable => (
+                503,
+                "ratelimit_unavailable",
+                "the rate-limit service is unavailable".to_owned(),
                 vec![("retry-after".to_owned(), "1".to_owned())],
             ),
             DenyReason::NotConfigured => (

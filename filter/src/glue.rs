@@ -5,8 +5,9 @@ mod abi;
 
 use crate::bytes;
 use crate::config::Config;
-use crate::decision::{Decision, DenyReason, HeaderEdit, Outcome, Refusal};
+use crate::decision::{Decision, DenyReason, GlobalPending, HeaderEdit, Outcome, Refusal};
 use crate::decision_log::Recording;
+use crate::global::{GlobalState, Reply};
 use crate::jwt::remote::{FetchRequest, JwksSync};
 use crate::jwt::{RemoteKeys, TokenCache};
 use crate::metrics;
@@ -63,6 +64,22 @@ struct VmState {
     jwks_sync: Option<JwksSync>,
     /// Outstanding JWKS callouts: token → provider.
     callouts: HashMap<u32, String>,
+    /// The global limits' breaker and fallback tokens.
+    global: GlobalState,
+    /// Requests waiting for the rate-limit service, by callout token.
+    global_calls: HashMap<u32, GlobalWait>,
+}
+
+/// A request waiting for the rate-limit service's answer.
+#[derive(Debug)]
+struct GlobalWait {
+    context_id: u32,
+    pending: GlobalPending,
+    dispatched: SystemTime,
+    /// What the decision log needs once the answer decides: the counters the request
+    /// incremented so far and its request id.
+    events: Vec<String>,
+    request_id: Option<String>,
 }
 
 impl VmState {
@@ -96,6 +113,7 @@ impl RootContext for PortcullisRoot {
                     state.token_cache = config.authenticator.new_token_cache();
                     // Batches are per limit position: a new configuration starts without any.
                     state.local_tokens = LocalTokens::default();
+                    state.global = GlobalState::default();
                     let sync = config
                         .authenticator
                         .jwks_sync(&vm_owner_id(), random_seed());
@@ -152,6 +170,13 @@ impl RootContext for PortcullisRoot {
 }
 
 impl Context for PortcullisRoot {
+    /// The answer to a rate-limit call dispatched while retrying a request that waited for keys.
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        if let Some(config) = self.config.clone() {
+            finish_global(&config, &self.state, token, status_code, response_size);
+        }
+    }
+
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -287,8 +312,22 @@ impl PortcullisRoot {
             match outcome {
                 Outcome::Decided(decision) => {
                     self.state.borrow_mut().pending.remove(&context_id);
-                    log_decision(&config, &decision, &events, &view);
+                    log_decision(&config, &decision, &events, view.header("x-request-id"));
                     if apply(&config, &self.state, context_id, &decision) {
+                        abi::continue_request();
+                    }
+                }
+                Outcome::GlobalPending(global) => {
+                    self.state.borrow_mut().pending.remove(&context_id);
+                    // Dispatched from the root: the answer comes to the root's callback.
+                    let wait = GlobalWait {
+                        context_id,
+                        pending: *global,
+                        dispatched: now,
+                        events,
+                        request_id: view.header("x-request-id").map(str::to_owned),
+                    };
+                    if dispatch_global(&*self, &config, &self.state, wait) {
                         abi::continue_request();
                     }
                 }
@@ -300,7 +339,7 @@ impl PortcullisRoot {
                         .increment(metrics::JWT_PENDING_TIMEOUTS.plain(), 1);
                     drop(state);
                     let deny = Decision::Deny(config.authenticator.keys_unavailable().answer());
-                    log_decision(&config, &deny, &events, &view);
+                    log_decision(&config, &deny, &events, view.header("x-request-id"));
                     apply(&config, &self.state, context_id, &deny);
                 }
                 Outcome::KeysPending { .. } => {}
@@ -338,11 +377,22 @@ impl Drop for PortcullisHttp {
         if let Ok(mut state) = self.state.try_borrow_mut() {
             state.pending.remove(&self.context_id);
             state.response_headers.remove(&self.context_id);
+            // A late answer finds nothing to resume.
+            let context_id = self.context_id;
+            state
+                .global_calls
+                .retain(|_, wait| wait.context_id != context_id);
         }
     }
 }
 
-impl Context for PortcullisHttp {}
+impl Context for PortcullisHttp {
+    fn on_grpc_call_response(&mut self, token: u32, status_code: u32, response_size: usize) {
+        if let Some(config) = self.config.clone() {
+            finish_global(&config, &self.state, token, status_code, response_size);
+        }
+    }
+}
 
 impl HttpContext for PortcullisHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -360,8 +410,23 @@ impl HttpContext for PortcullisHttp {
         let (outcome, events) = run_pipeline(&config, &self.state, &view, now);
         let action = match outcome {
             Outcome::Decided(decision) => {
-                log_decision(&config, &decision, &events, &view);
+                log_decision(&config, &decision, &events, view.header("x-request-id"));
                 if apply(&config, &self.state, self.context_id, &decision) {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                }
+            }
+            Outcome::GlobalPending(global) => {
+                let config = Rc::clone(&config);
+                let wait = GlobalWait {
+                    context_id: self.context_id,
+                    pending: *global,
+                    dispatched: now,
+                    events,
+                    request_id: view.header("x-request-id").map(str::to_owned),
+                };
+                if dispatch_global(&*self, &config, &self.state, wait) {
                     Action::Continue
                 } else {
                     Action::Pause
@@ -424,6 +489,120 @@ fn request_view(config: &Config) -> RequestView {
     }
 }
 
+/// Asks the rate-limit service for a request (on the current context). `true` if the request
+/// was decided at once and may proceed (the dispatch failed and the failure mode admits).
+fn dispatch_global(
+    context: &dyn Context,
+    config: &Config,
+    state: &Rc<RefCell<VmState>>,
+    wait: GlobalWait,
+) -> bool {
+    let call = &wait.pending.call;
+    let timeout = Duration::from_millis(call.timeout_ms);
+    // Through the SDK, which registers the token so the answer is routed back to this context.
+    match context.dispatch_grpc_call(
+        &call.upstream,
+        crate::rls::SERVICE,
+        crate::rls::METHOD,
+        Vec::new(),
+        Some(&call.message),
+        timeout,
+    ) {
+        Ok(token) => {
+            state.borrow_mut().global_calls.insert(token, wait);
+            false
+        }
+        Err(_) => {
+            let context_id = wait.context_id;
+            let decision = resume_global(config, state, wait, Reply::Failed { timeout: false });
+            apply(config, state, context_id, &decision)
+        }
+    }
+}
+
+/// The rate-limit service answered (or failed): decide and carry it out.
+fn finish_global(
+    config: &Config,
+    state: &Rc<RefCell<VmState>>,
+    token: u32,
+    status_code: u32,
+    response_size: usize,
+) {
+    let Some(wait) = state.borrow_mut().global_calls.remove(&token) else {
+        return;
+    };
+    let body = (status_code == 0)
+        .then(|| abi::grpc_call_response_body(response_size))
+        .flatten()
+        .unwrap_or_default();
+    // Envoy reports its own timeout of a call as UNAVAILABLE (the 504 of its HTTP client),
+    // like a refused connection: a failure that took the whole timeout is the timeout.
+    let waited = now().duration_since(wait.dispatched).unwrap_or_default();
+    let reply = match status_code {
+        0 => Reply::Message(&body),
+        _ => Reply::Failed {
+            timeout: waited >= Duration::from_millis(wait.pending.call.timeout_ms),
+        },
+    };
+    let context_id = wait.context_id;
+    let decision = resume_global(config, state, wait, reply);
+    if !abi::set_effective_context(context_id) {
+        return;
+    }
+    if apply(config, state, context_id, &decision) {
+        abi::continue_request();
+    }
+}
+
+/// Decides a request with the rate-limit service's reply and writes its decision log record.
+fn resume_global(
+    config: &Config,
+    state: &Rc<RefCell<VmState>>,
+    wait: GlobalWait,
+    reply: Reply<'_>,
+) -> Decision {
+    let GlobalWait {
+        pending,
+        mut events,
+        request_id,
+        ..
+    } = wait;
+    let mut state_ref = state.borrow_mut();
+    let VmState {
+        token_cache,
+        local_tokens,
+        remote_keys,
+        counters,
+        global,
+        ..
+    } = &mut *state_ref;
+    let mut recording = Recording {
+        inner: counters,
+        events: Vec::new(),
+    };
+    let counters: &mut dyn Counters = if config.decision_log.enabled() {
+        &mut recording
+    } else {
+        recording.inner
+    };
+    let mut env = Env {
+        now: now(),
+        store: &abi::HostStore,
+        crypto: &abi::HostVerifier,
+        remote_keys,
+        token_cache,
+        local_tokens,
+        counters,
+        log: &mut HostLog,
+        global,
+    };
+    let decision = pipeline::resume(config, pending, reply, &mut env);
+    events.append(&mut recording.events);
+    drop(state_ref);
+    log_decision(config, &decision, &events, request_id.as_deref());
+    decision
+}
+
 /// Runs the pipeline; with a decision log configured, also returns the names of the counters
 /// the request incremented (the record is read off them, decision_log.rs).
 fn run_pipeline(
@@ -438,6 +617,7 @@ fn run_pipeline(
         local_tokens,
         remote_keys,
         counters,
+        global,
         ..
     } = &mut *state;
     let mut recording = Recording {
@@ -458,18 +638,19 @@ fn run_pipeline(
         local_tokens,
         counters,
         log: &mut HostLog,
+        global,
     };
     let outcome = pipeline::decide(config, view, &mut env);
     (outcome, recording.events)
 }
 
 /// Writes the decision log record of a decided request, where configured.
-fn log_decision(config: &Config, decision: &Decision, events: &[String], view: &RequestView) {
+fn log_decision(config: &Config, decision: &Decision, events: &[String], request_id: Option<&str>) {
     let log = &config.decision_log;
     if !log.enabled() {
         return;
     }
-    let record = log.record(decision, events, view.header("x-request-id"));
+    let record = log.record(decision, events, request_id);
     if log.to_filter_state() {
         let _ = abi::set_property("portcullis.decision_log", &record);
     }

@@ -41,13 +41,13 @@
 //! | [`expr`] | CEL: compiled expression, checker, activation, fast path, environment, extensions |
 //! | [`policy`] (+ `guard_index`) | authorization rules |
 //! | [`ratelimit`] | shared token buckets |
+//! | [`global`], [`rls`] | global limits: the rate-limit service's request and answer, failure modes, breaker |
 //! | [`config`], [`error`], [`mode`] | configuration, why it is refused, enforce/shadow |
 //! | [`ports`], [`wire`], [`bytes`] | narrow ports; host wire formats; fast equality |
 //! | [`metrics`] | every metric's name and labels; Envoy's tag-extraction rules |
 //! | `glue` (wasm32 only) | the proxy-wasm shell and its checked ABI layer |
 //!
-//! Non-goals: reading files (the Wasm VM can't; `portcullis bundle` inlines `.cel` files),
-//! talking to an external rate-limit service (see the docs for the mapping).
+//! Non-goals: reading files (the Wasm VM can't; `portcullis bundle` inlines `.cel` files).
 //!
 //! The request path never panics: a trap would kill the worker's VM.
 
@@ -69,6 +69,7 @@ pub mod decision;
 pub mod decision_log;
 pub mod error;
 pub mod expr;
+pub mod global;
 mod guard_index;
 pub mod jwt;
 pub mod metrics;
@@ -78,6 +79,7 @@ pub mod policy;
 pub mod ports;
 pub mod ratelimit;
 pub mod request;
+pub mod rls;
 pub mod wire;
 
 #[cfg(target_arch = "wasm32")]

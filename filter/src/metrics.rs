@@ -54,7 +54,7 @@ impl Family {
     }
 
     /// The name without labels (families that have none).
-    pub fn plain(&self) -> &'static str {
+    pub const fn plain(&self) -> &'static str {
         self.name
     }
 }
@@ -201,25 +201,41 @@ pub const DECISION_DURATION: Family = family(
     &[],
     "time from request headers to the decision, in the filter (excludes waiting for keys)",
 );
-/// Reserved for global rate limits (issue 16): one counter per limit and outcome.
+/// Calls to the global rate-limit service and what the failure mode did (one per request
+/// that asks the service, whatever the number of global limits it checks).
 pub const GLOBAL_RATELIMIT: Family = family(
     "portcullis_global_ratelimit_total",
     Kind::Counter,
-    &["limit", "result"],
-    "global rate-limit service calls; result = ok | over_limit | error | timeout | \
-     breaker_open | fallback_admitted",
+    &["result"],
+    "global rate-limit service checks; result = ok | over_limit | shadow_over_limit | error | \
+     timeout | breaker_open | fail_open | fail_closed | fallback_admitted | fallback_limited",
 );
-/// Reserved for global rate limits (issue 16): 1 while the breaker to the service is open.
+
+/// 1 while the breaker to the service is open or half-open (per VM; the sum over VMs is the
+/// number of VMs skipping the service).
 pub const GLOBAL_RATELIMIT_BREAKER_OPEN: Family = family(
     "portcullis_global_ratelimit_breaker_open",
     Kind::Gauge,
     &[],
-    "1 while the circuit breaker to the global rate-limit service is open",
+    "1 while the circuit breaker to the global rate-limit service is open (per VM, summed)",
 );
 
 // Fully labelled names used on the request path, spelled out so no request formats them
 // (a test checks each against its family).
 pub const DECISIONS_ALLOW: &str = "portcullis_decisions_total.decision.allow";
+pub const GLOBAL_OK: &str = "portcullis_global_ratelimit_total.result.ok";
+pub const GLOBAL_OVER_LIMIT: &str = "portcullis_global_ratelimit_total.result.over_limit";
+pub const GLOBAL_SHADOW_OVER_LIMIT: &str =
+    "portcullis_global_ratelimit_total.result.shadow_over_limit";
+pub const GLOBAL_ERROR: &str = "portcullis_global_ratelimit_total.result.error";
+pub const GLOBAL_TIMEOUT: &str = "portcullis_global_ratelimit_total.result.timeout";
+pub const GLOBAL_BREAKER_OPEN: &str = "portcullis_global_ratelimit_total.result.breaker_open";
+pub const GLOBAL_FAIL_OPEN: &str = "portcullis_global_ratelimit_total.result.fail_open";
+pub const GLOBAL_FAIL_CLOSED: &str = "portcullis_global_ratelimit_total.result.fail_closed";
+pub const GLOBAL_FALLBACK_ADMITTED: &str =
+    "portcullis_global_ratelimit_total.result.fallback_admitted";
+pub const GLOBAL_FALLBACK_LIMITED: &str =
+    "portcullis_global_ratelimit_total.result.fallback_limited";
 pub const DECISIONS_DENY: &str = "portcullis_decisions_total.decision.deny";
 pub const REQUESTS_REJECTED_REPEATED_HEADER: &str =
     "portcullis_requests_rejected_total.reason.repeated_header";
@@ -305,6 +321,20 @@ mod tests {
     fn spelled_out_names_match_their_families() {
         assert_eq!(DECISIONS_ALLOW, DECISIONS.with(&["allow"]));
         assert_eq!(DECISIONS_DENY, DECISIONS.with(&["deny"]));
+        for (name, result) in [
+            (GLOBAL_OK, "ok"),
+            (GLOBAL_OVER_LIMIT, "over_limit"),
+            (GLOBAL_SHADOW_OVER_LIMIT, "shadow_over_limit"),
+            (GLOBAL_ERROR, "error"),
+            (GLOBAL_TIMEOUT, "timeout"),
+            (GLOBAL_BREAKER_OPEN, "breaker_open"),
+            (GLOBAL_FAIL_OPEN, "fail_open"),
+            (GLOBAL_FAIL_CLOSED, "fail_closed"),
+            (GLOBAL_FALLBACK_ADMITTED, "fallback_admitted"),
+            (GLOBAL_FALLBACK_LIMITED, "fallback_limited"),
+        ] {
+            assert_eq!(name, GLOBAL_RATELIMIT.with(&[result]));
+        }
         assert_eq!(
             REQUESTS_REJECTED_REPEATED_HEADER,
             REQUESTS_REJECTED.with(&["repeated_header"])

@@ -1,14 +1,18 @@
 //! The decision pipeline: check the request → authenticate → authorize → rate-limit → decide.
 //!
-//! Each stage is a function returning `Result<T, Stop>` ([`crate::decision::Stop`]); a new
-//! stage (e.g. a call to a global rate-limit service) is one more function and one more `?`.
+//! Each stage is a function returning `Result<T, Stop>` ([`crate::decision::Stop`]). The last,
+//! global rate limits, may stop with [`Stop::GlobalPending`]: the shell asks the rate-limit
+//! service and hands the reply to [`resume`].
 //!
 //! A pure function of the request, the compiled configuration and the environment (clock,
 //! shared store, host crypto, counters). It never touches proxy-wasm directly.
 
 use crate::config::Config;
-use crate::decision::{Decision, Deny, DenyReason, HeaderEdit, Outcome, Refusal, Stop};
+use crate::decision::{
+    Decision, Deny, DenyReason, GlobalPending, HeaderEdit, Outcome, Refusal, Stop,
+};
 use crate::expr::Activation;
+use crate::global::{GlobalAdmit, GlobalEnv, GlobalState, GlobalStep, Reply};
 use crate::jwt::{AuthnEnv, AuthnOutcome, RemoteKeys, TokenCache, VerifiedToken};
 use crate::metrics;
 use crate::policy::Verdict;
@@ -30,6 +34,20 @@ pub struct Env<'a> {
     pub local_tokens: &'a mut LocalTokens,
     pub counters: &'a mut dyn Counters,
     pub log: &'a mut dyn Log,
+    /// The global limits' circuit breaker and fallback tokens (per VM).
+    pub global: &'a mut GlobalState,
+}
+
+impl Env<'_> {
+    fn global_env(&mut self) -> GlobalEnv<'_> {
+        GlobalEnv {
+            now: self.now,
+            store: self.store,
+            state: &mut *self.global,
+            counters: &mut *self.counters,
+            log: &mut *self.log,
+        }
+    }
 }
 
 /// Decides one request.
@@ -60,11 +78,23 @@ fn run(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Result<Deci
     };
     let rule = authorize(config, &activation, env)
         .map_err(|stop| stop.with_token(token_facts().map(Box::new)))?;
-    let response_headers = rate_limit(config, &activation, env)
+    let mut response_headers = rate_limit(config, &activation, env)
         .map_err(|stop| stop.with_token(token_facts().map(Box::new)))?;
+    // Global limits last: a request refused by anything local never costs a callout.
+    let call = match config.global.prepare(&activation, &mut env.global_env()) {
+        GlobalStep::Skip => None,
+        GlobalStep::Call(call) => Some(call),
+        GlobalStep::Decided(Ok(admit)) => {
+            request_headers.extend(admit.request_headers);
+            response_headers.extend(admit.response_headers);
+            None
+        }
+        GlobalStep::Decided(Err(refusal)) => {
+            return Err(Stop::Deny(refusal).with_token(token_facts().map(Box::new)));
+        }
+    };
     let token_facts = token_facts();
 
-    env.counters.increment(metrics::DECISIONS_ALLOW, 1);
     if let Some(header) = &config.responses.decision_header {
         let value = match &rule {
             Some(rule) => format!("allow; rule={rule}"),
@@ -86,13 +116,56 @@ fn run(config: &Config, request: &RequestView, env: &mut Env<'_>) -> Result<Deci
             }
         }
     }
-    Ok(Decision::Allow {
+    let pending_token = call.as_ref().and(token_facts.clone()).map(Box::new);
+    let allow = Decision::Allow {
         rule,
         request_headers,
         response_headers,
         filter_state,
         token: token_facts,
-    })
+    };
+    if let Some(call) = call {
+        return Err(Stop::GlobalPending(Box::new(GlobalPending {
+            call,
+            allow,
+            token: pending_token,
+        })));
+    }
+    env.counters.increment(metrics::DECISIONS_ALLOW, 1);
+    Ok(allow)
+}
+
+/// Finishes a request that waited for the rate-limit service: `reply` is what the shell got.
+pub fn resume(
+    config: &Config,
+    pending: GlobalPending,
+    reply: Reply<'_>,
+    env: &mut Env<'_>,
+) -> Decision {
+    let GlobalPending {
+        call,
+        mut allow,
+        token,
+    } = pending;
+    match config.global.conclude(&call, reply, &mut env.global_env()) {
+        Ok(GlobalAdmit {
+            request_headers: added_request,
+            response_headers: added_response,
+        }) => {
+            if let Decision::Allow {
+                request_headers,
+                response_headers,
+                ..
+            } = &mut allow
+            {
+                request_headers.extend(added_request);
+                response_headers.extend(added_response);
+            }
+            env.counters.increment(metrics::DECISIONS_ALLOW, 1);
+            allow
+        }
+        Err(refusal) => Decision::Deny(Refusal { token, ..refusal }.answer()),
+    }
 }
 
 /// What authentication hands on: the verified token, if any, and the header edits for the

@@ -36,6 +36,7 @@ use crate::attributes::Attribute;
 use crate::decision::{DenyReason, RateLimited, Refusal};
 use crate::error::{valid_name, ConfigError};
 use crate::expr::{Activation, Expr, ExprSource};
+use crate::global::{DescriptorEntryConfig, Scope, ServiceConfig};
 use crate::guard_index::GuardIndex;
 use crate::metrics;
 use crate::mode::Mode;
@@ -79,6 +80,9 @@ pub struct RateLimitConfig {
     /// Also send `RateLimit`/`RateLimit-Policy` on admitted responses.
     #[serde(default)]
     pub headers_on_allow: bool,
+    /// The rate-limit service that counts `scope: global` limits ([`crate::global`]).
+    #[serde(default)]
+    pub service: Option<ServiceConfig>,
 }
 
 impl Default for RateLimitConfig {
@@ -87,6 +91,7 @@ impl Default for RateLimitConfig {
             limits: Vec::new(),
             max_buckets: default_max_buckets(),
             headers_on_allow: false,
+            service: None,
         }
     }
 }
@@ -101,8 +106,19 @@ pub struct LimitConfig {
     pub name: String,
     #[serde(default)]
     pub when: Option<ExprSource>,
-    /// CEL expression whose value (string, int, uint or bool) names the bucket.
-    pub key: ExprSource,
+    /// CEL expression whose value (string, int, uint or bool) names the bucket (local limits).
+    #[serde(default)]
+    pub key: Option<ExprSource>,
+    /// `global`: counted by `rate_limits.service` across proxies, keyed by `descriptors`.
+    #[serde(default)]
+    pub scope: Scope,
+    /// Global limits: the descriptor's entries, values as CEL.
+    #[serde(default)]
+    pub descriptors: Vec<DescriptorEntryConfig>,
+    /// Global limits: the hits one request counts (CEL: int, uint or a decimal string);
+    /// default 1.
+    #[serde(default)]
+    pub hits_addend: Option<ExprSource>,
     /// Tokens added per `period_s`.
     pub requests: u32,
     pub period_s: u32,
@@ -436,8 +452,36 @@ impl RateLimiter {
                 ),
                 None => None,
             };
-            let key =
-                Expr::compile(&limit.key).map_err(|e| ConfigError::from_expr(field("key"), &e))?;
+            if limit.scope == Scope::Global {
+                // Compiled by `GlobalLimiter`; what only a local limit has is refused here.
+                for (set, name) in [
+                    (limit.key.is_some(), "key"),
+                    (limit.batch.is_some(), "batch"),
+                ] {
+                    if set {
+                        return Err(ConfigError::new(
+                            field(name),
+                            "not for a global limit (the service counts it; see `descriptors`)",
+                        ));
+                    }
+                }
+                continue;
+            }
+            for (set, name) in [
+                (!limit.descriptors.is_empty(), "descriptors"),
+                (limit.hits_addend.is_some(), "hits_addend"),
+            ] {
+                if set {
+                    return Err(ConfigError::new(
+                        field(name),
+                        "only for a limit with `scope: global`",
+                    ));
+                }
+            }
+            let Some(key) = &limit.key else {
+                return Err(ConfigError::new(field("key"), "a local limit needs a key"));
+            };
+            let key = Expr::compile(key).map_err(|e| ConfigError::from_expr(field("key"), &e))?;
             let batch = match limit.batch {
                 None => (burst / AUTO_BATCH_DIVISOR).clamp(1, MAX_AUTO_BATCH),
                 Some(batch) if (1..=burst).contains(&batch) => batch,
@@ -547,7 +591,6 @@ impl RateLimiter {
         now: SystemTime,
         counters: &mut dyn Counters,
     ) -> RateVerdict {
-        let now = now_nanos(now);
         let slots: Vec<Slot<'_>> = self
             .guards
             .candidates(activation)
@@ -557,13 +600,51 @@ impl RateLimiter {
                 self.slot(index, limit, activation, counters)
             })
             .collect();
+        self.check_slots(&slots, store, local, now, counters)
+    }
+
+    /// Checks the limits at these positions with these keys, as [`RateLimiter::check`] does
+    /// with the keys it evaluates (the global limits' `local_fallback` buckets).
+    pub fn check_keys(
+        &self,
+        keys: &[(usize, &str)],
+        store: &dyn SharedStore,
+        local: &mut LocalTokens,
+        now: SystemTime,
+        counters: &mut dyn Counters,
+    ) -> RateVerdict {
+        let slots: Vec<Slot<'_>> = keys
+            .iter()
+            .filter_map(|(index, key)| {
+                let limit = self.limits.get(*index)?;
+                let key_hash = hash_key(&limit.name, key);
+                Some(Slot {
+                    index: *index,
+                    limit,
+                    home: key_hash % u64::from(self.max_buckets),
+                    key_hash,
+                })
+            })
+            .collect();
+        self.check_slots(&slots, store, local, now, counters)
+    }
+
+    fn check_slots(
+        &self,
+        slots: &[Slot<'_>],
+        store: &dyn SharedStore,
+        local: &mut LocalTokens,
+        now: SystemTime,
+        counters: &mut dyn Counters,
+    ) -> RateVerdict {
+        let now = now_nanos(now);
         if slots.is_empty() {
             return RateVerdict::Admit {
                 response_headers: Vec::new(),
             };
         }
         for _ in 0..MAX_CAS_ATTEMPTS {
-            match self.attempt(&slots, store, local, now, counters) {
+            match self.attempt(slots, store, local, now, counters) {
                 Some(verdict) => return verdict,
                 None => counters.increment(metrics::RATELIMIT_CAS_RETRIES.plain(), 1),
             }

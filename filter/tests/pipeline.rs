@@ -2,6 +2,7 @@
 
 use portcullis_filter::config::Config;
 use portcullis_filter::decision::{Decision, HeaderEdit, Outcome};
+use portcullis_filter::global::GlobalState;
 use portcullis_filter::jwt::RemoteKeys;
 use portcullis_filter::pipeline::{decide, render_deny, Env};
 use portcullis_filter::ports::memory::{MemoryCounters, MemoryLog, MemoryStore};
@@ -73,6 +74,7 @@ impl World {
             local_tokens: &mut LocalTokens::default(),
             counters: &mut self.counters,
             log: &mut self.log,
+            global: &mut GlobalState::default(),
         };
         decide(config, request, &mut env)
     }

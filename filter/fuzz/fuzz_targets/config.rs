@@ -7,6 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use portcullis_filter::config::Config;
+use portcullis_filter::global::GlobalState;
 use portcullis_filter::jwt::RemoteKeys;
 use portcullis_filter::pipeline::{decide, Env};
 use portcullis_filter::ports::memory::{MemoryCounters, MemoryLog, MemoryStore};
@@ -31,6 +32,7 @@ fn run(config: &Config, request: &RequestView) -> portcullis_filter::decision::O
         local_tokens: &mut local_tokens,
         counters: &mut counters,
         log: &mut log,
+        global: &mut GlobalState::default(),
     };
     decide(config, request, &mut env)
 }

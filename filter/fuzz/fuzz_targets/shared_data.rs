@@ -63,7 +63,10 @@ fn limiter() -> &'static RateLimiter {
     let limit = |name: &str, requests, period_s, burst, batch| LimitConfig {
         name: name.into(),
         when: None,
-        key: ExprSource::Inline("request.headers[\"x-tenant\"]".into()),
+        key: Some(ExprSource::Inline("request.headers[\"x-tenant\"]".into())),
+        scope: Default::default(),
+        descriptors: Vec::new(),
+        hits_addend: None,
         requests,
         period_s,
         burst,
@@ -80,6 +83,7 @@ fn limiter() -> &'static RateLimiter {
             ],
             max_buckets: 16,
             headers_on_allow: true,
+            service: None,
         })
         .expect("limits compile")
     })

@@ -22,6 +22,7 @@ pub const REQUEST_HEADERS: u32 = 0;
 pub const RESPONSE_HEADERS: u32 = 2;
 pub const HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
 const HTTP_CALL_RESPONSE_BODY: u32 = 4;
+const GRPC_RECEIVE_BUFFER: u32 = 5;
 const STREAM_HTTP_REQUEST: u32 = 0;
 
 #[link(wasm_import_module = "env")]
@@ -262,6 +263,11 @@ pub fn http_call_response_body(size: usize) -> Option<Vec<u8>> {
     with_host_buffer(|d, s| unsafe {
         proxy_get_buffer_bytes(HTTP_CALL_RESPONSE_BODY, 0, size, d, s)
     })
+}
+
+pub fn grpc_call_response_body(size: usize) -> Option<Vec<u8>> {
+    // SAFETY: out-pointers are valid for the call.
+    with_host_buffer(|d, s| unsafe { proxy_get_buffer_bytes(GRPC_RECEIVE_BUFFER, 0, size, d, s) })
 }
 
 /// Sets a one-segment property (Envoy: filter state `wasm.<name>`). The SDK's wrapper
