@@ -3,6 +3,7 @@
 
 use crate::bundle::{self, DECISION_HEADER};
 use crate::locate;
+use crate::suite::{self, Cluster};
 use crate::token::SigningKeys;
 use crate::{Exchange, Host, HttpRequest, TlsInfo, Vm, VmError, VmOptions, WasmModule};
 use serde::{Deserialize, Serialize};
@@ -111,6 +112,9 @@ pub struct Case {
     /// Send the request this many times (same VM); `expect` applies to the last.
     #[serde(default)]
     pub repeat: Option<u32>,
+    /// Callout clusters for this case only, over the file's `clusters` (same names replace).
+    #[serde(default, skip_serializing)]
+    pub clusters: BTreeMap<String, Cluster>,
     #[serde(default)]
     pub expect: Expect,
 }
@@ -121,6 +125,10 @@ pub struct TestFile {
     pub config: String,
     #[serde(default)]
     pub signing_keys: Option<String>,
+    /// Clusters the filter calls out to (e.g. the rate-limit service of global limits), with
+    /// scripted or forwarded answers, as in a `portcullis run` suite.
+    #[serde(default)]
+    pub clusters: BTreeMap<String, Cluster>,
     #[serde(default)]
     pub cases: Vec<Case>,
 }
@@ -142,6 +150,7 @@ impl Expect {
 pub struct TestPlan {
     pub config: String,
     pub signing_keys: Option<String>,
+    pub clusters: BTreeMap<String, Cluster>,
     pub cases: Vec<PlannedCase>,
 }
 
@@ -160,6 +169,8 @@ struct Header {
     config: String,
     #[serde(default)]
     signing_keys: Option<String>,
+    #[serde(default)]
+    clusters: BTreeMap<String, Cluster>,
     #[serde(default)]
     cases: Vec<Value>,
 }
@@ -217,6 +228,7 @@ pub fn plan_test_file(path: &Path) -> Result<TestPlan, String> {
     Ok(TestPlan {
         config: header.config,
         signing_keys: header.signing_keys,
+        clusters: header.clusters,
         cases,
     })
 }
@@ -232,6 +244,7 @@ pub fn load_test_file(path: &Path) -> Result<TestFile, String> {
     Ok(TestFile {
         config: plan.config,
         signing_keys: plan.signing_keys,
+        clusters: plan.clusters,
         cases,
     })
 }
@@ -295,6 +308,8 @@ pub struct Runner {
     pub keys: Option<SigningKeys>,
     issuer: Option<String>,
     audience: Option<String>,
+    /// Callout clusters every case's proxy declares ([`Runner::with_clusters`]).
+    clusters: BTreeMap<String, Cluster>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -343,7 +358,14 @@ impl Runner {
             keys,
             issuer,
             audience,
+            clusters: BTreeMap::new(),
         })
+    }
+
+    /// Declares `clusters` (scripted or forwarded callout answers) on every case's proxy.
+    pub fn with_clusters(mut self, clusters: BTreeMap<String, Cluster>) -> Runner {
+        self.clusters = clusters;
+        self
     }
 
     /// A fresh simulated proxy with one VM running the configuration.
@@ -447,6 +469,8 @@ impl Runner {
         config: &Value,
     ) -> Result<(Verdict, Exchange, Vec<String>), String> {
         let host = Host::new();
+        suite::install(&host, &self.clusters)?;
+        suite::install(&host, &case.clusters)?;
         let mut vm = self.start_with(&host, config)?;
         if let Some(t) = case.time {
             host.set_unix_seconds(t);

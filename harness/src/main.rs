@@ -298,7 +298,8 @@ fn cmd_test(m: &ArgMatches) -> Result<bool, String> {
             let base = file.parent().unwrap_or(Path::new("."));
             let config = base.join(&plan.config);
             let keys = plan.signing_keys.as_ref().map(|k| base.join(k));
-            let runner = Runner::new(&config, keys.as_deref(), &wasm)?;
+            let runner =
+                Runner::new(&config, keys.as_deref(), &wasm)?.with_clusters(plan.clusters.clone());
             Ok((plan, runner, config))
         });
         let (plan, runner, config) = match outcome {
@@ -427,6 +428,7 @@ fn cmd_eval(m: &ArgMatches) -> Result<bool, String> {
         token,
         time,
         repeat: None,
+        clusters: Default::default(),
         expect: Default::default(),
     };
     let host = portcullis_harness::Host::new();

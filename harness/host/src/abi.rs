@@ -223,6 +223,37 @@ pub const HOST_FUNCTIONS: &[&str] = &[
     "proxy_increment_metric",
 ];
 
+/// The cluster a gRPC call names. Envoy takes the `upstream` argument as a serialized
+/// `envoy.config.core.v3.GrpcService` when it parses as one (`envoy_grpc.cluster_name`, fields
+/// 1.1) and as a bare cluster name otherwise; filters that must not depend on which form the
+/// host expects send the message.
+pub fn grpc_cluster(upstream: &[u8]) -> String {
+    fn varint(bytes: &[u8]) -> Option<(usize, &[u8])> {
+        let mut value: usize = 0;
+        for (i, &b) in bytes.iter().enumerate().take(4) {
+            value |= usize::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Some((value, &bytes[i + 1..]));
+            }
+        }
+        None
+    }
+    // One length-delimited field 1 whose payload is exactly `rest`.
+    fn field_one(bytes: &[u8]) -> Option<&[u8]> {
+        let rest = bytes.strip_prefix(&[0x0a])?;
+        let (len, rest) = varint(rest)?;
+        (rest.len() == len).then_some(rest)
+    }
+    let name = field_one(upstream)
+        .and_then(field_one)
+        .and_then(|name| std::str::from_utf8(name).ok())
+        .filter(|name| !name.is_empty());
+    match name {
+        Some(name) => name.to_owned(),
+        None => String::from_utf8_lossy(upstream).into_owned(),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::indexing_slicing)]
 mod tests {
@@ -242,5 +273,24 @@ mod tests {
         assert_eq!(deserialize_map(&bytes), Some(pairs));
         assert_eq!(deserialize_map(&bytes[..10]), None);
         assert_eq!(deserialize_map(&[]), Some(Vec::new()));
+    }
+
+    #[test]
+    fn grpc_cluster_reads_a_grpc_service_or_a_bare_name() {
+        let service = |name: &str| {
+            let mut inner = vec![0x0a, name.len() as u8];
+            inner.extend_from_slice(name.as_bytes());
+            let mut outer = vec![0x0a, inner.len() as u8];
+            outer.extend(inner);
+            outer
+        };
+        assert_eq!(grpc_cluster(&service("ratelimit")), "ratelimit");
+        assert_eq!(grpc_cluster(b"ratelimit"), "ratelimit");
+        // A truncated or trailing-garbage message is a (strange) bare name, as in Envoy.
+        let mut long = service("ratelimit");
+        long.push(0);
+        assert_eq!(grpc_cluster(&long), String::from_utf8_lossy(&long));
+        assert_eq!(grpc_cluster(&service("ratelimit")[..5]).len(), 5);
+        assert_eq!(grpc_cluster(&[]), "");
     }
 }

@@ -386,7 +386,8 @@ fn grpc_reply(a: &GrpcAnswer) -> Result<GrpcReply, String> {
     Ok(reply.after(Duration::from_millis(a.delay_ms)))
 }
 
-fn install(host: &Host, clusters: &BTreeMap<String, Cluster>) -> Result<(), String> {
+/// Declares `clusters` on `host` with their scripted or forwarded answers.
+pub fn install(host: &Host, clusters: &BTreeMap<String, Cluster>) -> Result<(), String> {
     for (name, cluster) in clusters {
         host.add_cluster(name);
         if let Some(a) = &cluster.http {

@@ -2542,7 +2542,7 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
          timeout: i32,
          ret: i32|
          -> R {
-            let upstream = get!(read_string(&mut c, up, ul));
+            let upstream = crate::abi::grpc_cluster(&get!(read(&mut c, up, ul)));
             let service = get!(read_string(&mut c, sp, sl));
             let method = get!(read_string(&mut c, mp, ml));
             let hbytes = get!(read(&mut c, hp, hl));
@@ -2585,7 +2585,7 @@ fn build_linker() -> wasmtime::Result<Linker<VmState>> {
          hl: i32,
          ret: i32|
          -> R {
-            let upstream = get!(read_string(&mut c, up, ul));
+            let upstream = crate::abi::grpc_cluster(&get!(read(&mut c, up, ul)));
             let service = get!(read_string(&mut c, sp, sl));
             let method = get!(read_string(&mut c, mp, ml));
             let hbytes = get!(read(&mut c, hp, hl));
