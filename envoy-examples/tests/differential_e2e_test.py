@@ -44,6 +44,10 @@ class HarnessMatchesEnvoyTest(EnvoyTestCase):
             report = json.loads(run.stdout)
             by_name = {r["case"]: r for r in report["results"]}
             for case in spec["cases"]:
+                # Scripted callout answers (`clusters`, e.g. the rate-limit service) exist in the
+                # harness only; this Envoy has no such service behind it.
+                if spec.get("clusters") or case.get("clusters"):
+                    continue
                 req, token = case.get("request", {}), case.get("token")
                 # Loopback can't fake a source, TLS or the clock; repeated cases depend on bucket
                 # state that this long-running Envoy shares across cases.

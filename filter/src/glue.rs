@@ -537,11 +537,14 @@ fn finish_global(
         .unwrap_or_default();
     // Envoy reports its own timeout of a call as UNAVAILABLE (the 504 of its HTTP client),
     // like a refused connection: a failure that took the whole timeout is the timeout.
+    // Envoy's timers run off its event loop's cached clock, so by the wall clock a timeout can
+    // fire a few milliseconds early: three quarters of the timeout count as the whole.
     let waited = now().duration_since(wait.dispatched).unwrap_or_default();
+    let timeout = Duration::from_millis(wait.pending.call.timeout_ms);
     let reply = match status_code {
         0 => Reply::Message(&body),
         _ => Reply::Failed {
-            timeout: waited >= Duration::from_millis(wait.pending.call.timeout_ms),
+            timeout: waited.saturating_mul(4) >= timeout.saturating_mul(3),
         },
     };
     let context_id = wait.context_id;
@@ -567,50 +570,34 @@ fn resume_global(
         request_id,
         ..
     } = wait;
-    let mut state_ref = state.borrow_mut();
-    let VmState {
-        token_cache,
-        local_tokens,
-        remote_keys,
-        counters,
-        global,
-        ..
-    } = &mut *state_ref;
-    let mut recording = Recording {
-        inner: counters,
-        events: Vec::new(),
-    };
-    let counters: &mut dyn Counters = if config.decision_log.enabled() {
-        &mut recording
-    } else {
-        recording.inner
-    };
-    let mut env = Env {
-        now: now(),
-        store: &abi::HostStore,
-        crypto: &abi::HostVerifier,
-        remote_keys,
-        token_cache,
-        local_tokens,
-        counters,
-        log: &mut HostLog,
-        global,
-    };
-    let decision = pipeline::resume(config, pending, reply, &mut env);
-    events.append(&mut recording.events);
-    drop(state_ref);
+    let (decision, mut more) = with_env(config, state, now(), |env| {
+        pipeline::resume(config, pending, reply, env)
+    });
+    events.append(&mut more);
     log_decision(config, &decision, &events, request_id.as_deref());
     decision
 }
 
-/// Runs the pipeline; with a decision log configured, also returns the names of the counters
-/// the request incremented (the record is read off them, decision_log.rs).
+/// Runs the pipeline.
 fn run_pipeline(
     config: &Config,
     state: &Rc<RefCell<VmState>>,
     view: &RequestView,
     now: SystemTime,
 ) -> (Outcome, Vec<String>) {
+    with_env(config, state, now, |env| {
+        pipeline::decide(config, view, env)
+    })
+}
+
+/// Runs `stage` with this VM's environment; with a decision log configured, also returns the
+/// names of the counters it incremented (the record is read off them, decision_log.rs).
+fn with_env<T>(
+    config: &Config,
+    state: &Rc<RefCell<VmState>>,
+    now: SystemTime,
+    stage: impl FnOnce(&mut Env<'_>) -> T,
+) -> (T, Vec<String>) {
     let mut state = state.borrow_mut();
     let VmState {
         token_cache,
@@ -640,8 +627,8 @@ fn run_pipeline(
         log: &mut HostLog,
         global,
     };
-    let outcome = pipeline::decide(config, view, &mut env);
-    (outcome, recording.events)
+    let out = stage(&mut env);
+    (out, recording.events)
 }
 
 /// Writes the decision log record of a decided request, where configured.
