@@ -110,15 +110,15 @@ def labels(**kv):
 # grown between two samples and each rate() is positive.
 ROUNDS = 2
 EXPECTED = {
-    "Decisions by outcome": {labels(decision="allow"): 5, labels(decision="deny"): 2},
+    "Decisions by outcome": {labels(decision="allow"): 7, labels(decision="deny"): 2},
     "Rule verdicts by rule and outcome": {
-        labels(rule="api-reads", decision="allow"): 3, labels(rule="public", decision="allow"): 4,
+        labels(rule="api-reads", decision="allow"): 5, labels(rule="public", decision="allow"): 4,
         labels(rule="admin-pages", decision="error"): 1, labels(rule="retired-api-versions", decision="deny"): 1,
         labels(rule="legacy-clients", decision="shadow_deny"): 4},
     "Shadow verdicts": {labels(rule="legacy-clients", decision="shadow_deny"): 4},
     "Authentication outcomes": {
         # missing: the two API requests and the four public ones (their requirement allows it).
-        labels(provider="local", result="ok"): 5, labels(provider="local", result="missing"): 6,
+        labels(provider="local", result="ok"): 7, labels(provider="local", result="missing"): 6,
         labels(provider="local", result="invalid"): 3},
     "Authentication failures by reason": {
         labels(provider="local", reason="expired"): 2, labels(provider="local", reason="malformed"): 1},
@@ -127,10 +127,13 @@ EXPECTED = {
     "JWKS fetches by result": None,  # retries after the failure are timed by backoff: checked below
     "Rate limiting by limit and result": {
         labels(limit="per-client-public", result="admitted"): 2, labels(limit="per-client-public", result="limited"): 2,
-        labels(limit="per-user", result="admitted"): 3},
+        labels(limit="per-user", result="admitted"): 5},
     "Rate-limited requests by limit": {labels(limit="per-client-public"): 2},
     "Requests refused before any policy": {labels(reason="repeated_header"): 1},
     "Decision time (p50, p99)": None,  # checked below
+    # No rate-limit service listens on the `ratelimit` cluster's port: each call fails at once
+    # and the example's local_fallback admits (4 calls in all stay under the breaker's 5).
+    "Global rate-limit service by result": {labels(result="error"): 2, labels(result="fallback_admitted"): 2},
 }
 
 
@@ -146,7 +149,8 @@ class MetricsTest(unittest.TestCase):
             # Envoy merges histograms for /stats/prometheus on every stats flush (5 s by default).
             template = Path(tempfile.mkdtemp(prefix="portcullis-metrics-")) / "envoy.yaml"
             template.write_text("stats_flush_interval: 1s\n" + (EXAMPLES / "local.envoy.yaml").read_text())
-            cls.envoy = envoyproc.Envoy(config, cls.upstream.port, concurrency=2, jwks="remote", template=template)
+            cls.envoy = envoyproc.Envoy(config, cls.upstream.port, concurrency=2, jwks="remote", template=template,
+                                        ratelimit_port=envoyproc.free_port())
             cls.prometheus = Prometheus(cls.envoy.admin_port)
             failed = "wasmcustom.portcullis_jwks_fetches_total.provider.local.result.failed"
             if eventually(lambda: (cls.envoy.stats(failed).get(failed) or 0) >= 1, timeout=10) is not True:
@@ -161,7 +165,7 @@ class MetricsTest(unittest.TestCase):
                 # Counters reach Envoy on the next tick (250 ms), Prometheus scrapes every second.
                 expect = labels(decision="allow")
                 if eventually(lambda: cls.prometheus.query("sum by (decision) (portcullis_decisions_total)").get(expect)
-                              == 5 * round_, timeout=15) is not True:
+                              == 7 * round_, timeout=15) is not True:
                     raise RuntimeError(f"round {round_} of the traffic never reached Prometheus")
                 time.sleep(2.5)  # more scrapes: every series has samples before and after a change
         except Exception:
@@ -190,6 +194,9 @@ class MetricsTest(unittest.TestCase):
 
         for _ in range(3):
             send("/api/orders", reader, expect=200)                          # api-reads allow, jwt ok
+        tenant = mint.mint(KEYS, {"sub": "reader-2", "tenant": "acme"})
+        for _ in range(2):
+            send("/api/reports", tenant, expect=200)                         # global limit: service down, fallback
         send("/api/v1/orders", reader, expect=403)                           # retired-api-versions deny
         send("/admin/users", reader, expect=403)                             # admin-pages error (no groups)
         for _ in range(2):
