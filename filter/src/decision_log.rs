@@ -70,7 +70,8 @@ enum Subject {
     #[default]
     Omit,
     Clear,
-    Hmac(Vec<u8>),
+    /// Keyed once at configure time; each subject hashes with a clone.
+    Hmac(hmac::Hmac<rsa::sha2::Sha256>),
 }
 
 /// The compiled setting: by default no records and no subject.
@@ -105,7 +106,11 @@ impl DecisionLog {
         }
         let subject = match (config.subject, &config.subject_hmac_key) {
             (SubjectMode::Hmac, Some(key)) if key.len() >= MIN_HMAC_KEY_BYTES => {
-                Subject::Hmac(key.as_bytes().to_vec())
+                // HMAC takes a key of any length: this never fails.
+                let mac = hmac::Hmac::<rsa::sha2::Sha256>::new_from_slice(key.as_bytes()).map_err(
+                    |_| ConfigError::new("decision_log.subject_hmac_key", "unusable key"),
+                )?;
+                Subject::Hmac(mac)
             }
             (SubjectMode::Hmac, Some(_)) => {
                 return Err(ConfigError::new(
@@ -168,8 +173,8 @@ impl DecisionLog {
         match &self.subject {
             Subject::Omit => None,
             Subject::Clear => Some(sub.to_owned()),
-            Subject::Hmac(key) => {
-                let mut mac = hmac::Hmac::<rsa::sha2::Sha256>::new_from_slice(key).ok()?;
+            Subject::Hmac(keyed) => {
+                let mut mac = keyed.clone();
                 mac.update(sub.as_bytes());
                 Some(hex(&mac.finalize().into_bytes()))
             }

@@ -228,30 +228,20 @@ pub const HOST_FUNCTIONS: &[&str] = &[
 /// 1.1) and as a bare cluster name otherwise; filters that must not depend on which form the
 /// host expects send the message.
 pub fn grpc_cluster(upstream: &[u8]) -> String {
-    fn varint(bytes: &[u8]) -> Option<(usize, &[u8])> {
-        let mut value: usize = 0;
-        for (i, &b) in bytes.iter().enumerate().take(4) {
-            value |= usize::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Some((value, &bytes[i + 1..]));
-            }
-        }
-        None
-    }
-    // One length-delimited field 1 whose payload is exactly `rest`.
-    fn field_one(bytes: &[u8]) -> Option<&[u8]> {
-        let rest = bytes.strip_prefix(&[0x0a])?;
-        let (len, rest) = varint(rest)?;
-        (rest.len() == len).then_some(rest)
-    }
+    use crate::foreign::{parse_fields, Value};
+    let field_one = |message: &[u8]| {
+        parse_fields(message)?
+            .into_iter()
+            .find_map(|(number, value)| match (number, value) {
+                (1, Value::Bytes(bytes)) => Some(bytes),
+                _ => None,
+            })
+    };
     let name = field_one(upstream)
-        .and_then(field_one)
-        .and_then(|name| std::str::from_utf8(name).ok())
+        .and_then(|envoy_grpc| field_one(&envoy_grpc))
+        .and_then(|name| String::from_utf8(name).ok())
         .filter(|name| !name.is_empty());
-    match name {
-        Some(name) => name.to_owned(),
-        None => String::from_utf8_lossy(upstream).into_owned(),
-    }
+    name.unwrap_or_else(|| String::from_utf8_lossy(upstream).into_owned())
 }
 
 #[cfg(test)]

@@ -153,7 +153,7 @@ fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
 
 // ---- minimal protobuf wire format ----
 
-enum Value {
+pub(crate) enum Value {
     Varint(u64),
     Bytes(Vec<u8>),
 }
@@ -171,7 +171,8 @@ fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
     None
 }
 
-fn parse_fields(bytes: &[u8]) -> Option<Vec<(u64, Value)>> {
+/// A protobuf message's fields, in order; `None` unless the whole input is well-formed.
+pub(crate) fn parse_fields(bytes: &[u8]) -> Option<Vec<(u64, Value)>> {
     let mut at = 0;
     let mut out = Vec::new();
     while at < bytes.len() {
